@@ -1,0 +1,15 @@
+"""tsuika (追加): adapt pretrained networks to your own small dataset, and find out honestly
+whether it helped."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tsuika.api import Run, load, train
+from tsuika.config import Config, load_config
+from tsuika.errors import TsuikaError
+
+__version__ = "0.1.0"
+__all__ = ["Config", "Run", "TsuikaError", "load", "load_config", "train"]

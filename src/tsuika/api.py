@@ -1,0 +1,316 @@
+"""The Python API: `train(...) -> Run`, `load(run_dir) -> Run`, `run.predict([...])`."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tsuika.config import Config, build_config, load_config, merge, to_yaml
+from tsuika.data.splits import Examples, Splits
+from tsuika.data.tables import read_table
+from tsuika.data.text import load_text_splits
+from tsuika.errors import TsuikaError
+from tsuika.evaluate.baselines import majority_predictions
+from tsuika.evaluate.metrics import classification_metrics, paired_bootstrap
+from tsuika.evaluate.verdicts import overfitting_verdict, transfer_verdict
+from tsuika.methods import METHODS, Finetune, Method
+from tsuika.models import load_model
+from tsuika.models.base import AdaptableModel
+from tsuika.runs import (
+    append_jsonl,
+    create_run_dir,
+    load_model_folder,
+    save_model,
+    write_atomic,
+)
+from tsuika.train.cache import cache_boundary
+from tsuika.train.feed import Feed
+from tsuika.train.loop import FitResult, fit, predict_probs
+from tsuika.train.progress import Progress
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def input_feed(model: AdaptableModel, examples: Examples) -> Feed:
+    """Raw inputs, encoded once (tokenised), entering the model at stage 0."""
+    items = model.preprocess.encode(examples.inputs)
+    lengths = [model.preprocess.length(item) for item in items]
+    labels = torch.tensor(examples.labels, dtype=torch.long)
+    return Feed(items, labels, 0, model.preprocess.collate, lengths)
+
+
+class Run:
+    """A trained model and its results; `tsuika.load(path)` gives the same object back."""
+
+    def __init__(self, path: Path, model: AdaptableModel, labels: list[str], summary: dict):
+        self.path = Path(path)
+        self.model = model.eval()
+        self.labels = labels
+        self.summary = summary
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def predict_proba(self, inputs: list[str]) -> np.ndarray:
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        examples = Examples(list(inputs), [0] * len(inputs))
+        return predict_probs(self.model, input_feed(self.model, examples)).numpy()
+
+    def predict(self, inputs: list[str]) -> list[str]:
+        return [self.labels[i] for i in self.predict_proba(inputs).argmax(-1)]
+
+    def evaluate(
+        self, data: str | Path, text_column: str = "text", label_column: str = "label"
+    ) -> dict[str, float]:
+        """Accuracy and macro-F1 on a labelled file (its labels must be known to the run)."""
+        table = read_table(Path(data), text_column, label_column)
+        index = {name: i for i, name in enumerate(self.labels)}
+        for label, line in zip(table.labels, table.lines, strict=True):
+            if label not in index:
+                raise TsuikaError(
+                    f"{data} line {line}: label `{label}` is not one this run was trained on "
+                    f"({', '.join(self.labels)})"
+                )
+        truth = np.array([index[label] for label in table.labels])
+        predicted = self.predict_proba(table.texts).argmax(-1)
+        return {**classification_metrics(truth, predicted), "examples": len(truth)}
+
+
+def as_config(config: Config | dict | str | Path | None, overrides: dict[str, Any]) -> Config:
+    if isinstance(config, Config):
+        config = config.model_dump()
+    base = load_config(config).model_dump() if isinstance(config, str | Path) else config or {}
+    return build_config(merge(base, overrides))
+
+
+def adapt(
+    model: AdaptableModel,
+    method: Method,
+    splits: Splits,
+    config: Config,
+    progress: Progress,
+    log_path: Path | None,
+    phase: str,
+    spill_dir: Path | None = None,
+) -> tuple[FitResult, np.ndarray, dict[str, float]]:
+    """Prepare, cache what is frozen, fit, and predict the test split. Returns the fit
+    result, test predictions and timings (seconds)."""
+    train_cfg = config.train
+    method.prepare(model)
+    train_feed, val_feed = input_feed(model, splits.train), input_feed(model, splits.val)
+    timings: dict[str, float] = {}
+    boundary = model.frozen_prefix() if train_cfg.cache != "off" else 0
+    if boundary > 0:
+        started = time.perf_counter()
+        cache_args = dict(
+            boundary=boundary,
+            batch_size=max(64, train_cfg.batch_size),
+            mode=train_cfg.cache,
+            memory_limit_mb=train_cfg.cache_memory_mb,
+            progress=progress,
+        )
+        train_feed = cache_boundary(
+            model,
+            train_feed,
+            spill_dir=spill_dir and spill_dir / "train",
+            label=f"{phase}: caching train",
+            **cache_args,
+        )
+        val_feed = cache_boundary(
+            model,
+            val_feed,
+            spill_dir=spill_dir and spill_dir / "val",
+            label=f"{phase}: caching val",
+            **cache_args,
+        )
+        timings["cache"] = time.perf_counter() - started
+
+    def log(record: dict) -> None:
+        if log_path:
+            append_jsonl(log_path, {"phase": phase, **record})
+
+    result = fit(model, method, train_feed, val_feed, train_cfg, config.seed, log, progress, phase)
+    timings["fit"] = result.seconds
+    started = time.perf_counter()
+    test_feed = input_feed(model, splits.test)
+    predicted = predict_probs(model, test_feed).argmax(-1).numpy()
+    timings["test"] = time.perf_counter() - started
+    return result, predicted, timings
+
+
+def scratch_config(config: Config) -> Config:
+    tree = config.model_dump()
+    tree["train"].update(
+        lr=config.baselines.scratch_lr,
+        backbone_lr=config.baselines.scratch_lr,
+        epochs=config.baselines.scratch_epochs,
+        cache="off",
+    )
+    return build_config(tree)
+
+
+def train(config: Config | dict | str | Path | None = None, **overrides: Any) -> Run:
+    """Adapt a pretrained model to the data in `config` and evaluate it honestly.
+
+    `config` is a YAML path, a dict or a `Config`; keyword overrides are sections or values,
+    e.g. `train(model="minilm-l6", data={"train": "reviews.csv", "k": 64})`.
+    """
+    started = time.perf_counter()
+    config = as_config(config, overrides)
+    seed_everything(config.seed)
+    splits = load_text_splits(config.data)  # bad data fails before anything is written
+    model = load_model(
+        config.model, len(splits.labels), config.head, config.train.max_length, pretrained=True
+    )
+    method = METHODS[config.method](config)
+    default_name = f"{config.method}-{Path(config.model).name}"
+    path = create_run_dir(config.output, config.name, default_name)
+    write_atomic(path / "config.yaml", to_yaml(config))
+    log_path = path / "metrics.jsonl"
+
+    truth = np.array(splits.test.labels)
+    with Progress(config.progress) as progress:
+        result, predicted, timings = adapt(
+            model,
+            method,
+            splits,
+            config,
+            progress,
+            log_path,
+            config.method,
+            spill_dir=path / "cache",
+        )
+        trained = [g.index for g in model.layer_groups() if g.trainable]
+        save_model(path / "model", model, splits.labels, trained)
+        baselines, baseline_timings = run_baselines(config, splits, progress, log_path, truth)
+
+    summary = build_summary(
+        config, splits, model, result, truth, predicted, baselines, path, trained
+    )
+    summary["timings"] = {**timings, **baseline_timings, "total": time.perf_counter() - started}
+    write_atomic(path / "summary.json", json.dumps(summary, indent=2))
+    _remove_cache(path / "cache")
+    return Run(path, model, splits.labels, summary)
+
+
+def _remove_cache(folder: Path) -> None:
+    if folder.is_dir():
+        for file in sorted(folder.rglob("*"), reverse=True):
+            file.unlink() if file.is_file() else file.rmdir()
+        folder.rmdir()
+
+
+def run_baselines(
+    config: Config, splits: Splits, progress: Progress, log_path: Path, truth: np.ndarray
+) -> tuple[dict[str, dict], dict[str, float]]:
+    baselines: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    if config.baselines.majority:
+        label, predicted = majority_predictions(splits.train.labels, len(truth))
+        baselines["majority"] = {
+            **classification_metrics(truth, predicted),
+            "label": splits.labels[label],
+            "predicted": predicted,
+        }
+    if config.baselines.scratch:
+        started = time.perf_counter()
+        seed_everything(config.seed)
+        scratch_cfg = scratch_config(config)
+        model = load_model(
+            config.model,
+            len(splits.labels),
+            config.head,
+            config.train.max_length,
+            pretrained=False,
+        )
+        method = Finetune(scratch_cfg, freeze=0)
+        result, predicted, _ = adapt(
+            model, method, splits, scratch_cfg, progress, log_path, "scratch"
+        )
+        baselines["scratch"] = {
+            **classification_metrics(truth, predicted),
+            "epochs": len(result.history),
+            "best_epoch": result.best_epoch,
+            "predicted": predicted,
+        }
+        timings["scratch"] = time.perf_counter() - started
+    return baselines, timings
+
+
+def build_summary(
+    config: Config,
+    splits: Splits,
+    model: AdaptableModel,
+    result: FitResult,
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    baselines: dict[str, dict],
+    path: Path,
+    trained: list[int],
+) -> dict:
+    groups = model.layer_groups()
+    summary: dict[str, Any] = {
+        "run": str(path),
+        "model": config.model,
+        "method": config.method,
+        "labels": splits.labels,
+        "data": {
+            "train": len(splits.train),
+            "validation": len(splits.val),
+            "test": len(splits.test),
+            "notes": splits.notes,
+        },
+        "parameters": {
+            "total": sum(g.size for g in groups),
+            "trained": sum(groups[i].size for i in trained),
+            "trained_groups": [groups[i].name for i in trained],
+        },
+        "test": classification_metrics(truth, predicted),
+        "training": {
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "best_val_accuracy": result.best_val_accuracy,
+            "stopped_early": result.stopped_early,
+            "optimizer_steps": result.steps,
+        },
+        "baselines": {
+            name: {k: v for k, v in values.items() if k != "predicted"}
+            for name, values in baselines.items()
+        },
+        "verdicts": {},
+    }
+    fit_verdict = overfitting_verdict(result.history, result.best_epoch)
+    summary["verdicts"]["overfitting"] = fit_verdict
+    if "scratch" in baselines:
+        gain = paired_bootstrap(
+            truth,
+            predicted,
+            baselines["scratch"]["predicted"],
+            config.baselines.bootstrap,
+            config.seed,
+        )
+        summary["gain_over_scratch"] = gain
+        summary["verdicts"]["transfer"] = transfer_verdict(gain, config.method)
+    return summary
+
+
+def load(path: str | Path) -> Run:
+    """Open a run folder: predicts without the original config or data."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TsuikaError(f"run folder {path} not found")
+    model, labels, _ = load_model_folder(path / "model")
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return Run(path, model, labels, summary)

@@ -1,0 +1,201 @@
+"""The `tsuika` command: parses, calls the Python API, prints. User mistakes exit with code 2
+and one short message; nothing else is caught."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tsuika.errors import TsuikaError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+out = Console()
+
+
+def results_table(summary: dict) -> Table:
+    """Adapted model versus its baselines on the test split, with the verdicts."""
+    table = Table(
+        title=f"{summary['method']} · {summary['model']} · test n={summary['data']['test']}"
+    )
+    table.add_column("model")
+    table.add_column("accuracy", justify="right")
+    table.add_column("macro-F1", justify="right")
+    table.add_row(
+        summary["method"],
+        f"{summary['test']['accuracy']:.3f}",
+        f"{summary['test']['macro_f1']:.3f}",
+    )
+    names = {"majority": "majority class", "scratch": "from scratch (random init)"}
+    for name, values in summary.get("baselines", {}).items():
+        table.add_row(
+            names.get(name, name), f"{values['accuracy']:.3f}", f"{values['macro_f1']:.3f}"
+        )
+    return table
+
+
+def print_summary(summary: dict) -> None:
+    out.print(results_table(summary))
+    for verdict in summary.get("verdicts", {}).values():
+        out.print(f"• {verdict['text']}")
+    timings = summary.get("timings", {})
+    if timings:
+        out.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    out.print(f"run folder: {summary['run']}")
+
+
+def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """`CONFIG.yaml key=value ...`: the config file is the one argument without `=`."""
+    config = None
+    overrides = []
+    for arg in args:
+        if "=" in arg:
+            overrides.append(arg)
+        elif config is None:
+            config = arg
+        else:
+            raise TsuikaError(f"unexpected argument `{arg}`: give one CONFIG.yaml, then key=value")
+    return config, overrides
+
+
+@app.command()
+def train(
+    args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
+    model: Annotated[str | None, typer.Option(help="bundled name or local model folder")] = None,
+    data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL")] = None,
+    test: Annotated[str | None, typer.Option(help="test file (default: held out)")] = None,
+    method: Annotated[str | None, typer.Option(help="transfer | finetune")] = None,
+    k: Annotated[int | None, typer.Option(help="examples per class to keep")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    output: Annotated[str | None, typer.Option(help="parent folder of runs")] = None,
+    name: Annotated[str | None, typer.Option(help="run folder name")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Adapt a model to your data: `tsuika train CONFIG.yaml [key=value ...]` or flags."""
+    from tsuika.api import train as train_api
+    from tsuika.config import load_config, merge, parse_overrides
+
+    config_path, pairs = _split_args(args or [])
+    flags = {
+        "model": model,
+        "method": method,
+        "data.train": data,
+        "data.test": test,
+        "data.k": k,
+        "train.epochs": epochs,
+        "output": output,
+        "name": name,
+    }
+    overrides: dict = {}
+    for key, value in flags.items():
+        if value is not None:
+            overrides = merge(overrides, parse_overrides([f"{key}={value}"]))
+    if quiet:
+        overrides["progress"] = False
+    overrides = merge(overrides, parse_overrides(pairs))
+    config = load_config(config_path, overrides)
+    run = train_api(config)
+    print_summary(run.summary)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    data: Annotated[Path, typer.Option(help="labelled CSV/TSV/JSONL")],
+    text_column: str = "text",
+    label_column: str = "label",
+) -> None:
+    """Score a trained run on a labelled file."""
+    from tsuika.api import load
+
+    metrics = load(run).evaluate(data, text_column, label_column)
+    out.print_json(json.dumps(metrics))
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    texts: Annotated[list[str] | None, typer.Argument(help="texts to classify")] = None,
+    file: Annotated[Path | None, typer.Option(help="CSV/TSV/JSONL of texts")] = None,
+    text_column: str = "text",
+) -> None:
+    """Predict labels: `tsuika predict RUN "text" ...` or `--file texts.csv`."""
+    from tsuika.api import load
+    from tsuika.data.tables import read_table
+
+    inputs = list(texts or [])
+    if file is not None:
+        inputs += read_table(file, text_column, None).texts
+    if not inputs:
+        raise TsuikaError("nothing to predict: give texts or --file")
+    loaded = load(run)
+    probs = loaded.predict_proba(inputs)
+    for text, row in zip(inputs, probs, strict=True):
+        best = int(row.argmax())
+        out.print(f"{loaded.labels[best]}\t{row[best]:.3f}\t{text}", markup=False)
+
+
+@app.command()
+def models() -> None:
+    """List the bundled models (any local Hugging Face folder works too)."""
+    from tsuika.models import available_models
+
+    table = Table("name", "modality", "description")
+    for entry in available_models():
+        table.add_row(entry.name, entry.modality, entry.description)
+    out.print(table)
+    out.print("Or give a local folder: model: path/to/hf-model-folder")
+
+
+@app.command()
+def demo(
+    output: Annotated[str, typer.Option(help="parent folder of runs")] = "runs",
+    quiet: bool = False,
+) -> None:
+    """Transfer learning on the bundled model and movie-review data, with baselines."""
+    from tsuika.api import train as train_api
+
+    out.print(
+        "[bold]tsuika demo[/bold]: minilm-l6 → movie-review polarity, 256 examples per "
+        "class, transfer learning vs majority class and training from scratch"
+    )
+    run = train_api(
+        model="minilm-l6",
+        method="transfer",
+        data={"train": "bundled:reviews", "k": 256},
+        output=output,
+        progress=not quiet,
+    )
+    print_summary(run.summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for user mistakes, with a one-line message)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except TsuikaError as err:
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]error:[/bold red] {err}", highlight=False
+        )
+        return err.exit_code
+    except typer.Exit as err:
+        return err.exit_code
+    except typer.Abort:
+        return 1
+    except Exception as err:  # click's usage errors: show the message, not a traceback
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Typed configuration: YAML + dotted `key=value` overrides, validated, defaults in one place.
+
+Unknown keys are errors (a typo must not silently fall back to a default). Every error names
+the key and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tsuika.errors import TsuikaError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    train: str = "bundled:reviews"
+    """A CSV/TSV/JSONL file, or `bundled:reviews`. Its test split is used when `test` is unset."""
+    validation: str | None = None
+    """Optional validation file; otherwise `val_fraction` of train is held out (stratified)."""
+    test: str | None = None
+    """Optional test file; otherwise `test_fraction` of train is held out (stratified)."""
+    text_column: str = "text"
+    label_column: str = "label"
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    k: int | None = Field(None, ge=1)
+    """Examples per class to keep from the training split (few-shot experiments)."""
+    seed: int = 0
+
+
+class HeadConfig(Section):
+    type: Literal["linear", "mlp"] = "linear"
+    hidden: int = Field(256, ge=1)
+    """Width of the MLP head's hidden layer."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    pooling: Literal["auto", "mean", "cls"] = "auto"
+    """`auto` takes the model's own pooling (sentence-transformers config), else mean."""
+
+
+class TrainConfig(Section):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    """Learning rate of the new head."""
+    backbone_lr: float = Field(3e-5, gt=0)
+    """Learning rate of pretrained parameters that train (finetune)."""
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.06, ge=0, lt=1)
+    """Fraction of the optimizer steps spent in linear warmup."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    patience: int | None = Field(10, ge=1)
+    """Epochs without validation improvement before stopping; null disables early stopping."""
+    max_length: int = Field(128, ge=8)
+    """Tokens per text; longer texts are truncated."""
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(1.0, gt=0)
+    bf16: bool = False
+    cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    """Frozen-part activations: computed once and reused every epoch (`off` recomputes)."""
+    cache_memory_mb: int = Field(2048, ge=1)
+    """Above this size the activation cache spills to a memory-mapped file in the run folder."""
+    checkpoint_every: int | None = Field(None, ge=1)
+    """Also checkpoint every N optimizer steps (a checkpoint is always written per epoch)."""
+
+
+class BaselineConfig(Section):
+    majority: bool = True
+    scratch: bool = True
+    """Train the same architecture from random initialisation on the same data and budget."""
+    scratch_lr: float = Field(3e-4, gt=0)
+    scratch_epochs: int = Field(10, ge=1)
+    """The from-scratch budget: epochs over the same training data (early stopping applies)."""
+    bootstrap: int = Field(1000, ge=100)
+
+
+class Config(Section):
+    model: str = "minilm-l6"
+    """A bundled name (`tsuika models`) or a local Hugging Face model folder."""
+    method: Literal["transfer", "finetune"] = "transfer"
+    data: DataConfig = DataConfig()
+    head: HeadConfig = HeadConfig()
+    train: TrainConfig = TrainConfig()
+    baselines: BaselineConfig = BaselineConfig()
+    output: str = "runs"
+    """Parent folder of run folders; a new run never overwrites an existing folder."""
+    name: str | None = None
+    """Run folder name (default: `<method>-<model>-<timestamp>`)."""
+    seed: int = 0
+    progress: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a model (see `tsuika models`)")
+        return value
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise TsuikaError(f"config: `{key}` is a value, not a section, in override `{dotted}`")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["train.lr=1e-4", "data.k=64"]` → nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise TsuikaError(f"override `{pair}` is not key=value (e.g. train.epochs=10)")
+        key, raw = pair.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else None)
+    return tree
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TsuikaError(f"config file {path} not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise TsuikaError(f"config file {path} is not valid YAML: {err}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise TsuikaError(f"config file {path} must be a mapping of keys (model:, data:, ...)")
+    return tree
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"unknown key `{key}` (check the spelling; see examples/*.yaml)")
+        else:
+            lines.append(f"`{key}`: {problem['msg']} (got {problem.get('input')!r})")
+    return f"{source}: " + "; ".join(lines)
+
+
+def build_config(tree: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise TsuikaError(_explain(err, source)) from None
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Read YAML (optional), apply overrides (dotted strings or a nested dict), validate."""
+    tree = read_yaml(path) if path else {}
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    tree = merge(tree, overrides or {})
+    return build_config(tree, source=str(path) if path else "config")
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,102 @@
+"""Label vocabularies, stratified splits and k-per-class subsampling, all seeded."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from tsuika.errors import TsuikaError
+
+
+def label_names(labels: list[str]) -> list[str]:
+    """Sorted label set; numerically when every label is an integer ("2" before "10")."""
+    unique = set(labels)
+    if all(label.lstrip("-").isdigit() for label in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+@dataclass
+class Examples:
+    """Inputs (texts or image paths) with integer labels indexing `Splits.labels`."""
+
+    inputs: list
+    labels: list[int]
+    source: str = ""
+    lines: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def subset(self, indices: list[int]) -> Examples:
+        return Examples(
+            [self.inputs[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.source,
+            [self.lines[i] for i in indices] if self.lines else [],
+        )
+
+
+@dataclass
+class Splits:
+    train: Examples
+    val: Examples
+    test: Examples
+    labels: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def _by_class(labels: list[int]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        groups[label].append(index)
+    return groups
+
+
+def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split indices into (kept, held out) with about `fraction` of every class held out.
+
+    Every class keeps at least one example on each side when it has two or more.
+    """
+    rng = random.Random(seed)
+    kept, held = [], []
+    for _, indices in sorted(_by_class(labels).items()):
+        indices = indices[:]
+        rng.shuffle(indices)
+        n_held = round(len(indices) * fraction)
+        n_held = min(max(n_held, 1), len(indices) - 1) if len(indices) > 1 else 0
+        held += indices[:n_held]
+        kept += indices[n_held:]
+    return sorted(kept), sorted(held)
+
+
+def take_k_per_class(labels: list[int], k: int, seed: int) -> list[int]:
+    """At most `k` random indices of every class (all of a class that has fewer)."""
+    rng = random.Random(seed)
+    chosen = []
+    for _, indices in sorted(_by_class(labels).items()):
+        chosen += rng.sample(indices, min(k, len(indices)))
+    return sorted(chosen)
+
+
+def encode_labels(labels: list[str], names: list[str], source: str, lines: list[int]) -> list[int]:
+    """Map label strings to indices; a label never seen in training is an error naming its line."""
+    index = {name: i for i, name in enumerate(names)}
+    encoded = []
+    for label, line in zip(labels, lines, strict=True):
+        if label not in index:
+            raise TsuikaError(
+                f"{source} line {line}: label `{label}` does not occur in the training data "
+                f"(training labels: {', '.join(names)}); fix the label or add training examples"
+            )
+        encoded.append(index[label])
+    return encoded
+
+
+def check_classes(names: list[str], source: str) -> None:
+    if len(names) < 2:
+        raise TsuikaError(
+            f"{source}: only one class (`{names[0]}`) in the training data; "
+            "a classifier needs at least two labels"
+        )

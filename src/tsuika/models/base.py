@@ -1,0 +1,103 @@
+"""The one model surface every method sees, whatever the source of the pretrained weights.
+
+An `AdaptableModel` is an ordered list of *stages*, shallow → deep, ending in the new head.
+Each stage is an `nn.Module` that maps a state dict to the next state dict:
+
+    text:   {input_ids, attention_mask} → embeddings → block 1 … block N → pooler → head
+    image:  {pixels} → stem → stage 1 … stage N → pooler → head
+
+The stages are also the *layer groups* that freezing and per-group learning rates act on, and
+the boundaries at which frozen activations can be cached: `forward(state, start, stop)` runs
+any contiguous span, so a cache of `forward(batch, 0, b)` feeds `forward(cached, b)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class LayerGroup:
+    index: int
+    name: str
+    module: nn.Module
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.module.parameters())
+
+    @property
+    def size(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.module.parameters())
+
+
+class AdaptableModel(nn.Module):
+    """Pretrained stages + a new head, with the input spec the pretrained weights expect.
+
+    `spec` is a JSON-able description from which the model loader rebuilds the same model
+    (used by run folders); `preprocess` turns raw inputs (texts, images) into the first state.
+    """
+
+    def __init__(
+        self,
+        stages: list[tuple[str, nn.Module]],
+        spec: dict[str, Any],
+        preprocess: Any,
+    ) -> None:
+        super().__init__()
+        self.stage_names = [name for name, _ in stages]
+        self.stages = nn.ModuleList(module for _, module in stages)
+        self.spec = spec
+        self.preprocess = preprocess
+
+    @property
+    def head(self) -> nn.Module:
+        return self.stages[-1]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    def layer_groups(self) -> list[LayerGroup]:
+        return [
+            LayerGroup(i, name, module)
+            for i, (name, module) in enumerate(zip(self.stage_names, self.stages, strict=True))
+        ]
+
+    def forward(self, state: State, start: int = 0, stop: int | None = None) -> State:
+        for stage in self.stages[start:stop]:
+            state = stage(state)
+        return state
+
+    def logits(self, state: State, start: int = 0) -> torch.Tensor:
+        return self.forward(state, start)["logits"]
+
+    def embed(self, state: State) -> torch.Tensor:
+        """Pooled features [batch, width]: everything but the head."""
+        return self.forward(state, 0, self.num_stages - 1)["features"]
+
+    def frozen_prefix(self) -> int:
+        """How many leading stages have no trainable parameter (cacheable boundary)."""
+        for group in self.layer_groups():
+            if group.trainable:
+                return group.index
+        return self.num_stages
+
+    def train(self, mode: bool = True) -> AdaptableModel:
+        """Train mode only for stages that train: frozen stages keep eval behaviour
+        (BatchNorm running statistics and dropout unchanged)."""
+        super().train(mode)
+        if mode:
+            for group in self.layer_groups():
+                if not group.trainable:
+                    group.module.eval()
+        return self

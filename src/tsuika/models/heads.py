@@ -1,0 +1,63 @@
+"""New heads, sized for the new label set, and the parameter-free pooler stage."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tsuika.models.base import State
+
+
+class Head(nn.Module):
+    """features [B, width] → logits [B, classes]; linear, or a one-hidden-layer MLP."""
+
+    def __init__(
+        self, width: int, classes: int, kind: str = "linear", hidden: int = 256, dropout: float = 0
+    ) -> None:
+        super().__init__()
+        if kind == "linear":
+            layers: list[nn.Module] = [nn.Dropout(dropout), nn.Linear(width, classes)]
+        else:
+            layers = [
+                nn.Dropout(dropout),
+                nn.Linear(width, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, classes),
+            ]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, state: State) -> State:
+        return {"logits": self.net(state["features"])}
+
+
+class TokenPooler(nn.Module):
+    """hidden [B, T, H] + attention_mask [B, T] → features [B, H].
+
+    `mean` averages real tokens (sentence-transformers' mean pooling); `cls` takes token 0.
+    `normalize` applies L2 normalisation, as the sentence-transformers pipeline does when it
+    lists a Normalize module, so the features are the model's published embeddings.
+    """
+
+    def __init__(self, mode: str = "mean", normalize: bool = False) -> None:
+        super().__init__()
+        self.mode = mode
+        self.normalize = normalize
+
+    def forward(self, state: State) -> State:
+        hidden = state["hidden"]
+        if self.mode == "cls":
+            features = hidden[:, 0]
+        else:
+            mask = state["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            features = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        if self.normalize:
+            features = nn.functional.normalize(features, dim=-1)
+        return {"features": features}
+
+
+class GlobalPooler(nn.Module):
+    """hidden [B, C, H, W] → features [B, C] by global average pooling."""
+
+    def forward(self, state: State) -> State:
+        return {"features": torch.flatten(nn.functional.adaptive_avg_pool2d(state["hidden"], 1), 1)}

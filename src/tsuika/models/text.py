@@ -1,0 +1,178 @@
+"""Hugging Face text encoders (local folders) as staged `AdaptableModel`s.
+
+BERT-family encoders are split into embeddings → one stage per transformer block → pooler →
+head, so that freezing, per-block learning rates and frozen-prefix caching work per block.
+Other encoders run as a single encoder stage (still cacheable at the pooled features).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.masking_utils import create_bidirectional_mask
+
+from tsuika.config import HeadConfig
+from tsuika.errors import TsuikaError
+from tsuika.models.base import AdaptableModel, State
+from tsuika.models.heads import Head, TokenPooler
+
+# Encoders whose blocks take (hidden_states, attention_mask) and nothing else that matters.
+STAGED_FAMILIES = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
+
+
+class TextPreprocess:
+    """Texts → token ids (once, unpadded) → padded batches (dynamic padding)."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    def encode(self, texts: list[str]) -> list[State]:
+        """One dict of 1-D tensors per text; `len(item["input_ids"])` is its token length."""
+        out = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in out]
+        return [
+            {k: torch.tensor(out[k][i], dtype=torch.long) for k in keys} for i in range(len(texts))
+        ]
+
+    @staticmethod
+    def length(item: State) -> int:
+        return int(item["input_ids"].shape[0])
+
+    def collate(self, items: list[State]) -> State:
+        """Pad to the longest item of the batch; attention_mask marks real tokens."""
+        longest = max(self.length(item) for item in items)
+        batch = {}
+        for key in items[0]:
+            fill = self.pad_id if key == "input_ids" else 0
+            batch[key] = torch.full((len(items), longest), fill, dtype=torch.long)
+            for row, item in enumerate(items):
+                batch[key][row, : len(item[key])] = item[key]
+        batch["attention_mask"] = torch.zeros((len(items), longest), dtype=torch.long)
+        for row, item in enumerate(items):
+            batch["attention_mask"][row, : self.length(item)] = 1
+        return batch
+
+
+class EmbeddingStage(nn.Module):
+    def __init__(self, embeddings: nn.Module) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+
+    def forward(self, state: State) -> State:
+        hidden = self.embeddings(
+            input_ids=state["input_ids"], token_type_ids=state.get("token_type_ids")
+        )
+        return {"hidden": hidden, "attention_mask": state["attention_mask"]}
+
+
+class BlockStage(nn.Module):
+    """One transformer block; the 4-D attention mask is built the way the model builds it."""
+
+    def __init__(self, block: nn.Module, config: Any) -> None:
+        super().__init__()
+        self.block = block
+        self.config = config
+
+    def forward(self, state: State) -> State:
+        hidden = state["hidden"]
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden, attention_mask=state["attention_mask"]
+        )
+        out = self.block(hidden, attention_mask=mask)
+        hidden = out[0] if isinstance(out, tuple) else out
+        return {"hidden": hidden, "attention_mask": state["attention_mask"]}
+
+
+class EncoderStage(nn.Module):
+    """A whole encoder as one stage, for families without a staged split."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, state: State) -> State:
+        inputs = {k: v for k, v in state.items() if k != "labels"}
+        hidden = self.encoder(**inputs).last_hidden_state
+        return {"hidden": hidden, "attention_mask": state["attention_mask"]}
+
+
+def sentence_transformers_pooling(folder: Path) -> tuple[str, bool]:
+    """Read the pooling mode and normalisation a sentence-transformers folder declares."""
+    mode, normalize = "mean", False
+    pooling = folder / "1_Pooling" / "config.json"
+    if pooling.is_file():
+        settings = json.loads(pooling.read_text())
+        mode = "cls" if settings.get("pooling_mode_cls_token") else "mean"
+    modules = folder / "modules.json"
+    if modules.is_file():
+        normalize = any(
+            m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text())
+        )
+    return mode, normalize
+
+
+def _check_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise TsuikaError(
+            f"model folder {folder} has no config.json; give a Hugging Face model folder "
+            "(config.json, weights, tokenizer) or a bundled name from `tsuika models`"
+        )
+
+
+def load_text_model(
+    folder: Path,
+    source: str,
+    num_labels: int,
+    head: HeadConfig,
+    max_length: int,
+    pretrained: bool = True,
+) -> AdaptableModel:
+    """Build the staged model from a local HF folder; `pretrained=False` gives a random init
+    of the same architecture (the from-scratch baseline)."""
+    _check_folder(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        if pretrained:
+            encoder = AutoModel.from_pretrained(folder, local_files_only=True, config=config)
+        else:
+            encoder = AutoModel.from_config(config)
+    except (OSError, ValueError) as err:
+        raise TsuikaError(f"could not load the model in {folder}: {err}") from None
+
+    mode, normalize = sentence_transformers_pooling(folder)
+    if head.pooling != "auto":
+        mode = head.pooling
+    width = config.hidden_size
+    pooler = TokenPooler(mode, normalize)
+    new_head = Head(width, num_labels, head.type, head.hidden, head.dropout)
+
+    if config.model_type in STAGED_FAMILIES:
+        stages: list[tuple[str, nn.Module]] = [("embeddings", EmbeddingStage(encoder.embeddings))]
+        stages += [
+            (f"block{i + 1}", BlockStage(block, encoder.config))
+            for i, block in enumerate(encoder.encoder.layer)
+        ]
+    else:
+        stages = [("encoder", EncoderStage(encoder))]
+    stages += [("pooler", pooler), ("head", new_head)]
+
+    spec = {
+        "family": "text",
+        "source": source,
+        "num_labels": num_labels,
+        "head": head.model_dump(),
+        "max_length": max_length,
+        "pooling": mode,
+        "normalize": normalize,
+    }
+    model = AdaptableModel(stages, spec, TextPreprocess(tokenizer, max_length))
+    # The HF pooler (if any) is unused by sentence embeddings: keep it out of every group.
+    return model

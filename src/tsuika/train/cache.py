@@ -1,0 +1,145 @@
+"""Activations at a frozen boundary, computed once and reused every epoch.
+
+When every stage below boundary `b` is frozen and the inputs are deterministic, the output of
+`model.forward(batch, 0, b)` never changes: computing it once turns each later epoch into a
+pass over the upper stages only. Transfer learning (b = the head) then costs about one
+inference pass. Items are kept in memory until `memory_limit` bytes, then spill to flat files
+read through a memory map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tsuika.models.base import AdaptableModel, State
+from tsuika.train.batches import sorted_batches
+from tsuika.train.feed import Feed, collate_states, split_states
+from tsuika.train.progress import Progress
+
+
+class DiskStore:
+    """Append-only per-key files of raw tensor bytes + an in-memory index of slices."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.index: list[dict[str, tuple[int, tuple[int, ...], np.dtype]]] = []
+        self.files: dict[str, object] = {}
+        self.offsets: dict[str, int] = {}
+        self.maps: dict[str, np.memmap] = {}
+
+    def append(self, item: State) -> None:
+        entry = {}
+        for key, tensor in item.items():
+            array = tensor.numpy()
+            if key not in self.files:
+                self.files[key] = open(self.folder / f"{key}.bin", "wb")  # noqa: SIM115
+                self.offsets[key] = 0
+            self.files[key].write(array.tobytes())
+            entry[key] = (self.offsets[key], array.shape, array.dtype)
+            self.offsets[key] += array.nbytes
+        self.index.append(entry)
+
+    def finish(self) -> None:
+        for key, handle in self.files.items():
+            handle.close()
+            self.maps[key] = np.memmap(self.folder / f"{key}.bin", dtype=np.uint8, mode="r")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> State:
+        item = {}
+        for key, (offset, shape, dtype) in self.index[i].items():
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            raw = self.maps[key][offset : offset + nbytes]
+            item[key] = torch.from_numpy(raw.view(dtype).reshape(shape).copy())
+        return item
+
+
+class ActivationCache:
+    """Per-example states in input order, in memory or spilled to disk."""
+
+    def __init__(self, n: int, memory_limit: int, spill_dir: Path | None, mode: str) -> None:
+        self.items: list[State | None] = [None] * n
+        self.memory_limit = memory_limit
+        self.spill_dir = spill_dir
+        self.nbytes = 0
+        self.disk: DiskStore | None = None
+        self.disk_slot: dict[int, int] = {}
+        if mode == "disk":
+            self._spill()
+
+    def _spill(self) -> None:
+        if self.spill_dir is None:
+            return
+        self.disk = DiskStore(self.spill_dir)
+        for i, item in enumerate(self.items):
+            if item is not None:
+                self.disk_slot[i] = len(self.disk)
+                self.disk.append(item)
+                self.items[i] = None
+
+    def put(self, i: int, item: State) -> None:
+        if self.disk is not None:
+            self.disk_slot[i] = len(self.disk)
+            self.disk.append(item)
+            return
+        self.items[i] = item
+        self.nbytes += sum(t.numel() * t.element_size() for t in item.values())
+        if self.nbytes > self.memory_limit:
+            self._spill()
+
+    def finish(self) -> None:
+        if self.disk is not None:
+            self.disk.finish()
+
+    @property
+    def on_disk(self) -> bool:
+        return self.disk is not None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> State:
+        if self.disk is not None and i in self.disk_slot:
+            return self.disk[self.disk_slot[i]]
+        return self.items[i]
+
+
+@torch.no_grad()
+def cache_boundary(
+    model: AdaptableModel,
+    feed: Feed,
+    boundary: int,
+    batch_size: int,
+    mode: str = "auto",
+    memory_limit_mb: int = 2048,
+    spill_dir: Path | None = None,
+    progress: Progress | None = None,
+    label: str = "caching",
+) -> Feed:
+    """Run stages [feed.start, boundary) once over `feed` and return a feed at `boundary`.
+
+    Batches go in length-sorted order (least padding); results are stored by input index, so
+    the order of the examples is unchanged.
+    """
+    was_training = model.training
+    model.eval()
+    lengths = feed.lengths or [1] * len(feed)
+    cache = ActivationCache(len(feed), memory_limit_mb * 2**20, spill_dir, mode)
+    order = sorted_batches(lengths, batch_size)
+    task = progress.task(label, total=len(feed)) if progress else None
+    for batch in feed.batches(order):
+        state = model(batch.state, feed.start, boundary)
+        for index, item in zip(batch.indices, split_states(state), strict=True):
+            cache.put(index, item)
+        if task is not None:
+            progress.advance(task, len(batch.indices))
+    cache.finish()
+    model.train(was_training)
+    ragged = feed.lengths is not None and "attention_mask" in cache[0]
+    return Feed(cache, feed.labels, boundary, collate_states, feed.lengths if ragged else None)
