@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,6 @@ from tsuika.methods import METHODS, Finetune, Method
 from tsuika.models import load_model
 from tsuika.models.base import AdaptableModel
 from tsuika.runs import (
-    append_jsonl,
     create_run_dir,
     load_model_folder,
     save_model,
@@ -94,23 +94,49 @@ def as_config(config: Config | dict | str | Path | None, overrides: dict[str, An
     return build_config(merge(base, overrides))
 
 
+class MetricsLog:
+    """`metrics.jsonl`: one line per epoch of every phase, rewritten atomically from the
+    histories (so a resumed run never repeats or loses an epoch)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.histories: dict[str, list[dict]] = {}
+
+    def writer(self, phase: str):
+        def write(history: list[dict]) -> None:
+            self.histories[phase] = history
+            if self.path:
+                lines = [
+                    json.dumps({"phase": name, **record})
+                    for name, records in self.histories.items()
+                    for record in records
+                ]
+                write_atomic(self.path, "\n".join(lines) + "\n")
+
+        return write
+
+
 def adapt(
     model: AdaptableModel,
     method: Method,
     splits: Splits,
     config: Config,
     progress: Progress,
-    log_path: Path | None,
+    log: MetricsLog,
     phase: str,
-    spill_dir: Path | None = None,
+    run_path: Path | None = None,
+    resume: bool = False,
 ) -> tuple[FitResult, np.ndarray, dict[str, float]]:
-    """Prepare, cache what is frozen, fit, and predict the test split. Returns the fit
-    result, test predictions and timings (seconds)."""
+    """Prepare, cache what stays frozen, fit, and predict the test split. Returns the fit
+    result, test predictions and timings (seconds). Checkpoints go to
+    `<run>/checkpoints/<phase>`; `resume` continues from the newest one."""
+    spill_dir = run_path / "cache" / phase if run_path else None
+    checkpoints = run_path / "checkpoints" / phase if run_path else None
     train_cfg = config.train
     method.prepare(model)
     train_feed, val_feed = input_feed(model, splits.train), input_feed(model, splits.val)
     timings: dict[str, float] = {}
-    boundary = model.frozen_prefix() if train_cfg.cache != "off" else 0
+    boundary = method.cache_boundary(model) if train_cfg.cache != "off" else 0
     if boundary > 0:
         started = time.perf_counter()
         cache_args = dict(
@@ -136,11 +162,19 @@ def adapt(
         )
         timings["cache"] = time.perf_counter() - started
 
-    def log(record: dict) -> None:
-        if log_path:
-            append_jsonl(log_path, {"phase": phase, **record})
-
-    result = fit(model, method, train_feed, val_feed, train_cfg, config.seed, log, progress, phase)
+    result = fit(
+        model,
+        method,
+        train_feed,
+        val_feed,
+        train_cfg,
+        config.seed,
+        log.writer(phase),
+        progress,
+        phase,
+        checkpoints,
+        resume,
+    )
     timings["fit"] = result.seconds
     started = time.perf_counter()
     test_feed = input_feed(model, splits.test)
@@ -157,62 +191,86 @@ def scratch_config(config: Config) -> Config:
         epochs=config.baselines.scratch_epochs,
         cache="off",
     )
+    tree["method"] = "finetune"
+    tree["finetune"] = {"freeze": 0}
     return build_config(tree)
 
 
-def train(config: Config | dict | str | Path | None = None, **overrides: Any) -> Run:
+def train(
+    config: Config | dict | str | Path | None = None,
+    *,
+    resume: str | Path | None = None,
+    **overrides: Any,
+) -> Run:
     """Adapt a pretrained model to the data in `config` and evaluate it honestly.
 
     `config` is a YAML path, a dict or a `Config`; keyword overrides are sections or values,
     e.g. `train(model="minilm-l6", data={"train": "reviews.csv", "k": 64})`.
+    `resume=RUN` continues an interrupted run in its own folder from its newest checkpoint.
     """
     started = time.perf_counter()
-    config = as_config(config, overrides)
+    if resume is not None:
+        config = resumable_config(Path(resume), config, overrides)
+    else:
+        config = as_config(config, overrides)
     seed_everything(config.seed)
     splits = load_text_splits(config.data)  # bad data fails before anything is written
     model = load_model(
         config.model, len(splits.labels), config.head, config.train.max_length, pretrained=True
     )
     method = METHODS[config.method](config)
-    default_name = f"{config.method}-{Path(config.model).name}"
-    path = create_run_dir(config.output, config.name, default_name)
-    write_atomic(path / "config.yaml", to_yaml(config))
-    log_path = path / "metrics.jsonl"
+    if resume is not None:
+        path = Path(resume)
+    else:
+        default_name = f"{config.method}-{Path(config.model).name}"
+        path = create_run_dir(config.output, config.name, default_name)
+        write_atomic(path / "config.yaml", to_yaml(config))
+    log = MetricsLog(path / "metrics.jsonl")
+    resuming = resume is not None
 
     truth = np.array(splits.test.labels)
     with Progress(config.progress) as progress:
         result, predicted, timings = adapt(
-            model,
-            method,
-            splits,
-            config,
-            progress,
-            log_path,
-            config.method,
-            spill_dir=path / "cache",
+            model, method, splits, config, progress, log, config.method, path, resuming
         )
         trained = [g.index for g in model.layer_groups() if g.trainable]
         save_model(path / "model", model, splits.labels, trained)
-        baselines, baseline_timings = run_baselines(config, splits, progress, log_path, truth)
+        baselines, baseline_timings = run_baselines(
+            config, splits, progress, log, truth, path, resuming
+        )
 
     summary = build_summary(
         config, splits, model, result, truth, predicted, baselines, path, trained
     )
     summary["timings"] = {**timings, **baseline_timings, "total": time.perf_counter() - started}
     write_atomic(path / "summary.json", json.dumps(summary, indent=2))
-    _remove_cache(path / "cache")
+    # The run is complete: activation caches and resume points are no longer needed.
+    shutil.rmtree(path / "cache", ignore_errors=True)
+    shutil.rmtree(path / "checkpoints", ignore_errors=True)
     return Run(path, model, splits.labels, summary)
 
 
-def _remove_cache(folder: Path) -> None:
-    if folder.is_dir():
-        for file in sorted(folder.rglob("*"), reverse=True):
-            file.unlink() if file.is_file() else file.rmdir()
-        folder.rmdir()
+def resumable_config(path: Path, config: object, overrides: dict[str, Any]) -> Config:
+    """The configuration of an interrupted run; resuming with other settings is refused."""
+    if config is not None or overrides:
+        raise TsuikaError(
+            "--resume continues a run with its own config.yaml; give no other config or overrides"
+        )
+    if not (path / "config.yaml").is_file():
+        raise TsuikaError(f"cannot resume {path}: it has no config.yaml (not a run folder)")
+    if (path / "summary.json").is_file():
+        raise TsuikaError(f"run {path} already finished (summary.json exists); nothing to resume")
+    return load_config(path / "config.yaml")
 
 
 def run_baselines(
-    config: Config, splits: Splits, progress: Progress, log_path: Path, truth: np.ndarray
+    config: Config,
+    splits: Splits,
+    progress: Progress,
+    log: MetricsLog,
+    truth: np.ndarray,
+    path: Path | None = None,
+    resume: bool = False,
 ) -> tuple[dict[str, dict], dict[str, float]]:
     baselines: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -234,9 +292,9 @@ def run_baselines(
             config.train.max_length,
             pretrained=False,
         )
-        method = Finetune(scratch_cfg, freeze=0)
+        method = Finetune(scratch_cfg)
         result, predicted, _ = adapt(
-            model, method, splits, scratch_cfg, progress, log_path, "scratch"
+            model, method, splits, scratch_cfg, progress, log, "scratch", path, resume
         )
         baselines["scratch"] = {
             **classification_metrics(truth, predicted),

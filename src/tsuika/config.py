@@ -70,6 +70,18 @@ class TrainConfig(Section):
     """Also checkpoint every N optimizer steps (a checkpoint is always written per epoch)."""
 
 
+class FinetuneConfig(Section):
+    freeze: int | Literal["all-but-head"] | list[str] = 0
+    """The N shallowest layer groups, `all-but-head`, or group-name patterns (`block[1-3]`)."""
+    layer_decay: float = Field(1.0, gt=0, le=1)
+    """Layer-wise rate decay γ: the pretrained group at depth d below the head trains at
+    `backbone_lr × γ^(d-1)` (Clark et al. 2020, ELECTRA; timm `param_groups_layer_decay`)."""
+    group_lr: dict[str, float] = {}
+    """Rates for named groups (patterns allowed), overriding the rules above; 0 freezes."""
+    unfreeze_every: int | None = Field(None, ge=1)
+    """Gradual unfreezing (ULMFiT): head only, then one more group every E epochs."""
+
+
 class BaselineConfig(Section):
     majority: bool = True
     scratch: bool = True
@@ -85,6 +97,7 @@ class Config(Section):
     """A bundled name (`tsuika models`) or a local Hugging Face model folder."""
     method: Literal["transfer", "finetune"] = "transfer"
     data: DataConfig = DataConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     head: HeadConfig = HeadConfig()
     train: TrainConfig = TrainConfig()
     baselines: BaselineConfig = BaselineConfig()

@@ -50,6 +50,14 @@ class Method:
     def param_groups(self, model: AdaptableModel) -> list[dict]:
         raise NotImplementedError
 
+    def cache_boundary(self, model: AdaptableModel) -> int:
+        """How many leading groups stay frozen for the whole run (their output is cached)."""
+        return model.frozen_prefix()
+
+    def on_epoch_start(self, model: AdaptableModel, epoch: int) -> list[str]:
+        """Change what trains at an epoch boundary; returns events to log."""
+        return []
+
     def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         logits = model(batch.state, batch.start)["logits"]
         loss = nn.functional.cross_entropy(logits.float(), batch.labels)

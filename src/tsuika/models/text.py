@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
-from transformers.masking_utils import create_bidirectional_mask
 
 from tsuika.config import HeadConfig
 from tsuika.errors import TsuikaError
@@ -72,8 +71,17 @@ class EmbeddingStage(nn.Module):
         return {"hidden": hidden, "attention_mask": state["attention_mask"]}
 
 
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T] of 1/0 → [B, 1, 1, T] of 0/−max: padded keys get no attention weight.
+
+    Broadcast over heads and queries; accepted by both eager and SDPA attention. (Built here,
+    once per block call, because transformers' own mask factory is slow on CPU.)
+    """
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
 class BlockStage(nn.Module):
-    """One transformer block; the 4-D attention mask is built the way the model builds it."""
+    """One transformer block taking (hidden_states, attention_mask)."""
 
     def __init__(self, block: nn.Module, config: Any) -> None:
         super().__init__()
@@ -82,9 +90,7 @@ class BlockStage(nn.Module):
 
     def forward(self, state: State) -> State:
         hidden = state["hidden"]
-        mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=state["attention_mask"]
-        )
+        mask = additive_mask(state["attention_mask"], hidden.dtype)
         out = self.block(hidden, attention_mask=mask)
         hidden = out[0] if isinstance(out, tuple) else out
         return {"hidden": hidden, "attention_mask": state["attention_mask"]}

@@ -1,11 +1,20 @@
-"""The one training loop. Methods differ only in `prepare`, `param_groups` and `step`."""
+"""The one training loop. Methods differ only in `prepare`, `param_groups`, `step` (and the
+optional `on_epoch_start`); the loop never asks which method it runs.
+
+Per optimizer step: micro-batches (gradient accumulation) → clip → AdamW → warmup/decay
+schedule. Per epoch: validation, early stopping on validation accuracy (ties: lower loss),
+a checkpoint. With several processes (Accelerate/DDP), every global batch is split across
+them, so the result matches one process with the same global batch size.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -14,6 +23,7 @@ from tsuika.config import TrainConfig
 from tsuika.methods.base import Method
 from tsuika.models.base import AdaptableModel
 from tsuika.train.batches import sorted_batches, training_batches
+from tsuika.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
 from tsuika.train.feed import Feed
 from tsuika.train.progress import Progress
 from tsuika.train.schedule import lr_multiplier
@@ -51,14 +61,142 @@ def _val_scores(model: torch.nn.Module, val: Feed) -> tuple[float, float]:
     return accuracy, loss
 
 
-def _trainable_state(model: AdaptableModel) -> dict[str, torch.Tensor]:
-    """Copies of the weights (and buffers) of the groups that train: enough to restore."""
+def _group_state(model: AdaptableModel, groups: list[int]) -> dict[str, torch.Tensor]:
     state = {}
-    for group in model.layer_groups():
-        if group.trainable:
-            for key, value in group.module.state_dict().items():
-                state[f"stages.{group.index}.{key}"] = value.detach().clone()
+    for index in groups:
+        for key, value in model.stages[index].state_dict().items():
+            state[f"stages.{index}.{key}"] = value.detach().clone()
     return state
+
+
+class Loop:
+    """One fit: owns the accelerator, optimizer, counters and checkpoints."""
+
+    def __init__(
+        self,
+        model: AdaptableModel,
+        method: Method,
+        train: Feed,
+        val: Feed,
+        config: TrainConfig,
+        seed: int,
+        checkpoints: Path | None,
+    ) -> None:
+        self.model, self.method, self.train_feed, self.val = model, method, train, val
+        self.config, self.seed, self.checkpoints = config, seed, checkpoints
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), mixed_precision="bf16" if config.bf16 else "no"
+        )
+        self.optimizer = torch.optim.AdamW(method.param_groups(model))
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = group["lr"]
+        # Groups that may train at any point of the run: what checkpoints must hold.
+        self.saved_groups = sorted(
+            {
+                index
+                for index, g in enumerate(model.layer_groups())
+                for p in g.parameters()
+                if any(p is q for grp in self.optimizer.param_groups for q in grp["params"])
+            }
+        )
+        batches = math.ceil(len(train) / config.batch_size)
+        self.steps_per_epoch = math.ceil(batches / config.grad_accum)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.warmup = int(config.warmup * self.total_steps)
+        self.wrapped, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.state = LoopState(patience_left=config.patience)
+        self.best = _group_state(model, self.saved_groups)
+
+    # -- checkpoints -------------------------------------------------------------------
+    def save(self) -> None:
+        if self.checkpoints is None:
+            return
+        if self.accelerator.is_main_process:
+            weights = _group_state(self.model, self.saved_groups)
+            save_checkpoint(self.checkpoints, self.state, weights, self.best, self.optimizer)
+        self.accelerator.wait_for_everyone()
+
+    def resume(self) -> bool:
+        found = latest_checkpoint(self.checkpoints) if self.checkpoints else None
+        if found is None:
+            return False
+        self.state, weights, self.best, optimizer, rng = load_checkpoint(found)
+        self.model.load_state_dict(weights, strict=False)
+        self.optimizer.load_state_dict(optimizer)
+        torch.set_rng_state(rng["torch"])
+        self.method.on_epoch_start(self.model, self.state.epoch)  # the unfreezing phase
+        return True
+
+    # -- training ----------------------------------------------------------------------
+    def _shard(self, indices: list[int]) -> list[int]:
+        """This process's part of a global batch."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        return indices[rank::world]
+
+    def _optimizer_step(self) -> None:
+        config, state = self.config, self.state
+        factor = lr_multiplier(state.step, self.total_steps, self.warmup, config.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        if config.clip_grad_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self.accelerator.clip_grad_norm_(params, config.clip_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+
+    def run_epoch(self, epoch: int, events: list[str]) -> dict:
+        config, state = self.config, self.state
+        self.wrapped.train()
+        order = training_batches(
+            len(self.train_feed), config.batch_size, self.seed, epoch, self.train_feed.lengths
+        )
+        for micro in range(state.micro, len(order)):
+            batch = self.train_feed.batch(self._shard(order[micro]))
+            stepping = (micro + 1) % config.grad_accum == 0 or micro + 1 == len(order)
+            sync = contextlib.nullcontext() if stepping else self.accelerator.no_sync(self.wrapped)
+            with sync, self.accelerator.autocast():
+                out = self.method.step(self.wrapped, batch)
+                self.accelerator.backward(out["loss"] / config.grad_accum)
+            state.loss_sum += out["loss"].item() * len(batch.indices)
+            state.correct += (out["logits"].argmax(-1) == batch.labels).sum().item()
+            state.seen += len(batch.indices)
+            state.micro = micro + 1
+            if stepping:
+                self._optimizer_step()
+                every = config.checkpoint_every
+                if every and state.step % every == 0 and state.micro < len(order):
+                    self.save()
+        val_accuracy, val_loss = _val_scores(self.wrapped, self.val)
+        record = {
+            "epoch": epoch,
+            "step": state.step,
+            "train_loss": state.loss_sum / max(1, state.seen),
+            "train_accuracy": state.correct / max(1, state.seen),
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if events:
+            record["events"] = events
+        return record
+
+    def end_epoch(self, record: dict) -> None:
+        """Record the epoch, keep the best weights, decide on early stopping."""
+        state = self.state
+        state.history.append(record)
+        key = (record["val_accuracy"], -record["val_loss"])
+        if key > (state.best_accuracy, -state.best_loss) or state.best_epoch == 0:
+            state.best_accuracy, state.best_loss = key[0], -key[1]
+            state.best_epoch = record["epoch"]
+            self.best = _group_state(self.model, self.saved_groups)
+            state.patience_left = self.config.patience
+        elif state.patience_left is not None:
+            state.patience_left -= 1
+        stop = state.patience_left is not None and state.patience_left <= 0
+        state.epoch, state.micro = record["epoch"] + 1, 0
+        state.loss_sum, state.correct, state.seen = 0.0, 0, 0
+        state.finished = stop or record["epoch"] >= self.config.epochs
 
 
 def fit(
@@ -68,85 +206,43 @@ def fit(
     val: Feed,
     config: TrainConfig,
     seed: int = 0,
-    log: Callable[[dict], None] | None = None,
+    log: Callable[[list[dict]], None] | None = None,
     progress: Progress | None = None,
     label: str = "training",
+    checkpoints: Path | None = None,
+    resume: bool = False,
 ) -> FitResult:
-    """Train `model` (already `method.prepare`d) on `train`, early-stopping on `val` accuracy
-    (ties broken by validation loss), and leave it holding the best epoch's weights."""
+    """Train `model` (already `method.prepare`d) and leave it holding the best epoch's
+    weights. `log` receives the whole history after every epoch (it is rewritten, so a resumed
+    run's log never repeats an epoch). With `resume`, continue from the newest checkpoint in
+    `checkpoints`; the result equals an uninterrupted run's."""
     started = time.perf_counter()
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision="bf16" if config.bf16 else "no"
-    )
-    optimizer = torch.optim.AdamW(method.param_groups(model))
-    for group in optimizer.param_groups:
-        group["base_lr"] = group["lr"]
-    batches_per_epoch = math.ceil(len(train) / config.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.grad_accum)
-    total_steps = config.epochs * steps_per_epoch
-    warmup = int(config.warmup * total_steps)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
-
-    result = FitResult()
-    best_key = (-1.0, 0.0)
-    best_state = _trainable_state(model)
-    patience_left = config.patience
+    loop = Loop(model, method, train, val, config, seed, checkpoints)
+    if resume:
+        loop.resume()
+    state = loop.state
     task = progress.task(label, total=config.epochs) if progress else None
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        wrapped.train()
-        order = training_batches(len(train), config.batch_size, seed, epoch, train.lengths)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for micro, batch in enumerate(train.batches(order)):
-            with accelerator.autocast():
-                out = method.step(wrapped, batch)
-            accelerator.backward(out["loss"] / config.grad_accum)
-            loss_sum += out["loss"].item() * len(batch.indices)
-            correct += (out["logits"].argmax(-1) == batch.labels).sum().item()
-            seen += len(batch.indices)
-            if (micro + 1) % config.grad_accum == 0 or micro + 1 == len(order):
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * lr_multiplier(
-                        step, total_steps, warmup, config.schedule
-                    )
-                if config.clip_grad_norm:
-                    accelerator.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]],
-                        config.clip_grad_norm,
-                    )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-        val_accuracy, val_loss = _val_scores(wrapped, val)
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": loss_sum / seen,
-            "train_accuracy": correct / seen,
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        result.history.append(record)
-        if log:
-            log(record)
+    if task is not None:
+        progress.advance(task, state.epoch - 1)
+    while not state.finished:
+        epoch = state.epoch
+        events = method.on_epoch_start(model, epoch) if state.micro == 0 else []
+        record = loop.run_epoch(epoch, events)
+        loop.end_epoch(record)
+        loop.save()
+        if log and loop.accelerator.is_main_process:
+            log(state.history)
         if task is not None:
-            progress.advance(task, info=f"val acc {val_accuracy:.3f}")
-        key = (val_accuracy, -val_loss)
-        if key > best_key:
-            best_key, result.best_epoch = key, epoch
-            best_state = _trainable_state(model)
-            patience_left = config.patience
-        elif patience_left is not None:
-            patience_left -= 1
-            if patience_left <= 0:
-                result.stopped_early = epoch < config.epochs
-                break
-    model.load_state_dict(best_state, strict=False)
-    result.best_val_accuracy = best_key[0]
-    result.steps = step
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-__all__ = ["FitResult", "fit", "predict_probs"]
+            progress.advance(task, info=f"val acc {record['val_accuracy']:.3f}")
+    model.load_state_dict(loop.best, strict=False)
+    last = state.history[-1]["epoch"] if state.history else 0
+    return FitResult(
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_val_accuracy=state.best_accuracy,
+        stopped_early=bool(
+            state.patience_left is not None and state.patience_left <= 0 and last < config.epochs
+        ),
+        steps=state.step,
+        seconds=time.perf_counter() - started,
+    )

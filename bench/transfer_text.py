@@ -1,0 +1,120 @@
+"""Transfer learning on text: cost against its floor, accuracy against LogisticRegression.
+
+    python bench/transfer_text.py [--seeds 3]
+
+Prints, for the bundled minilm-l6 and movie-review data:
+  * the floor: one inference pass over the training split (tsuika's batching: length-sorted,
+    dynamic padding), and sentence-transformers' `encode` over the same texts for reference;
+  * the total training time of `transfer` (feature caching for train + validation, then all
+    head epochs on the cache) and its ratio to the floor (target ≤ 1.3×);
+  * accuracy at k=64 per class of tsuika's head versus scikit-learn's LogisticRegression on
+    the same frozen embeddings (target: within 1 point), averaged over several k-shot draws;
+  * peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import tsuika
+from tsuika.api import input_feed, seed_everything
+from tsuika.config import load_config
+from tsuika.data.text import load_text_splits
+from tsuika.models import BUNDLED, load_model
+from tsuika.train.batches import sorted_batches
+
+
+@torch.no_grad()
+def embed_all(model, examples, batch_size: int = 64) -> tuple[np.ndarray, float]:
+    """Pooled features in input order, and the seconds one inference pass took."""
+    feed = input_feed(model, examples)
+    started = time.perf_counter()
+    out = [None] * len(feed)
+    for batch in feed.batches(sorted_batches(feed.lengths, batch_size)):
+        for i, row in zip(batch.indices, model.embed(batch.state), strict=True):
+            out[i] = row
+    return torch.stack(out).numpy(), time.perf_counter() - started
+
+
+def sentence_transformers_seconds(texts: list[str]) -> float:
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(str(BUNDLED["minilm-l6"].folder()), device="cpu")
+    encoder.encode(texts[:64], batch_size=64)  # warm-up
+    started = time.perf_counter()
+    encoder.encode(texts, batch_size=64)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--k", type=int, default=64)
+    args = parser.parse_args()
+    print(f"# bench/transfer_text.py · {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()}"
+          f" · torch {torch.__version__} · {torch.get_num_threads()} threads")
+
+    # 1. Cost: the whole training pool (no k), floor versus transfer's training time.
+    config = load_config(None, {"data": {"train": "bundled:reviews"}})
+    splits = load_text_splits(config.data)
+    model = load_model("minilm-l6", 2).eval()
+    embed_all(model, splits.train.subset(list(range(64))))  # warm-up
+    _, floor = embed_all(model, splits.train)
+    st_seconds = sentence_transformers_seconds(splits.train.inputs)
+    run = tsuika.train(
+        data={"train": "bundled:reviews"},
+        baselines={"majority": True, "scratch": False},
+        output="/tmp/tsuika-bench",
+        progress=False,
+    )
+    timings = run.summary["timings"]
+    total = timings["cache"] + timings["fit"]
+    n = len(splits.train)
+    print(f"\ntraining split: {n} texts (+{len(splits.val)} validation)")
+    print(f"floor: one inference pass over train   {floor:7.2f} s  ({n / floor:6.0f} texts/s)")
+    print(f"sentence-transformers encode (same)    {st_seconds:7.2f} s  "
+          f"(tsuika floor is {st_seconds / floor:.2f}× faster)")
+    print(f"transfer total: cache train+val + fit   {total:7.2f} s  "
+          f"(cache {timings['cache']:.2f} s, fit {timings['fit']:.2f} s, "
+          f"{run.summary['training']['epochs_run']} epochs)")
+    print(f"ratio total / floor                     {total / floor:7.2f}×  (target ≤ 1.3×)")
+    print(f"full-pool test accuracy                 {run.summary['test']['accuracy']:.4f}")
+
+    # 2. Accuracy at k per class: tsuika's head vs LogisticRegression on the same embeddings.
+    test_x, _ = embed_all(model, splits.test)
+    test_y = np.array(splits.test.labels)
+    ours, theirs = [], []
+    for seed in range(args.seeds):
+        run = tsuika.train(
+            data={"train": "bundled:reviews", "k": args.k, "seed": seed},
+            baselines={"scratch": False},
+            output="/tmp/tsuika-bench",
+            progress=False,
+            seed=seed,
+        )
+        cfg = load_config(None, {"data": {"k": args.k, "seed": seed}})
+        few = load_text_splits(cfg.data)
+        seed_everything(seed)
+        train_x, _ = embed_all(model, few.train)
+        logreg = LogisticRegression(max_iter=5000).fit(train_x, few.train.labels)
+        theirs.append(float((logreg.predict(test_x) == test_y).mean()))
+        ours.append(run.summary["test"]["accuracy"])
+        print(f"k={args.k} seed {seed}: tsuika transfer {ours[-1]:.4f}   "
+              f"LogisticRegression {theirs[-1]:.4f}")
+    gap = 100 * (np.mean(ours) - np.mean(theirs))
+    print(f"k={args.k} mean over {args.seeds} draws: tsuika {np.mean(ours):.4f}, "
+          f"LogisticRegression {np.mean(theirs):.4f}, difference {gap:+.2f} points "
+          "(target: within 1 point)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory: {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

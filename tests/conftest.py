@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny BERT built in code (no downloads), toy data, fast configs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import VOCAB, csv_text, fast_config, sentiment_rows
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+import tsuika
+
+WriteFile = Callable[[str, str | bytes], Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, width-32 BERT with a word-level vocabulary, saved as a Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    config = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    # transformers 5 ignores `vocab_file=` (every word would become [UNK]); `vocab=` reads it.
+    tokenizer = BertTokenizerFast(vocab=str(vocab_file))
+    assert tokenizer.tokenize("the good movie") == ["the", "good", "movie"]
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 rows of separable toy sentiment, 20 `pos` and 20 `neg`."""
+    path = tmp_path_factory.mktemp("data") / "sentiment.csv"
+    path.write_text(csv_text(sentiment_rows(40)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> WriteFile:
+    """`write_file("name.csv", text_or_bytes)` → its path under this test's tmp_path."""
+
+    def write(name: str, content: str | bytes) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def base_config(tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path) -> dict[str, Any]:
+    """Fast-run config: tiny BERT, toy data, no scratch baseline, runs under tmp_path/runs."""
+    return fast_config(tiny_bert_dir, tiny_csv, tmp_path / "runs")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(
+    tiny_bert_dir: Path, tiny_csv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tsuika.Run:
+    """One transfer run on the toy data (5 epochs), shared by the tests that only read it."""
+    output = tmp_path_factory.mktemp("shared-runs")
+    return tsuika.train(fast_config(tiny_bert_dir, tiny_csv, output, name="tiny"))

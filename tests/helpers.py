@@ -1,0 +1,77 @@
+"""Plain helpers shared by the tests: the toy vocabulary and data, fast configs, run folders."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+POSITIVE_WORDS = "good great excellent wonderful superb lovely brilliant delightful charming fantastic moving beautiful".split()  # noqa: E501
+NEGATIVE_WORDS = "bad awful terrible boring dull poor horrible tedious messy clumsy weak ugly".split()  # noqa: E501
+FILLER_WORDS = (
+    "the a this that movie film story plot acting cast was is very really quite and but so with "
+    "of it one ending music scenes director script overall truly rather too just simply an show "
+    "drama"
+).split()
+VOCAB = SPECIAL_TOKENS + POSITIVE_WORDS + NEGATIVE_WORDS + FILLER_WORDS
+
+Row = tuple[str, str]
+
+
+def sentiment_rows(n: int = 40, seed: int = 0) -> list[Row]:
+    """`n` (text, label) rows alternating `pos` / `neg`: three filler words and three sentiment
+    words each, so the classes are separable by vocabulary alone."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = POSITIVE_WORDS if label == "pos" else NEGATIVE_WORDS
+        text = rng.sample(FILLER_WORDS, 3) + rng.sample(words, 3)
+        rng.shuffle(text)
+        rows.append((" ".join(text), label))
+    return rows
+
+
+def csv_text(rows: list[Row], header: tuple[str, str] = ("text", "label"), sep: str = ",") -> str:
+    lines = [sep.join(header)] + [f"{text}{sep}{label}" for text, label in rows]
+    return "\n".join(lines) + "\n"
+
+
+def jsonl_text(rows: list[Row]) -> str:
+    return "".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows)
+
+
+def fast_config(
+    model_dir: Path, train_file: Path, output: Path, **overrides: Any
+) -> dict[str, Any]:
+    """A config dict for a run of about a second on the tiny BERT. Dict overrides update
+    their section (`train={"epochs": 2}` keeps the other `train` keys)."""
+    config: dict[str, Any] = {
+        "model": str(model_dir),
+        "method": "transfer",
+        "data": {"train": str(train_file)},
+        "train": {"epochs": 5, "batch_size": 8, "lr": 0.05, "patience": None},
+        "baselines": {"scratch": False, "bootstrap": 200},
+        "output": str(output),
+        "progress": False,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            config[key] = {**config.get(key, {}), **value}
+        else:
+            config[key] = value
+    return config
+
+
+def run_folders(output: Path) -> list[Path]:
+    """The run folders under `output` (none when it does not exist)."""
+    return sorted(p for p in output.iterdir() if p.is_dir()) if output.exists() else []
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by relative path, with its bytes."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
