@@ -58,8 +58,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--k", type=int, default=64)
     args = parser.parse_args()
-    print(f"# bench/transfer_text.py · {time.strftime('%Y-%m-%d')} · {platform.processor() or platform.machine()}"
-          f" · torch {torch.__version__} · {torch.get_num_threads()} threads")
+    print(
+        f"# bench/transfer_text.py · {time.strftime('%Y-%m-%d')} · {platform.machine()}"
+        f" · torch {torch.__version__} · {torch.get_num_threads()} threads"
+    )
 
     # 1. Cost: the whole training pool (no k), floor versus transfer's training time.
     config = load_config(None, {"data": {"train": "bundled:reviews"}})
@@ -79,11 +81,15 @@ def main() -> None:
     n = len(splits.train)
     print(f"\ntraining split: {n} texts (+{len(splits.val)} validation)")
     print(f"floor: one inference pass over train   {floor:7.2f} s  ({n / floor:6.0f} texts/s)")
-    print(f"sentence-transformers encode (same)    {st_seconds:7.2f} s  "
-          f"(tsuika floor is {st_seconds / floor:.2f}× faster)")
-    print(f"transfer total: cache train+val + fit   {total:7.2f} s  "
-          f"(cache {timings['cache']:.2f} s, fit {timings['fit']:.2f} s, "
-          f"{run.summary['training']['epochs_run']} epochs)")
+    print(
+        f"sentence-transformers encode (same)    {st_seconds:7.2f} s  "
+        f"(tsuika floor is {st_seconds / floor:.2f}× faster)"
+    )
+    print(
+        f"transfer total: cache train+val + fit   {total:7.2f} s  "
+        f"(cache {timings['cache']:.2f} s, fit {timings['fit']:.2f} s, "
+        f"{run.summary['training']['epochs_run']} epochs)"
+    )
     print(f"ratio total / floor                     {total / floor:7.2f}×  (target ≤ 1.3×)")
     print(f"full-pool test accuracy                 {run.summary['test']['accuracy']:.4f}")
 
@@ -106,12 +112,16 @@ def main() -> None:
         logreg = LogisticRegression(max_iter=5000).fit(train_x, few.train.labels)
         theirs.append(float((logreg.predict(test_x) == test_y).mean()))
         ours.append(run.summary["test"]["accuracy"])
-        print(f"k={args.k} seed {seed}: tsuika transfer {ours[-1]:.4f}   "
-              f"LogisticRegression {theirs[-1]:.4f}")
+        print(
+            f"k={args.k} seed {seed}: tsuika transfer {ours[-1]:.4f}   "
+            f"LogisticRegression {theirs[-1]:.4f}"
+        )
     gap = 100 * (np.mean(ours) - np.mean(theirs))
-    print(f"k={args.k} mean over {args.seeds} draws: tsuika {np.mean(ours):.4f}, "
-          f"LogisticRegression {np.mean(theirs):.4f}, difference {gap:+.2f} points "
-          "(target: within 1 point)")
+    print(
+        f"k={args.k} mean over {args.seeds} draws: tsuika {np.mean(ours):.4f}, "
+        f"LogisticRegression {np.mean(theirs):.4f}, difference {gap:+.2f} points "
+        "(target: within 1 point)"
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory: {peak:.0f} MB")
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-POSITIVE_WORDS = "good great excellent wonderful superb lovely brilliant delightful charming fantastic moving beautiful".split()  # noqa: E501
-NEGATIVE_WORDS = "bad awful terrible boring dull poor horrible tedious messy clumsy weak ugly".split()  # noqa: E501
-FILLER_WORDS = (
-    "the a this that movie film story plot acting cast was is very really quite and but so with "
-    "of it one ending music scenes director script overall truly rather too just simply an show "
-    "drama"
-).split()
+POSITIVE_WORDS = ["good", "great", "excellent", "wonderful", "superb", "lovely", "brilliant"]
+POSITIVE_WORDS += ["delightful", "charming", "fantastic", "moving", "beautiful"]
+NEGATIVE_WORDS = ["bad", "awful", "terrible", "boring", "dull", "poor", "horrible", "tedious"]
+NEGATIVE_WORDS += ["messy", "clumsy", "weak", "ugly"]
+FILLER_WORDS = ["the", "a", "this", "that", "movie", "film", "story", "plot", "acting", "cast"]
+FILLER_WORDS += ["was", "is", "very", "really", "quite", "and", "but", "so", "with", "of", "it"]
+FILLER_WORDS += ["one", "ending", "music", "scenes", "director", "script", "overall", "truly"]
+FILLER_WORDS += ["rather", "too", "just", "simply", "an", "show", "drama"]
 VOCAB = SPECIAL_TOKENS + POSITIVE_WORDS + NEGATIVE_WORDS + FILLER_WORDS
 
 Row = tuple[str, str]

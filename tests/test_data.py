@@ -149,11 +149,6 @@ def test_bad_input_through_the_cli_exits_2_with_one_line(case, tmp_path, tiny_be
     assert run_folders(prepared.output) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.main prints the error message as rich markup, so `[/...]` in a column "
-    "name crashes with MarkupError (and `[red]` would vanish from the message)",
-)
 def test_bracketed_column_name_is_printed_verbatim(tmp_path, tiny_bert_dir, capsys):
     train = tmp_path / "train.csv"
     train.write_text("text,[/label]\ngood film,pos\n", encoding="utf-8")
@@ -162,11 +157,6 @@ def test_bracketed_column_name_is_printed_verbatim(tmp_path, tiny_bert_dir, caps
     assert "[/label]" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: tables.py records csv reader.line_num after the row, i.e. the row's last "
-    "line, so a multi-line quoted row is reported at its end, not where it starts",
-)
 def test_multi_line_row_is_reported_where_it_starts(write_file):
     path = write_file("train.csv", 'text,label\n"good\nfilm",\n')
     with pytest.raises(TsuikaError, match="line 2:"):
@@ -235,7 +225,11 @@ def test_stratified_split_keeps_every_class_on_both_sides():
 
 
 def test_splits_from_one_file_are_disjoint_and_stratified(write_file):
-    rows = [(f"{word} text {i}", word) for word in ("x", "y", "z") for i in range(3 + 7 * "xyz".index(word))]
+    rows = [
+        (f"{word} text {i}", word)
+        for word in ("x", "y", "z")
+        for i in range(3 + 7 * "xyz".index(word))
+    ]
     splits = load_text_splits(DataConfig(train=str(write_file("data.csv", csv_text(rows)))))
     parts = (splits.train, splits.val, splits.test)
     for part in parts:
@@ -273,5 +267,5 @@ def test_bundled_reviews_read():
 
 
 def test_unknown_bundled_dataset_lists_the_available_ones():
-    with pytest.raises(TsuikaError, match="unknown bundled dataset `nope`.*reviews"):
+    with pytest.raises(TsuikaError, match=r"unknown bundled dataset `nope`; available: .*reviews"):
         load_text_splits(DataConfig(train="bundled:nope"))

@@ -3,6 +3,7 @@ exactly, and the toy data is learnt."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,9 @@ def test_transfer_trains_the_head_from_the_seeded_init(tiny_bert_dir, tiny_csv, 
         torch.testing.assert_close(value, init[key], atol=1e-9, rtol=0)
     # … and with a real one it moves away from it.
     moved = tsuika.train(fast_config(tiny_bert_dir, tiny_csv, tmp_path))
-    change = max((value - init[key]).abs().max().item() for key, value in head_state(moved.model).items())
+    change = max(
+        (value - init[key]).abs().max().item() for key, value in head_state(moved.model).items()
+    )
     assert change > 1e-2
 
 
@@ -88,11 +91,6 @@ def test_feature_cache_gives_the_same_head_with_one_batch_per_epoch(
         torch.testing.assert_close(value, uncached[key], atol=1e-6, rtol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cache_boundary drops feed.lengths for pooled features, so cached training "
-    "batches are plain-shuffled while uncached ones are length-bucketed (train/cache.py)",
-)
 def test_feature_cache_gives_the_same_head_with_several_batches_per_epoch(
     tiny_bert_dir, tiny_csv, tmp_path
 ):
@@ -109,6 +107,10 @@ def test_loaded_run_predicts_like_the_trained_run(tiny_run):
     np.testing.assert_allclose(loaded.predict_proba(TEXTS), probs, atol=1e-6, rtol=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     assert np.ptp(probs[:, 0]) > 1e-3  # the head separates texts, it is not constant
+
+
+def test_predicting_no_texts_gives_no_labels(tiny_run):
+    assert tiny_run.predict([]) == []
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +154,8 @@ def test_summary_compares_with_training_from_scratch(learnt_run):
     assert gain["low"] <= gain["gain"] <= gain["high"]
     # The gain is the paired difference of the two accuracies on the same test set.
     assert gain["gain"] == pytest.approx(summary["test"]["accuracy"] - scratch["accuracy"])
+    phases = [json.loads(line)["phase"] for line in (learnt_run.path / "metrics.jsonl").open()]
+    assert phases == ["transfer"] * summary["training"]["epochs_run"] + ["scratch"] * 2
     verdict = summary["verdicts"]["transfer"]
     assert "scratch" in verdict["text"]
     assert verdict["negative_transfer"] is (gain["gain"] <= 0)

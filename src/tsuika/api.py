@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
@@ -14,7 +15,7 @@ import torch
 
 from tsuika.config import Config, build_config, load_config, merge, to_yaml
 from tsuika.data.splits import Examples, Splits
-from tsuika.data.tables import read_table
+from tsuika.data.tables import read_table, resolve
 from tsuika.data.text import load_text_splits
 from tsuika.errors import TsuikaError
 from tsuika.evaluate.baselines import majority_predictions
@@ -30,6 +31,7 @@ from tsuika.runs import (
     write_atomic,
 )
 from tsuika.train.cache import cache_boundary
+from tsuika.train.distributed import barrier, is_main_process
 from tsuika.train.feed import Feed
 from tsuika.train.loop import FitResult, fit, predict_probs
 from tsuika.train.progress import Progress
@@ -64,6 +66,8 @@ class Run:
     def predict_proba(self, inputs: list[str]) -> np.ndarray:
         if isinstance(inputs, str):
             inputs = [inputs]
+        if len(inputs) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
         examples = Examples(list(inputs), [0] * len(inputs))
         return predict_probs(self.model, input_feed(self.model, examples)).numpy()
 
@@ -74,7 +78,7 @@ class Run:
         self, data: str | Path, text_column: str = "text", label_column: str = "label"
     ) -> dict[str, float]:
         """Accuracy and macro-F1 on a labelled file (its labels must be known to the run)."""
-        table = read_table(Path(data), text_column, label_column)
+        table = read_table(resolve(str(data), "test"), text_column, label_column)
         index = {name: i for i, name in enumerate(self.labels)}
         for label, line in zip(table.labels, table.lines, strict=True):
             if label not in index:
@@ -130,7 +134,8 @@ def adapt(
     """Prepare, cache what stays frozen, fit, and predict the test split. Returns the fit
     result, test predictions and timings (seconds). Checkpoints go to
     `<run>/checkpoints/<phase>`; `resume` continues from the newest one."""
-    spill_dir = run_path / "cache" / phase if run_path else None
+    rank = os.environ.get("RANK", "0")
+    spill_dir = run_path / "cache" / phase / f"rank{rank}" if run_path else None
     checkpoints = run_path / "checkpoints" / phase if run_path else None
     train_cfg = config.train
     method.prepare(model)
@@ -219,22 +224,27 @@ def train(
         config.model, len(splits.labels), config.head, config.train.max_length, pretrained=True
     )
     method = METHODS[config.method](config)
+    main = is_main_process()
     if resume is not None:
         path = Path(resume)
-    else:
+    elif main:
         default_name = f"{config.method}-{Path(config.model).name}"
         path = create_run_dir(config.output, config.name, default_name)
         write_atomic(path / "config.yaml", to_yaml(config))
-    log = MetricsLog(path / "metrics.jsonl")
+    else:  # other data-parallel processes use the folder the main process made
+        path = Path(config.output) / str(config.name)
+    barrier()
+    log = MetricsLog(path / "metrics.jsonl" if main else None)
     resuming = resume is not None
 
     truth = np.array(splits.test.labels)
-    with Progress(config.progress) as progress:
+    with Progress(config.progress and main) as progress:
         result, predicted, timings = adapt(
             model, method, splits, config, progress, log, config.method, path, resuming
         )
         trained = [g.index for g in model.layer_groups() if g.trainable]
-        save_model(path / "model", model, splits.labels, trained)
+        if main:
+            save_model(path / "model", model, splits.labels, trained)
         baselines, baseline_timings = run_baselines(
             config, splits, progress, log, truth, path, resuming
         )
@@ -243,10 +253,12 @@ def train(
         config, splits, model, result, truth, predicted, baselines, path, trained
     )
     summary["timings"] = {**timings, **baseline_timings, "total": time.perf_counter() - started}
-    write_atomic(path / "summary.json", json.dumps(summary, indent=2))
-    # The run is complete: activation caches and resume points are no longer needed.
-    shutil.rmtree(path / "cache", ignore_errors=True)
-    shutil.rmtree(path / "checkpoints", ignore_errors=True)
+    if main:
+        write_atomic(path / "summary.json", json.dumps(summary, indent=2))
+        # The run is complete: activation caches and resume points are no longer needed.
+        shutil.rmtree(path / "cache", ignore_errors=True)
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)
+    barrier()
     return Run(path, model, splits.labels, summary)
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tsuika.errors import TsuikaError
@@ -75,10 +76,22 @@ def train(
     output: Annotated[str | None, typer.Option(help="parent folder of runs")] = None,
     name: Annotated[str | None, typer.Option(help="run folder name")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    resume: Annotated[Path | None, typer.Option(help="continue an interrupted run")] = None,
+    processes: Annotated[int, typer.Option(help="data-parallel processes (DDP)")] = 1,
 ) -> None:
     """Adapt a model to your data: `tsuika train CONFIG.yaml [key=value ...]` or flags."""
     from tsuika.api import train as train_api
     from tsuika.config import load_config, merge, parse_overrides
+
+    if resume is not None:
+        if args or any(v is not None for v in (model, data, test, method, k, epochs, name)):
+            raise TsuikaError("--resume RUN takes no other config; the run's config.yaml is used")
+        print_summary(train_api(resume=resume).summary)
+        return
+    if processes > 1:
+        from tsuika.train.distributed import launch
+
+        raise typer.Exit(launch(_without_processes(ARGV[1:]), processes, name))
 
     config_path, pairs = _split_args(args or [])
     flags = {
@@ -101,6 +114,20 @@ def train(
     config = load_config(config_path, overrides)
     run = train_api(config)
     print_summary(run.summary)
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="bundled name or local model folder")],
+    config: Annotated[Path | None, typer.Argument(help="a config: show what trains")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value ...")] = None,
+) -> None:
+    """Print a model's layer groups, parameter counts, and what trains under a config."""
+    from tsuika.config import load_config
+    from tsuika.inspect import describe
+
+    cfg = load_config(config, [*(overrides or []), f"model={model}"])
+    out.print(describe(cfg))
 
 
 @app.command()
@@ -137,7 +164,7 @@ def predict(
     probs = loaded.predict_proba(inputs)
     for text, row in zip(inputs, probs, strict=True):
         best = int(row.argmax())
-        out.print(f"{loaded.labels[best]}\t{row[best]:.3f}\t{text}", markup=False)
+        typer.echo(f"{loaded.labels[best]}\t{row[best]:.3f}\t{text}")
 
 
 @app.command()
@@ -174,23 +201,41 @@ def demo(
     print_summary(run.summary)
 
 
+ARGV: list[str] = []
+
+
+def _without_processes(args: list[str]) -> list[str]:
+    """The train arguments minus `--processes N` / `--processes=N` (for the relaunch)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for user mistakes, with a one-line message)."""
+    ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=ARGV, standalone_mode=False)
     except TsuikaError as err:
         Console(stderr=True, soft_wrap=True).print(
-            f"[bold red]error:[/bold red] {err}", highlight=False
+            f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False
         )
         return err.exit_code
     except typer.Exit as err:
         return err.exit_code
     except typer.Abort:
         return 1
-    except Exception as err:  # click's usage errors: show the message, not a traceback
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:
+        # Usage errors (typer bundles its own click): show the message, not a traceback.
+        if callable(getattr(err, "show", None)) and isinstance(
+            getattr(err, "exit_code", None), int
+        ):
             err.show()
             return 2
         raise

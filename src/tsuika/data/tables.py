@@ -78,7 +78,9 @@ def _records(path: Path, text: str) -> tuple[list[dict], list[int], list[str]]:
     try:
         for row in reader:
             rows.append(row)
-            lines.append(reader.line_num)
+            # line_num is the row's last line; quoted newlines move its start up.
+            inner = sum(v.count("\n") for v in row.values() if isinstance(v, str))
+            lines.append(reader.line_num - inner)
     except csv.Error as err:
         raise TsuikaError(f"{path} line {reader.line_num}: malformed row ({err})") from None
     return rows, lines, columns

@@ -141,5 +141,6 @@ def cache_boundary(
             progress.advance(task, len(batch.indices))
     cache.finish()
     model.train(was_training)
-    ragged = feed.lengths is not None and "attention_mask" in cache[0]
-    return Feed(cache, feed.labels, boundary, collate_states, feed.lengths if ragged else None)
+    # Keep the input lengths: training batches are bucketed by them, cached or not, so a
+    # cached run sees exactly the batches an uncached run would.
+    return Feed(cache, feed.labels, boundary, collate_states, feed.lengths)

@@ -1,0 +1,42 @@
+"""`tsuika inspect`: layer groups with parameter counts, and which train at what rate."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from tsuika.config import Config
+from tsuika.methods import METHODS
+from tsuika.models import load_model
+
+
+def describe(config: Config, num_labels: int = 2) -> Table:
+    """The model's groups shallow → deep; under `config`: trains?, rate, and the epoch a
+    group unfreezes (gradual unfreezing). The head is sized for `num_labels` here."""
+    model = load_model(config.model, num_labels, config.head, config.train.max_length)
+    method = METHODS[config.method](config)
+    method.prepare(model)
+    rates = {group["name"]: group["lr"] for group in method.param_groups(model)}
+    unfreeze_at = {}
+    for epoch in range(1, config.train.epochs + 1):
+        for event in method.on_epoch_start(model, epoch):
+            unfreeze_at.setdefault(event.removeprefix("unfroze "), epoch)
+    boundary = method.cache_boundary(model)
+    table = Table(title=f"{config.model} under method `{config.method}`")
+    for column in ("#", "group", "parameters", "trains", "lr", "note"):
+        table.add_column(column, justify="right" if column in ("#", "parameters", "lr") else "left")
+    for group in model.layer_groups():
+        trains = group.name in rates
+        note = []
+        if group.index < boundary:
+            note.append("cached (frozen prefix)")
+        if group.name in unfreeze_at and unfreeze_at[group.name] > 1:
+            note.append(f"unfreezes at epoch {unfreeze_at[group.name]}")
+        table.add_row(
+            str(group.index),
+            group.name,
+            f"{group.size:,}",
+            "yes" if trains else "no",
+            f"{rates[group.name]:.2e}" if trains else "",
+            ", ".join(note),
+        )
+    return table

@@ -1,0 +1,108 @@
+"""Run folders: created fresh, never overwritten, and self-describing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from helpers import fast_config, folder_bytes, run_folders
+from safetensors.torch import load_file
+
+import tsuika
+from tsuika.cli import main
+from tsuika.errors import TsuikaError
+
+
+def test_existing_name_is_an_error_and_the_first_run_is_untouched(
+    tiny_bert_dir, tiny_csv, tmp_path, capsys
+):
+    output = tmp_path / "runs"
+    first = tsuika.train(fast_config(tiny_bert_dir, tiny_csv, output, name="mine"))
+    assert first.path == output / "mine"
+    before = folder_bytes(first.path)
+    assert "summary.json" in before
+
+    argv = ["train", "--model", str(tiny_bert_dir), "--data", str(tiny_csv), "--name", "mine"]
+    argv += [f"output={output}", "progress=false", "baselines.scratch=false", "train.epochs=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "already exists" in err
+    assert "Traceback" not in err
+
+    with pytest.raises(TsuikaError, match="already exists"):
+        tsuika.train(fast_config(tiny_bert_dir, tiny_csv, output, name="mine"))
+
+    assert folder_bytes(first.path) == before
+    assert run_folders(output) == [first.path]
+
+
+def test_default_names_never_collide(tiny_bert_dir, tiny_csv, tmp_path):
+    output = tmp_path / "runs"
+    config = fast_config(tiny_bert_dir, tiny_csv, output, train={"epochs": 1})
+    first, second = tsuika.train(config), tsuika.train(config)
+    assert first.path != second.path
+    assert run_folders(output) == sorted([first.path, second.path])
+    for run in (first, second):
+        assert run.path.name.startswith(f"transfer-{tiny_bert_dir.name}-")
+        assert (run.path / "summary.json").is_file()
+
+
+def test_run_folder_holds_config_metrics_summary_and_model(tiny_run, tiny_bert_dir, tiny_csv):
+    path = tiny_run.path
+    assert path.name == "tiny"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "model/weights.safetensors"):
+        assert (path / name).is_file(), name
+    # activation caches and resume checkpoints are removed once the run is complete
+    assert not (path / "cache").exists()
+    assert not (path / "checkpoints").exists()
+    assert not [p for p in path.rglob("*.tmp")]  # atomic writes left nothing behind
+
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    assert config["model"] == str(tiny_bert_dir)
+    assert config["data"]["train"] == str(tiny_csv)
+    assert config["train"]["epochs"] == 5
+    assert tsuika.load_config(path / "config.yaml").train.lr == 0.05  # it loads back
+
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(tiny_run.summary))
+    assert summary["run"] == str(path)
+    assert summary["data"] == {
+        "train": 28,
+        "validation": 4,
+        "test": 8,
+        "notes": summary["data"]["notes"],
+    }
+
+
+def test_metrics_has_one_line_per_epoch(tiny_run):
+    lines = (tiny_run.path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert tiny_run.summary["training"]["epochs_run"] == 5
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    assert {r["phase"] for r in records} == {"transfer"}
+    for record in records:
+        assert 0 <= record["val_accuracy"] <= 1
+        assert record["train_loss"] > 0
+    best = records[tiny_run.summary["training"]["best_epoch"] - 1]
+    assert best["val_accuracy"] == tiny_run.summary["training"]["best_val_accuracy"]
+
+
+def test_model_folder_records_how_to_rebuild_the_model(tiny_run, tiny_bert_dir):
+    meta = json.loads((tiny_run.path / "model" / "meta.json").read_text())
+    head_index = len(tiny_run.model.stages) - 1
+    assert meta["labels"] == ["neg", "pos"]
+    assert meta["trained_groups"] == [head_index]
+    assert meta["spec"]["source"] == str(tiny_bert_dir.resolve())
+    assert meta["spec"]["num_labels"] == 2
+    weights = load_file(str(tiny_run.path / "model" / "weights.safetensors"))
+    assert {key.split(".")[1] for key in weights} == {str(head_index)}
+
+
+def test_loading_a_folder_that_is_not_a_run_is_an_error(tmp_path):
+    with pytest.raises(TsuikaError, match="not found"):
+        tsuika.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TsuikaError, match="not a tsuika run"):
+        tsuika.load(tmp_path / "empty")
