@@ -88,10 +88,6 @@ def train(
             raise TsuikaError("--resume RUN takes no other config; the run's config.yaml is used")
         print_summary(train_api(resume=resume).summary)
         return
-    if processes > 1:
-        from tsuika.train.distributed import launch
-
-        raise typer.Exit(launch(_without_processes(ARGV[1:]), processes, name))
 
     config_path, pairs = _split_args(args or [])
     flags = {
@@ -112,8 +108,15 @@ def train(
         overrides["progress"] = False
     overrides = merge(overrides, parse_overrides(pairs))
     config = load_config(config_path, overrides)
+    if processes > 1:
+        from tsuika.train.distributed import launch
+
+        raise typer.Exit(launch(_without_processes(ARGV[1:]), processes, config.name))
     run = train_api(config)
-    print_summary(run.summary)
+    from tsuika.train.distributed import is_main_process
+
+    if is_main_process():  # under --processes, one results table, not one per process
+        print_summary(run.summary)
 
 
 @app.command()
