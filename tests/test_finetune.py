@@ -5,6 +5,7 @@ the overfitting verdict."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -13,21 +14,23 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from helpers import csv_text, fast_config, sentiment_rows
+from helpers import csv_text, run_folders, sentiment_rows
 from torch import nn
 
 import tsuika
-from tsuika.api import seed_everything
+from tsuika.api import input_feed, seed_everything
 from tsuika.cli import main
 from tsuika.config import build_config
+from tsuika.data.text import load_text_splits
 from tsuika.errors import TsuikaError
 from tsuika.evaluate.verdicts import overfitting_verdict
 from tsuika.methods import Finetune
 from tsuika.models import load_model
 from tsuika.models.base import AdaptableModel
 from tsuika.models.heads import GlobalPooler, Head
+from tsuika.train.cache import DiskStore
 from tsuika.train.feed import Feed, collate_states
-from tsuika.train.loop import fit
+from tsuika.train.loop import fit, predict_probs
 from tsuika.train.schedule import lr_multiplier
 
 # The tiny BERT's groups, shallow → deep; the pooler has no parameters.
@@ -137,11 +140,15 @@ def test_freezing_more_groups_than_the_model_has_is_an_error(base_config):
         finetune_run(base_config, freeze=5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FinetuneConfig.freeze accepts negative integers; freeze=-1 silently trains "
-    "everything (range(-1) is empty) instead of failing validation",
+@pytest.mark.parametrize(
+    "finetune", [{"freeze": ["block9"]}, {"freeze": 5}, {"group_lr": {"layer1": 1e-4}}]
 )
+def test_a_bad_freeze_setting_leaves_no_run_folder(base_config, finetune):
+    with pytest.raises(TsuikaError):
+        finetune_run(base_config, **finetune)
+    assert run_folders(Path(base_config["output"])) == []
+
+
 def test_negative_freeze_is_rejected():
     with pytest.raises(TsuikaError, match="freeze"):
         build_config({"method": "finetune", "finetune": {"freeze": -1}})
@@ -284,11 +291,35 @@ def test_the_training_loop_keeps_frozen_batchnorm_statistics():
     assert result.steps == 6
     for key, value in stem_stats.items():
         assert torch.equal(buffers(model.stages[0])[key], value), key
-    # Both epochs ran BatchNorm in train mode (whichever epoch's weights were kept).
+    # block1's BatchNorm ran in train mode: 3 batches per epoch up to the epoch that was kept
+    # (buffers are part of the best-epoch snapshot).
     tracked = model.stages[1].norm.num_batches_tracked.item()
     assert tracked in {3, 6} and tracked == 3 * result.best_epoch
     assert not torch.equal(model.stages[1].norm.running_mean, block1_stats["norm.running_mean"])
-    assert model.training is False or not model.stages[0].training
+
+
+def test_a_stage_that_unfreezes_switches_its_batchnorm_to_train_mode():
+    model = conv_model()
+    config = build_config(
+        {
+            "method": "finetune",
+            "finetune": {"unfreeze_every": 1},
+            "train": {"epochs": 3, "batch_size": 4, "lr": 1e-2, "backbone_lr": 1e-2},
+        }
+    )
+    method = Finetune(config)
+    method.prepare(model)
+    tracked: list[tuple[int, int]] = []
+
+    def snapshot(history: list[dict]) -> None:
+        stem, block1 = model.stages[0].norm, model.stages[1].norm
+        tracked.append((stem.num_batches_tracked.item(), block1.num_batches_tracked.item()))
+
+    result = fit(model, method, image_feed(12, 1), image_feed(6, 2), config.train, 0, snapshot)
+    # Epoch 1: the head alone; epoch 2: block1 too; epoch 3: the stem too (3 batches each).
+    assert tracked == [(0, 0), (0, 3), (3, 6)]
+    events = [r.get("events") for r in result.history]
+    assert events == [None, ["unfroze block1"], ["unfroze stem"]]
 
 
 # -- 4. learning rates: per group, and over steps ------------------------------------------
@@ -356,7 +387,7 @@ def test_decay_schedules_after_warmup():
     assert cosine[10] == pytest.approx(0.5)  # halfway through the decay
     assert cosine[-1] == pytest.approx(0.0, abs=1e-12)
     assert cosine[-2] == pytest.approx(0.5 * (1 + math.cos(math.pi * 19 / 20)))
-    assert all(a > b for a, b in zip(cosine, cosine[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(cosine))
 
     linear = [lr_multiplier(s, total, warmup, "linear") for s in range(warmup, total + 1)]
     assert linear == pytest.approx([1 - i / 20 for i in range(21)])
@@ -378,8 +409,300 @@ def test_recorded_learning_rate_follows_the_schedule(base_config, schedule, grad
     assert [r["step"] for r in history] == [per_epoch * e for e in range(1, 6)]
     # The recorded rate is that of the first optimizer group: the embeddings, at depth 3.
     base = 1e-3 * 0.5**2
+    assert history[0]["lr"] == pytest.approx(base * min(1.0, per_epoch / warmup), rel=1e-9)
     for record in history:
         expected = base * lr_multiplier(record["step"] - 1, total, warmup, schedule)
         assert record["lr"] == pytest.approx(expected, rel=1e-9), record["epoch"]
     if schedule != "constant":
         assert history[-1]["lr"] < history[1]["lr"] < base
+
+
+def test_a_config_where_nothing_trains_is_a_user_error(base_config):
+    with pytest.raises(TsuikaError):
+        finetune_run(base_config, freeze="all-but-head", group_lr={"head": 0})
+
+
+# -- 5. gradual unfreezing ---------------------------------------------------------------------
+
+
+def test_gradual_unfreezing_trains_one_more_group_every_two_epochs(base_config, tiny_bert_dir):
+    """Snapshots after every epoch (through `fit`'s log callback): a group's weights stay
+    bit-identical until the epoch it unfreezes, then move."""
+    config = build_config(
+        {
+            **base_config,
+            "method": "finetune",
+            "finetune": {"unfreeze_every": 2},
+            "train": {**base_config["train"], "epochs": 8, "backbone_lr": 1e-3},
+        }
+    )
+    seed_everything(config.seed)
+    splits = load_text_splits(config.data)
+    model = load_model(str(tiny_bert_dir), 2)
+    initial = {i: stage_state(model, i) for i in range(len(GROUPS))}
+    method = Finetune(config)
+    method.prepare(model)
+    assert [g.name for g in model.layer_groups() if g.trainable] == ["head"]
+    assert method.cache_boundary(model) == 0  # the embeddings train eventually: no cache
+
+    moved: list[set[str]] = []
+
+    def snapshot(history: list[dict]) -> None:
+        changed = set()
+        for index, name in enumerate(GROUPS):
+            state = stage_state(model, index)
+            if any(not torch.equal(state[k], v) for k, v in initial[index].items()):
+                changed.add(name)
+        moved.append(changed)
+
+    train, val = input_feed(model, splits.train), input_feed(model, splits.val)
+    result = fit(model, method, train, val, config.train, config.seed, log=snapshot)
+
+    head, block2, block1 = {"head"}, {"head", "block2"}, {"head", "block2", "block1"}
+    everything = {"head", "block2", "block1", "embeddings"}
+    assert moved == [head, head, block2, block2, block1, block1, everything, everything]
+    events = {r["epoch"]: r["events"] for r in result.history if "events" in r}
+    assert events == {3: ["unfroze block2"], 5: ["unfroze block1"], 7: ["unfroze embeddings"]}
+
+
+def test_gradual_unfreezing_through_train_logs_events_and_stops_at_frozen_groups(base_config):
+    run = finetune_run(base_config, train={"epochs": 7}, freeze=1, unfreeze_every=2)
+    history = read_history(run.path)
+    events = {r["epoch"]: r["events"] for r in history if "events" in r}
+    assert events == {3: ["unfroze block2"], 5: ["unfroze block1"]}  # embeddings stay frozen
+    assert run.summary["parameters"]["trained_groups"] == ["block1", "block2", "head"]
+    assert "cache" in run.summary["timings"]  # the embeddings never train: cached
+
+
+def test_gradual_unfreezing_does_not_touch_groups_before_their_epoch(base_config, tiny_bert_dir):
+    # Two epochs with unfreeze_every=2: block2 would unfreeze at the start of epoch 3.
+    seed_everything(0)
+    initial = load_model(str(tiny_bert_dir), 2)
+    run = finetune_run(base_config, train={"epochs": 2}, unfreeze_every=2)
+    assert all("events" not in r for r in read_history(run.path))
+    assert run.summary["parameters"]["trained_groups"] == ["head"]
+    for index, name in enumerate(GROUPS[:-1]):
+        for key, value in stage_state(initial, index).items():
+            assert torch.equal(stage_state(run.model, index)[key], value), (name, key)
+    head = stage_state(run.model, 4)
+    assert all(not torch.equal(head[k], v) for k, v in stage_state(initial, 4).items())
+
+
+def test_gradual_unfreezing_ignores_group_rates_of_parameter_free_groups(tiny_bert_dir):
+    model = load_model(str(tiny_bert_dir), 2)
+    method = finetune_method(tiny_bert_dir, unfreeze_every=1, group_lr={"*": 1e-4})
+    method.prepare(model)
+    events = {epoch: method.on_epoch_start(model, epoch) for epoch in range(1, 7)}
+    assert events == {
+        1: [],
+        2: ["unfroze block2"],
+        3: ["unfroze block1"],
+        4: ["unfroze embeddings"],
+        5: [],
+        6: [],
+    }
+
+
+# -- 6. early stopping keeps the best epoch's weights ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def misleading_validation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Toy validation rows, two in three with the wrong label: learning the training data
+    makes validation worse after a few epochs."""
+    flip = {"pos": "neg", "neg": "pos"}
+    rows = sentiment_rows(20, seed=3)
+    rows = [(text, flip[label] if i % 3 else label) for i, (text, label) in enumerate(rows)]
+    path = tmp_path_factory.mktemp("validation") / "validation.csv"
+    path.write_text(csv_text(rows), encoding="utf-8")
+    return path
+
+
+def test_early_stopping_restores_the_best_epochs_weights(base_config, misleading_validation):
+    # A constant rate: the trajectory does not depend on the planned number of epochs.
+    train = {"epochs": 20, "lr": 0.01, "patience": 2, "schedule": "constant", "warmup": 0}
+    config = {
+        **base_config,
+        "data": {**base_config["data"], "validation": str(misleading_validation)},
+    }
+    run = finetune_run(config, train=train)
+    history, training = read_history(run.path), run.summary["training"]
+    best = training["best_epoch"]
+    assert training["stopped_early"] is True
+    assert training["epochs_run"] == len(history) == best + 2 < 20
+    # The best epoch is the highest validation accuracy, ties broken by the lower loss.
+    assert best == max(history, key=lambda r: (r["val_accuracy"], -r["val_loss"]))["epoch"]
+    assert history[-1]["val_loss"] != pytest.approx(history[best - 1]["val_loss"])
+
+    # The returned model scores the best epoch's validation loss, not the last one's.
+    splits = load_text_splits(build_config(config).data)
+    val = input_feed(run.model, splits.val)
+    probs = predict_probs(run.model, val)
+    loss = nn.functional.nll_loss(probs.clamp_min(1e-12).log(), val.labels).item()
+    assert loss == pytest.approx(history[best - 1]["val_loss"], abs=1e-5)
+
+    # The same seed for exactly `best` epochs, without early stopping, ends on the same weights.
+    same = finetune_run(config, train={**train, "epochs": best, "patience": None})
+    assert same.summary["training"]["stopped_early"] is False
+    for index in range(len(GROUPS)):
+        for key, value in stage_state(same.model, index).items():
+            torch.testing.assert_close(stage_state(run.model, index)[key], value, atol=1e-6, rtol=0)
+
+
+def test_no_early_stop_when_patience_is_not_exhausted(base_config, misleading_validation):
+    train = {"epochs": 4, "lr": 0.01, "patience": 10, "schedule": "constant", "warmup": 0}
+    config = {
+        **base_config,
+        "data": {**base_config["data"], "validation": str(misleading_validation)},
+    }
+    training = finetune_run(config, train=train).summary["training"]
+    assert training["epochs_run"] == 4
+    assert training["stopped_early"] is False
+
+
+# -- 7. the frozen-prefix cache changes nothing ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("finetune", "boundary"),
+    [({"freeze": 2}, 2), ({"freeze": 1, "unfreeze_every": 1}, 1), ({"freeze": 3}, 4)],
+)
+def test_prefix_cache_gives_the_same_weights(base_config, tiny_bert_dir, finetune, boundary):
+    model = load_model(str(tiny_bert_dir), 2)
+    method = finetune_method(tiny_bert_dir, **finetune)
+    method.prepare(model)
+    assert method.cache_boundary(model) == boundary
+
+    runs = {}
+    for cache in ("auto", "off", "disk"):
+        config = {**base_config, "name": f"cache-{cache}"}
+        runs[cache] = finetune_run(config, train={"epochs": 3, "cache": cache}, **finetune)
+    for cache, run in runs.items():
+        assert ("cache" in run.summary["timings"]) is (cache != "off"), cache
+        assert not (run.path / "cache").exists(), cache  # removed once the run is complete
+        assert not (run.path / "checkpoints").exists(), cache
+    for index in range(len(GROUPS)):
+        reference = stage_state(runs["off"].model, index)
+        for cache in ("auto", "disk"):
+            for key, value in stage_state(runs[cache].model, index).items():
+                torch.testing.assert_close(value, reference[key], atol=1e-5, rtol=0)
+    history = {cache: read_history(run.path) for cache, run in runs.items()}
+    for cache in ("auto", "disk"):
+        for record, reference in zip(history[cache], history["off"], strict=True):
+            assert record["train_loss"] == pytest.approx(reference["train_loss"], abs=1e-5)
+            assert record["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+
+
+def test_disk_cache_spills_to_the_run_folder_while_training(base_config, monkeypatch):
+    """`cache=disk` writes memory-mapped files under `<run>/cache/` during the run."""
+    seen: list[list[str]] = []
+    original = DiskStore.finish
+
+    def finish(self) -> None:
+        original(self)
+        seen.append(sorted(p.name for p in self.folder.iterdir()))
+        assert "cache" in self.folder.parts
+
+    monkeypatch.setattr(DiskStore, "finish", finish)
+    run = finetune_run(base_config, train={"epochs": 1, "cache": "disk"}, freeze=2)
+    assert seen == [["attention_mask.bin", "hidden.bin"]] * 2  # train and validation
+    assert not (run.path / "cache").exists()
+
+
+# -- 8. `tsuika inspect` -------------------------------------------------------------------
+
+
+def inspect_output(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_inspect_with_a_config_file_shows_groups_rates_and_the_cache(
+    tiny_bert_dir, tmp_path, capsys
+):
+    config = tmp_path / "finetune.yaml"
+    config.write_text(yaml.safe_dump({"method": "finetune", "train": {"epochs": 6}}))
+    code, out = inspect_output(
+        [
+            "inspect",
+            str(tiny_bert_dir),
+            str(config),
+            "finetune.freeze=1",
+            "finetune.unfreeze_every=2",
+        ],
+        capsys,
+    )
+    assert code == 0, out
+    for name in GROUPS:
+        assert name in out
+    assert "cached" in out
+    assert "unfreezes at epoch 3" in out and "unfreezes at epoch 5" in out
+
+
+def test_inspect_with_overrides_only(tiny_bert_dir, capsys):
+    code, out = inspect_output(
+        ["inspect", str(tiny_bert_dir), "method=finetune", "finetune.freeze=2"], capsys
+    )
+    assert code == 0, out
+    for name in GROUPS:
+        assert name in out
+    assert "cached" in out
+
+
+# -- 9. the overfitting verdict --------------------------------------------------------------
+
+
+def epochs(*rows: tuple[float, float, float]) -> list[dict]:
+    """(train_loss, val_loss, val_accuracy) per epoch → history records."""
+    return [
+        {
+            "epoch": i + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "train_accuracy": 0.9,
+        }
+        for i, (train_loss, val_loss, val_accuracy) in enumerate(rows)
+    ]
+
+
+def test_overfitting_is_flagged_when_train_loss_falls_while_val_loss_rises():
+    history = epochs((0.9, 0.8, 0.6), (0.5, 0.5, 0.8), (0.3, 0.6, 0.75), (0.1, 0.9, 0.7))
+    verdict = overfitting_verdict(history, best_epoch=2)
+    assert verdict["overfitting"] is True
+    assert verdict["best_epoch"] == 2
+    assert verdict["train_val_gap"] == pytest.approx(0.9 - 0.8)
+    assert verdict["text"].startswith("OVERFITTING: after epoch 2")
+    assert "0.500 → 0.100" in verdict["text"] and "0.500 → 0.900" in verdict["text"]
+
+
+@pytest.mark.parametrize(
+    ("history", "best"),
+    [
+        # Still improving: the best epoch is the last one.
+        (epochs((0.9, 0.8, 0.6), (0.5, 0.5, 0.8), (0.3, 0.4, 0.9)), 3),
+        # Validation loss rises, but so does the training loss (divergence, not overfitting).
+        (epochs((0.5, 0.5, 0.8), (0.6, 0.6, 0.7), (0.8, 0.9, 0.6)), 1),
+        # Training loss falls but validation loss falls too (accuracy plateaued).
+        (epochs((0.5, 0.5, 0.8), (0.4, 0.45, 0.8), (0.3, 0.4, 0.8)), 1),
+        # Only one epoch after the best: too early to call.
+        (epochs((0.9, 0.8, 0.6), (0.5, 0.5, 0.8), (0.3, 0.9, 0.7)), 2),
+    ],
+)
+def test_overfitting_is_not_flagged_otherwise(history, best):
+    verdict = overfitting_verdict(history, best)
+    assert verdict["overfitting"] is False
+    assert verdict["text"].startswith(f"validation peaked at epoch {best} of {len(history)}")
+
+
+def test_summary_carries_the_overfitting_verdict(base_config, misleading_validation):
+    train = {"epochs": 20, "lr": 0.01, "patience": 2, "schedule": "constant", "warmup": 0}
+    config = {
+        **base_config,
+        "data": {**base_config["data"], "validation": str(misleading_validation)},
+    }
+    run = finetune_run(config, train=train)
+    history = read_history(run.path)
+    expected = overfitting_verdict(history, run.summary["training"]["best_epoch"])
+    assert run.summary["verdicts"]["overfitting"] == expected

@@ -31,3 +31,30 @@ def test_minilm_transfer_on_bundled_reviews_with_64_per_class(tmp_path):
         "positive",
         "negative",
     ]
+
+
+@pytest.mark.integration
+def test_minilm_finetune_versus_transfer_at_512_per_class(tmp_path):
+    """Fine-tuning the top 2 of 6 blocks (embeddings + blocks 1-4 frozen and cached) against
+    transfer learning on the same 1,024 examples and the same test split."""
+    common = dict(
+        model="minilm-l6",
+        data={"train": "bundled:reviews", "k": 512},
+        baselines={"scratch": False},
+        output=str(tmp_path / "runs"),
+        progress=False,
+    )
+    transfer = tsuika.train(method="transfer", **common)
+    finetune = tsuika.train(
+        method="finetune",
+        finetune={"freeze": 5},
+        train={"epochs": 6, "lr": 1e-3, "backbone_lr": 5e-5, "patience": 3},
+        **common,
+    )
+    assert finetune.summary["parameters"]["trained_groups"] == ["block5", "block6", "head"]
+    assert "cache" in finetune.summary["timings"]  # the frozen prefix ran once
+    gain = finetune.summary["test"]["accuracy"] - transfer.summary["test"]["accuracy"]
+    print(
+        f"transfer {transfer.summary['test']['accuracy']:.4f} finetune "
+        f"{finetune.summary['test']['accuracy']:.4f} gain {gain:+.4f}"
+    )

@@ -122,9 +122,10 @@ def test_two_gloo_processes_match_one(dropout_free_bert: Path, tmp_path: Path) -
     assert one.wait(timeout=300) == 0, one.stdout.read().decode()
     two = _cli([*_train_args(dropout_free_bert, data, output, "two"), "--processes", "2"])
     assert two.wait(timeout=300) == 0, two.stdout.read().decode()
-    # Measured 2026-11-23: max |difference| 0.0 (2 shards of 4 average to the batch of 8).
-    _assert_same(_weights(output / "two"), _weights(output / "one"), atol=1e-6)
+    # Measured 2026-11-23: max |difference| 7.3e-7 (gloo all-reduce sums in another order).
+    _assert_same(_weights(output / "two"), _weights(output / "one"), atol=1e-5)
     summary = json.loads((output / "two" / "summary.json").read_text())
+    assert summary["training"]["processes"] == 2  # really data-parallel
     assert (
         summary["data"]["train"]
         == json.loads((output / "one" / "summary.json").read_text())["data"]["train"]

@@ -73,6 +73,8 @@ def test_run_folder_holds_config_metrics_summary_and_model(tiny_run, tiny_bert_d
         "validation": 4,
         "test": 8,
         "notes": summary["data"]["notes"],
+        "skipped_files": 0,
+        "skipped": [],
     }
 
 

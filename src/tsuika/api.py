@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.markup import escape
 
-from tsuika.config import Config, build_config, load_config, merge, to_yaml
+from tsuika.config import Config, DataConfig, build_config, load_config, merge, to_yaml
+from tsuika.data.images import decode, list_images, load_image_splits
 from tsuika.data.splits import Examples, Splits
 from tsuika.data.tables import read_table, resolve
 from tsuika.data.text import load_text_splits
@@ -22,7 +25,7 @@ from tsuika.evaluate.baselines import majority_predictions
 from tsuika.evaluate.metrics import classification_metrics, paired_bootstrap
 from tsuika.evaluate.verdicts import overfitting_verdict, transfer_verdict
 from tsuika.methods import METHODS, Finetune, Method
-from tsuika.models import load_model
+from tsuika.models import load_model, modality_of
 from tsuika.models.base import AdaptableModel
 from tsuika.runs import (
     create_run_dir,
@@ -31,7 +34,7 @@ from tsuika.runs import (
     write_atomic,
 )
 from tsuika.train.cache import cache_boundary
-from tsuika.train.distributed import barrier, is_main_process
+from tsuika.train.distributed import barrier, is_main_process, world_size
 from tsuika.train.feed import Feed
 from tsuika.train.loop import FitResult, fit, predict_probs
 from tsuika.train.progress import Progress
@@ -43,12 +46,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def input_feed(model: AdaptableModel, examples: Examples) -> Feed:
-    """Raw inputs, encoded once (tokenised), entering the model at stage 0."""
-    items = model.preprocess.encode(examples.inputs)
-    lengths = [model.preprocess.length(item) for item in items]
+def input_feed(model: AdaptableModel, examples: Examples, augment=None) -> Feed:
+    """Raw inputs, encoded once (tokenised / decoded), entering the model at stage 0.
+    With an active `augment` (images), batches are randomly augmented on every pass."""
+    preprocess = model.preprocess
+    items = preprocess.encode(examples.inputs)
+    ragged = getattr(preprocess, "ragged", True)
+    lengths = [preprocess.length(item) for item in items] if ragged else None
     labels = torch.tensor(examples.labels, dtype=torch.long)
-    return Feed(items, labels, 0, model.preprocess.collate, lengths)
+    if augment is not None and augment.active:
+        return Feed(items, labels, 0, preprocess.augmented(augment), lengths, augmented=True)
+    return Feed(items, labels, 0, preprocess.collate, lengths)
+
+
+def load_splits(config: Config) -> Splits:
+    """The data for the model's kind; bad input fails here, before anything is written."""
+    if modality_of(config.model) == "image":
+        splits = load_image_splits(config.data)
+        if splits.skipped:
+            shown = "\n  ".join(splits.skipped[:10])
+            more = f"\n  … and {len(splits.skipped) - 10} more" if len(splits.skipped) > 10 else ""
+            warn(
+                f"skipped {len(splits.skipped)} file(s) (data.strict=true makes this an "
+                f"error):\n  {shown}{more}"
+            )
+        return splits
+    return load_text_splits(config.data)
+
+
+def warn(message: str) -> None:
+    if is_main_process():
+        Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+
+def read_inputs(model: AdaptableModel, inputs: list) -> list:
+    """Texts stay texts; for image models, paths are decoded (a bad file is an error)."""
+    if model.spec.get("family") != "image":
+        return list(inputs)
+    decoded = []
+    for path in inputs:
+        try:
+            decoded.append(decode(Path(path), 10**9))
+        except ValueError as err:
+            raise TsuikaError(f"{path}: {err}") from None
+    return decoded
 
 
 class Run:
@@ -68,7 +109,7 @@ class Run:
             inputs = [inputs]
         if len(inputs) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        examples = Examples(list(inputs), [0] * len(inputs))
+        examples = Examples(read_inputs(self.model, inputs), [0] * len(inputs))
         return predict_probs(self.model, input_feed(self.model, examples)).numpy()
 
     def predict(self, inputs: list[str]) -> list[str]:
@@ -77,7 +118,10 @@ class Run:
     def evaluate(
         self, data: str | Path, text_column: str = "text", label_column: str = "label"
     ) -> dict[str, float]:
-        """Accuracy and macro-F1 on a labelled file (its labels must be known to the run)."""
+        """Accuracy and macro-F1 on a labelled file (its labels must be known to the run);
+        for image runs, an image folder or a CSV/JSONL of `path,label`."""
+        if self.model.spec.get("family") == "image":
+            return self._evaluate_images(str(data))
         table = read_table(resolve(str(data), "test"), text_column, label_column)
         index = {name: i for i, name in enumerate(self.labels)}
         for label, line in zip(table.labels, table.lines, strict=True):
@@ -88,6 +132,19 @@ class Run:
                 )
         truth = np.array([index[label] for label in table.labels])
         predicted = self.predict_proba(table.texts).argmax(-1)
+        return {**classification_metrics(truth, predicted), "examples": len(truth)}
+
+    def _evaluate_images(self, data: str) -> dict[str, float]:
+        listing = list_images(data, "test", DataConfig(strict=True))
+        unknown = sorted(set(listing.labels) - set(self.labels))
+        if unknown:
+            raise TsuikaError(
+                f"{data}: class `{unknown[0]}` is not one this run was trained on "
+                f"({', '.join(self.labels)})"
+            )
+        index = {name: i for i, name in enumerate(self.labels)}
+        truth = np.array([index[label] for label in listing.labels])
+        predicted = self.predict_proba([str(p) for p in listing.paths]).argmax(-1)
         return {**classification_metrics(truth, predicted), "examples": len(truth)}
 
 
@@ -139,9 +196,17 @@ def adapt(
     checkpoints = run_path / "checkpoints" / phase if run_path else None
     train_cfg = config.train
     method.prepare(model)
-    train_feed, val_feed = input_feed(model, splits.train), input_feed(model, splits.val)
+    train_feed = input_feed(model, splits.train, config.data.augment)
+    val_feed = input_feed(model, splits.val)
     timings: dict[str, float] = {}
     boundary = method.cache_boundary(model) if train_cfg.cache != "off" else 0
+    if boundary > 0 and train_feed.augmented:
+        # Augmented inputs differ every epoch: cached activations would be stale. The training
+        # data runs through the frozen prefix each time; validation (not augmented) is cached.
+        warn(
+            f"{phase}: augmentation is on, so training activations are recomputed every "
+            "epoch (feature cache used for validation only)"
+        )
     if boundary > 0:
         started = time.perf_counter()
         cache_args = dict(
@@ -151,13 +216,14 @@ def adapt(
             memory_limit_mb=train_cfg.cache_memory_mb,
             progress=progress,
         )
-        train_feed = cache_boundary(
-            model,
-            train_feed,
-            spill_dir=spill_dir and spill_dir / "train",
-            label=f"{phase}: caching train",
-            **cache_args,
-        )
+        if not train_feed.augmented:
+            train_feed = cache_boundary(
+                model,
+                train_feed,
+                spill_dir=spill_dir and spill_dir / "train",
+                label=f"{phase}: caching train",
+                **cache_args,
+            )
         val_feed = cache_boundary(
             model,
             val_feed,
@@ -219,11 +285,17 @@ def train(
     else:
         config = as_config(config, overrides)
     seed_everything(config.seed)
-    splits = load_text_splits(config.data)  # bad data fails before anything is written
+    splits = load_splits(config)  # bad data fails before anything is written
     model = load_model(
-        config.model, len(splits.labels), config.head, config.train.max_length, pretrained=True
+        config.model,
+        len(splits.labels),
+        config.head,
+        config.train.max_length,
+        pretrained=True,
+        weights=config.model_weights,
     )
     method = METHODS[config.method](config)
+    method.prepare(model)  # a bad freeze/group setting fails before any folder is made
     main = is_main_process()
     if resume is not None:
         path = Path(resume)
@@ -303,6 +375,7 @@ def run_baselines(
             config.head,
             config.train.max_length,
             pretrained=False,
+            weights=config.model_weights,
         )
         method = Finetune(scratch_cfg)
         result, predicted, _ = adapt(
@@ -340,6 +413,8 @@ def build_summary(
             "validation": len(splits.val),
             "test": len(splits.test),
             "notes": splits.notes,
+            "skipped_files": len(splits.skipped),
+            "skipped": splits.skipped,
         },
         "parameters": {
             "total": sum(g.size for g in groups),
@@ -353,6 +428,7 @@ def build_summary(
             "best_val_accuracy": result.best_val_accuracy,
             "stopped_early": result.stopped_early,
             "optimizer_steps": result.steps,
+            "processes": world_size(),
         },
         "baselines": {
             name: {k: v for k, v in values.items() if k != "predicted"}

@@ -129,7 +129,8 @@ def inspect(
     from tsuika.config import load_config
     from tsuika.inspect import describe
 
-    cfg = load_config(config, [*(overrides or []), f"model={model}"])
+    config_path, pairs = _split_args([*([str(config)] if config else []), *(overrides or [])])
+    cfg = load_config(config_path, [*pairs, f"model={model}"])
     out.print(describe(cfg))
 
 
@@ -224,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for user mistakes, with a one-line message)."""
     ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=ARGV, standalone_mode=False)
+        code = app(args=ARGV, standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a `typer.Exit`.
+        if isinstance(code, int):
+            return code
     except TsuikaError as err:
         Console(stderr=True, soft_wrap=True).print(
             f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False

@@ -7,7 +7,7 @@ the key and what was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,20 +19,48 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
+class AugmentConfig(Section):
+    """Training-time augmentation for images (torchvision transforms v2); off by default."""
+
+    crop_scale: tuple[float, float] | None = None
+    """Random resized crop with this area range, e.g. [0.6, 1.0]; null: the eval crop."""
+    rotation: float = Field(0.0, ge=0, le=180)
+    """Random rotation up to ± this many degrees."""
+    hflip: bool = False
+    vflip: bool = False
+    color_jitter: float = Field(0.0, ge=0, le=1)
+    """Brightness, contrast and saturation jitter strength."""
+
+    @property
+    def active(self) -> bool:
+        return bool(
+            self.crop_scale or self.rotation or self.hflip or self.vflip or self.color_jitter
+        )
+
+
 class DataConfig(Section):
-    train: str = "bundled:reviews"
-    """A CSV/TSV/JSONL file, or `bundled:reviews`. Its test split is used when `test` is unset."""
+    train: str | None = None
+    """A CSV/TSV/JSONL table (text), an image folder or a CSV/JSONL of `path,label` (images),
+    or `bundled:reviews` / `bundled:fashion`. Default: the bundled data of the model's kind.
+    For bundled data its own test split is used when `test` is unset."""
     validation: str | None = None
-    """Optional validation file; otherwise `val_fraction` of train is held out (stratified)."""
+    """Optional validation file/folder; otherwise `val_fraction` of train is held out."""
     test: str | None = None
-    """Optional test file; otherwise `test_fraction` of train is held out (stratified)."""
+    """Optional test file/folder; otherwise `test_fraction` of train is held out (stratified)."""
     text_column: str = "text"
+    image_column: str = "path"
+    """Column of image paths in a CSV/JSONL (relative paths are relative to the file)."""
     label_column: str = "label"
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     k: int | None = Field(None, ge=1)
     """Examples per class to keep from the training split (few-shot experiments)."""
     seed: int = 0
+    strict: bool = False
+    """Images: stop at a corrupt/unreadable/oversized file instead of skipping it."""
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    """Images larger than this (width × height) are refused as too large."""
+    augment: AugmentConfig = AugmentConfig()
 
 
 class HeadConfig(Section):
@@ -71,7 +99,7 @@ class TrainConfig(Section):
 
 
 class FinetuneConfig(Section):
-    freeze: int | Literal["all-but-head"] | list[str] = 0
+    freeze: Annotated[int, Field(ge=0)] | Literal["all-but-head"] | list[str] = 0
     """The N shallowest layer groups, `all-but-head`, or group-name patterns (`block[1-3]`)."""
     layer_decay: float = Field(1.0, gt=0, le=1)
     """Layer-wise rate decay γ: the pretrained group at depth d below the head trains at
@@ -94,7 +122,10 @@ class BaselineConfig(Section):
 
 class Config(Section):
     model: str = "minilm-l6"
-    """A bundled name (`tsuika models`) or a local Hugging Face model folder."""
+    """A bundled name (`tsuika models`), a local Hugging Face model folder, or
+    `timm:<name>` / `torchvision:<name>` with `model_weights`."""
+    model_weights: str | None = None
+    """Local weights file (safetensors, or a tensors-only .pth) for timm:/torchvision: models."""
     method: Literal["transfer", "finetune"] = "transfer"
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()

@@ -45,6 +45,8 @@ class Splits:
     test: Examples
     labels: list[str]
     notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Files left out (images): each line names the file and why."""
 
 
 def _by_class(labels: list[int]) -> dict[int, list[int]]:

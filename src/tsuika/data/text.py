@@ -27,7 +27,8 @@ def load_text_splits(config: DataConfig) -> Splits:
     used when no test file is given.
     """
     notes = []
-    pool = _read(config.train, "train", config)
+    train_path = config.train or "bundled:reviews"
+    pool = _read(train_path, "train", config)
     names = label_names(pool.labels)
     check_classes(names, str(pool.path))
     source = str(pool.path)
@@ -35,7 +36,7 @@ def load_text_splits(config: DataConfig) -> Splits:
         pool.texts, encode_labels(pool.labels, names, source, pool.lines), source, pool.lines
     )
 
-    test_path = config.test or (config.train if config.train.startswith("bundled:") else None)
+    test_path = config.test or (train_path if train_path.startswith("bundled:") else None)
     if test_path:
         table = _read(test_path, "test", config)
         test = Examples(

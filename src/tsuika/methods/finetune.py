@@ -66,7 +66,10 @@ class Finetune(Method):
                 raise TsuikaError(f"finetune.group_lr: {pattern!r} matches no group ({names})")
             for group in matched:
                 rates[group.index] = rate
-        return {index: rate for index, rate in rates.items() if rate > 0}
+        rates = {i: rate for i, rate in rates.items() if rate > 0 and groups[i].size > 0}
+        if not rates:
+            raise TsuikaError("finetune: nothing would train (every group frozen or at rate 0)")
+        return rates
 
     def _schedule(self, model: AdaptableModel) -> list[int]:
         """Trainable groups in the order they unfreeze: deepest first."""

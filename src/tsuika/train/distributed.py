@@ -24,9 +24,12 @@ def is_main_process() -> bool:
 def barrier() -> None:
     """Wait for every process (no-op in a single process)."""
     if world_size() > 1:
+        import torch
         from accelerate import PartialState
 
-        PartialState().wait_for_everyone()
+        # cpu=True matters: without it a CUDA build of torch on a GPU-less machine makes
+        # Accelerate fall back to a single, non-distributed process.
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
 
 def launch(args: list[str], processes: int, name: str | None) -> int:

@@ -21,6 +21,8 @@ def collate_states(items: list[State]) -> State:
         tensors = [item[key] for item in items]
         if all(t.shape == tensors[0].shape for t in tensors):
             batch[key] = torch.stack(tensors)
+            if batch[key].dim() == 4:  # cached feature maps: keep the fast NHWC layout
+                batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
         else:
             batch[key] = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)
     return batch
@@ -60,6 +62,8 @@ class Feed:
     collate: Collate
     lengths: list[int] | None = None
     """Token lengths when the items are ragged (used for sorting and bucketing)."""
+    augmented: bool = False
+    """Random augmentation in `collate`: each pass differs, so never cache this feed."""
 
     def __len__(self) -> int:
         return len(self.labels)

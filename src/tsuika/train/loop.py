@@ -151,13 +151,18 @@ class Loop:
         order = training_batches(
             len(self.train_feed), config.batch_size, self.seed, epoch, self.train_feed.lengths
         )
+        world = self.accelerator.num_processes
         for micro in range(state.micro, len(order)):
             batch = self.train_feed.batch(self._shard(order[micro]))
+            # DDP averages gradients over processes; weighting each process's mean loss by
+            # its share of the global batch makes that the global batch mean even when the
+            # last batch does not split evenly.
+            share = len(batch.indices) * world / len(order[micro])
             stepping = (micro + 1) % config.grad_accum == 0 or micro + 1 == len(order)
             sync = contextlib.nullcontext() if stepping else self.accelerator.no_sync(self.wrapped)
             with sync, self.accelerator.autocast():
                 out = self.method.step(self.wrapped, batch)
-                self.accelerator.backward(out["loss"] / config.grad_accum)
+                self.accelerator.backward(out["loss"] * share / config.grad_accum)
             state.loss_sum += out["loss"].item() * len(batch.indices)
             state.correct += (out["logits"].argmax(-1) == batch.labels).sum().item()
             state.seen += len(batch.indices)
