@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 import tsuika
+from tsuika.api import MetricsLog
 
 
 @pytest.mark.integration
@@ -58,3 +61,51 @@ def test_minilm_finetune_versus_transfer_at_512_per_class(tmp_path):
         f"transfer {transfer.summary['test']['accuracy']:.4f} finetune "
         f"{finetune.summary['test']['accuracy']:.4f} gain {gain:+.4f}"
     )
+
+
+@pytest.mark.integration
+def test_efficientnet_transfer_on_bundled_fashion_with_100_per_class(tmp_path):
+    run = tsuika.train(
+        model="efficientnet-lite0",
+        method="transfer",
+        data={"train": "bundled:fashion", "k": 100},
+        baselines={"scratch": False},
+        output=str(tmp_path / "runs"),
+        progress=False,
+    )
+    summary = run.summary
+    assert summary["data"]["train"] == 1000 and summary["data"]["test"] == 1000
+    assert summary["baselines"]["majority"]["accuracy"] == pytest.approx(0.1)
+    # Measured ACCURACY_MEASURED on 2026-11-23 (2-core CPU).
+    assert summary["test"]["accuracy"] >= ACCURACY_THRESHOLD
+
+
+@pytest.mark.integration
+def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
+    """Every tensor equals the shipped ImageNet file, and its frozen features are worth far
+    more to a new head than the same network's random-initialisation features."""
+    from tsuika.api import adapt
+    from tsuika.api import load_splits as splits_for
+    from tsuika.config import build_config
+    from tsuika.methods import Transfer
+    from tsuika.models import load_model
+    from tsuika.models.images import efficientnet_lite0_weights, load_weights_file
+    from tsuika.train.progress import Progress
+
+    shipped = load_weights_file(efficientnet_lite0_weights())
+    model = load_model("efficientnet-lite0", 10)
+    assert torch.equal(model.stages[0].layers[0].weight, shipped["_conv_stem.weight"])
+    assert torch.equal(model.stages[8].layers[1].running_var, shipped["_bn1.running_var"])
+
+    config = build_config({"model": "efficientnet-lite0", "data": {"k": 20},
+                           "train": {"epochs": 30}, "progress": False})
+    splits = splits_for(config)
+    scores = {}
+    for pretrained in (True, False):
+        torch.manual_seed(0)
+        model = load_model("efficientnet-lite0", 10, pretrained=pretrained)
+        _, predicted, _ = adapt(model, Transfer(config), splits, config, Progress(False),
+                                MetricsLog(None), "transfer")
+        scores[pretrained] = float((predicted == np.array(splits.test.labels)).mean())
+    # Measured PRETRAINED_MEASURED on 2026-11-23.
+    assert scores[True] - scores[False] >= PRETRAINED_MARGIN

@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tsuika.api import Run, load, train
 from tsuika.config import Config, load_config
 from tsuika.errors import TsuikaError
+from tsuika.models import register_module
 
 __version__ = "0.1.0"
-__all__ = ["Config", "Run", "TsuikaError", "load", "load_config", "train"]
+__all__ = ["Config", "Run", "TsuikaError", "load", "load_config", "register_module", "train"]

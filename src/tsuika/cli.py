@@ -187,9 +187,27 @@ def models() -> None:
 def demo(
     output: Annotated[str, typer.Option(help="parent folder of runs")] = "runs",
     quiet: bool = False,
+    images: Annotated[bool, typer.Option(help="EfficientNet-Lite0 on Fashion-MNIST")] = False,
 ) -> None:
-    """Transfer learning on the bundled model and movie-review data, with baselines."""
+    """Transfer learning on a bundled model and data (text, or --images), with baselines."""
     from tsuika.api import train as train_api
+
+    if images:
+        out.print(
+            "[bold]tsuika demo --images[/bold]: efficientnet-lite0 (ImageNet) → "
+            "Fashion-MNIST, 50 images per class, transfer learning vs majority class "
+            "and training from scratch (3 epochs)"
+        )
+        run = train_api(
+            model="efficientnet-lite0",
+            method="transfer",
+            data={"train": "bundled:fashion", "k": 50},
+            baselines={"scratch_epochs": 3},
+            output=output,
+            progress=not quiet,
+        )
+        print_summary(run.summary)
+        return
 
     out.print(
         "[bold]tsuika demo[/bold]: minilm-l6 → movie-review polarity, 256 examples per "

@@ -57,6 +57,31 @@ BUNDLED: dict[str, BundledModel] = {
     ),
 }
 EXTERNAL = ("timm:", "torchvision:")
+REGISTERED: dict[str, object] = {}
+"""Models registered from Python with `register_module` (name → ModuleRecipe)."""
+
+
+def register_module(
+    name: str,
+    build,
+    groups: list[str],
+    classifier: str,
+    image_size: int = 224,
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+    crop_pct: float = 0.875,
+) -> None:
+    """Make any image `nn.Module` usable as `model: <name>`.
+
+    `build(pretrained: bool) -> nn.Module` makes the network (loading its weights when
+    `pretrained`); `groups` names its children in forward order (the layer groups, shallow →
+    deep); after them come global average pooling and `classifier`, an `nn.Linear` that a new
+    head replaces. Register the same name before `tsuika.load` in a new process.
+    """
+    from tsuika.models.images import ImageSpec, ModuleRecipe
+
+    spec = ImageSpec(image_size, crop_pct, tuple(mean), tuple(std))
+    REGISTERED[name] = ModuleRecipe(build, list(groups), classifier, spec)
 
 
 def available_models() -> list[BundledModel]:
@@ -67,7 +92,7 @@ def modality_of(name: str) -> str:
     """`text` or `image`, known from the name alone (so data can be checked first)."""
     if name in BUNDLED:
         return BUNDLED[name].modality
-    return "image" if name.startswith(EXTERNAL) else "text"
+    return "image" if name.startswith(EXTERNAL) or name in REGISTERED else "text"
 
 
 def resolve_source(name: str) -> tuple[str, Path]:
@@ -98,6 +123,8 @@ def load_model(
     from tsuika.models.text import load_text_model
 
     head = head or HeadConfig()
+    if name in REGISTERED:
+        return images.module_model(name, REGISTERED[name], num_labels, head, pretrained)
     if name == "efficientnet-lite0":
         return images.efficientnet_lite0(num_labels, head, pretrained)
     if name.startswith("timm:"):
@@ -127,4 +154,5 @@ __all__ = [
     "load_model",
     "modality_of",
     "model_from_spec",
+    "register_module",
 ]

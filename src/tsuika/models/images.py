@@ -323,3 +323,36 @@ def torchvision_model(
         _spec(f"torchvision:{name}", num_classes, head, spec, weights=weights_path),
         ImagePreprocess(spec),
     )
+
+
+@dataclass
+class ModuleRecipe:
+    """How to adapt a plain `nn.Module`: its children named in `groups` run in that order
+    (each a layer group), then global average pooling, then `classifier` (replaced by a new
+    head). `build(pretrained)` returns the module, with its pretrained weights when asked."""
+
+    build: object
+    groups: list[str]
+    classifier: str
+    spec: ImageSpec
+
+
+def module_model(
+    name: str, recipe: ModuleRecipe, num_classes: int, head: HeadConfig, pretrained: bool
+) -> AdaptableModel:
+    net = recipe.build(pretrained)
+    classifier = net.get_submodule(recipe.classifier)
+    if not isinstance(classifier, nn.Linear):
+        raise TsuikaError(f"{name}: classifier `{recipe.classifier}` is not an nn.Linear")
+    stages: list[tuple[str, nn.Module]] = []
+    for index, group in enumerate(recipe.groups):
+        stages.append(
+            (group, Sequence(net.get_submodule(group), key="pixels" if index == 0 else "hidden"))
+        )
+    stages += [
+        ("pooler", GlobalPooler()),
+        ("head", Head(classifier.in_features, num_classes, head.type, head.hidden, head.dropout)),
+    ]
+    return image_model(
+        stages, _spec(name, num_classes, head, recipe.spec), ImagePreprocess(recipe.spec)
+    )

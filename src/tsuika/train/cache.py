@@ -133,8 +133,10 @@ def cache_boundary(
     cache = ActivationCache(len(feed), memory_limit_mb * 2**20, spill_dir, mode)
     order = sorted_batches(lengths, batch_size)
     task = progress.task(label, total=len(feed)) if progress else None
+    device = next(model.parameters()).device
     for batch in feed.batches(order):
-        state = model(batch.state, feed.start, boundary)
+        state = model(batch.to(device).state, feed.start, boundary)
+        state = {key: value.cpu() for key, value in state.items()}
         for index, item in zip(batch.indices, split_states(state), strict=True):
             cache.put(index, item)
         if task is not None:

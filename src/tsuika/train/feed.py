@@ -53,6 +53,13 @@ class Batch:
     labels: torch.Tensor
     indices: list[int]
 
+    def to(self, device: torch.device) -> Batch:
+        """The batch on `device` (a no-op on CPU): feeds live in host memory."""
+        if device.type == "cpu":
+            return self
+        state = {k: v.to(device, non_blocking=True) for k, v in self.state.items()}
+        return Batch(state, self.start, self.labels.to(device), self.indices)
+
 
 @dataclass
 class Feed:

@@ -46,8 +46,9 @@ def predict_probs(model: torch.nn.Module, feed: Feed, batch_size: int = 128) -> 
     model.eval()
     lengths = feed.lengths or [1] * len(feed)
     probs: list[torch.Tensor | None] = [None] * len(feed)
+    device = next(model.parameters()).device
     for batch in feed.batches(sorted_batches(lengths, batch_size)):
-        logits = model(batch.state, feed.start)["logits"].float()
+        logits = model(batch.to(device).state, feed.start)["logits"].float().cpu()
         for index, row in zip(batch.indices, logits.softmax(-1), strict=True):
             probs[index] = row
     model.train(was_training)
@@ -153,7 +154,7 @@ class Loop:
         )
         world = self.accelerator.num_processes
         for micro in range(state.micro, len(order)):
-            batch = self.train_feed.batch(self._shard(order[micro]))
+            batch = self.train_feed.batch(self._shard(order[micro])).to(self.accelerator.device)
             # DDP averages gradients over processes; weighting each process's mean loss by
             # its share of the global batch makes that the global batch mean even when the
             # last batch does not split evenly.

@@ -1,0 +1,128 @@
+"""Transfer learning and fine-tuning on images: EfficientNet-Lite0 on bundled Fashion-MNIST.
+
+    python bench/transfer_images.py [--finetune-images 256]
+
+Prints:
+  * the floor: one inference pass over the training images (images/s), with the batching
+    tsuika uses (batch 64, channels-last);
+  * total `transfer` training time (feature caching for train + validation, then every head
+    epoch on the cache), its ratio to the floor (target ≤ 1.3×) and the test accuracy;
+  * `finetune` samples/s of tsuika's loop versus a hand-written PyTorch loop on the same model,
+    images, batches and settings (target ≥ 0.95);
+  * peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import time
+
+import torch
+
+import tsuika
+from tsuika.api import input_feed, seed_everything
+from tsuika.config import load_config
+from tsuika.data.images import load_image_splits
+from tsuika.methods import Finetune
+from tsuika.models import load_model
+from tsuika.train.batches import sorted_batches, training_batches
+from tsuika.train.loop import fit
+from tsuika.train.schedule import lr_multiplier
+
+
+@torch.no_grad()
+def inference_seconds(model, examples) -> float:
+    feed = input_feed(model, examples)
+    started = time.perf_counter()
+    for batch in feed.batches(sorted_batches([1] * len(feed), 64)):
+        model.embed(batch.state)
+    return time.perf_counter() - started
+
+
+def plain_pytorch_epoch(model, feed, lr: float, order) -> float:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    model.train()
+    started = time.perf_counter()
+    for step, indices in enumerate(order):
+        batch = feed.batch(indices)
+        loss = torch.nn.functional.cross_entropy(model(batch.state)["logits"], batch.labels)
+        loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_multiplier(step, len(order), 1, "cosine")
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--finetune-images", type=int, default=256)
+    args = parser.parse_args()
+    print(
+        f"# bench/transfer_images.py · {time.strftime('%Y-%m-%d')} · {platform.machine()} · "
+        f"torch {torch.__version__} · {torch.get_num_threads()} threads"
+    )
+    config = load_config(None, {"model": "efficientnet-lite0"})
+    splits = load_image_splits(config.data)
+    model = load_model("efficientnet-lite0", len(splits.labels)).eval()
+    inference_seconds(model, splits.train.subset(list(range(64))))  # warm-up
+    floor = inference_seconds(model, splits.train)
+    n = len(splits.train)
+    run = tsuika.train(
+        model="efficientnet-lite0",
+        baselines={"scratch": False},
+        output="/tmp/tsuika-bench",
+        progress=False,
+    )
+    t = run.summary["timings"]
+    total = t["cache"] + t["fit"]
+    print(f"\ntraining split: {n} images (+{len(splits.val)} validation), 10 classes")
+    print(f"floor: one inference pass over train   {floor:7.2f} s  ({n / floor:6.1f} images/s)")
+    print(
+        f"transfer total: cache train+val + fit   {total:7.2f} s  "
+        f"(cache {t['cache']:.2f} s, fit {t['fit']:.2f} s, "
+        f"{run.summary['training']['epochs_run']} epochs)"
+    )
+    print(f"ratio total / floor                     {total / floor:7.2f}×  (target ≤ 1.3×)")
+    print(
+        f"transfer test accuracy (n={run.summary['data']['test']})      "
+        f"{run.summary['test']['accuracy']:.4f}"
+    )
+
+    cfg = load_config(
+        None,
+        {
+            "model": "efficientnet-lite0",
+            "method": "finetune",
+            "train": {"epochs": 1, "patience": None, "cache": "off"},
+        },
+    )
+    few = splits.train.subset(list(range(args.finetune_images)))
+    val = splits.val.subset(list(range(32)))
+    seed_everything(0)
+    model = load_model("efficientnet-lite0", 10)
+    Finetune(cfg).prepare(model)
+    feed, val_feed = input_feed(model, few), input_feed(model, val)
+    order = training_batches(len(feed), 32, 0, 1)
+    plain_pytorch_epoch(model, feed, cfg.train.backbone_lr, order[:1])  # warm-up
+    plain = plain_pytorch_epoch(model, feed, cfg.train.backbone_lr, order)
+    seed_everything(0)
+    model = load_model("efficientnet-lite0", 10)
+    method = Finetune(cfg)
+    method.prepare(model)
+    ours = fit(model, method, feed, val_feed, cfg.train, seed=0).seconds
+    m = args.finetune_images
+    print(f"\nfull fine-tuning, {m} images, batch 32, 1 epoch")
+    print(f"plain PyTorch loop   {m / plain:7.1f} samples/s")
+    print(f"tsuika loop          {m / ours:7.1f} samples/s  (includes a 32-image validation pass)")
+    print(f"ratio tsuika / plain {plain / ours:7.3f}  (target ≥ 0.95)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory: {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
