@@ -76,8 +76,8 @@ def test_efficientnet_transfer_on_bundled_fashion_with_100_per_class(tmp_path):
     summary = run.summary
     assert summary["data"]["train"] == 1000 and summary["data"]["test"] == 1000
     assert summary["baselines"]["majority"]["accuracy"] == pytest.approx(0.1)
-    # Measured ACCURACY_MEASURED on 2026-11-23 (2-core CPU).
-    assert summary["test"]["accuracy"] >= ACCURACY_THRESHOLD
+    # Measured 0.848 on 2026-11-23 (2-core CPU); asserted with a 4.8-point margin.
+    assert summary["test"]["accuracy"] >= 0.80
 
 
 @pytest.mark.integration
@@ -97,15 +97,24 @@ def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
     assert torch.equal(model.stages[0].layers[0].weight, shipped["_conv_stem.weight"])
     assert torch.equal(model.stages[8].layers[1].running_var, shipped["_bn1.running_var"])
 
-    config = build_config({"model": "efficientnet-lite0", "data": {"k": 20},
-                           "train": {"epochs": 30}, "progress": False})
+    config = build_config(
+        {
+            "model": "efficientnet-lite0",
+            "data": {"k": 20},
+            "train": {"epochs": 30},
+            "progress": False,
+        }
+    )
     splits = splits_for(config)
+    splits.test = splits.test.subset(list(range(0, 1000, 4)))  # 250 images, 25 per class
     scores = {}
     for pretrained in (True, False):
         torch.manual_seed(0)
         model = load_model("efficientnet-lite0", 10, pretrained=pretrained)
-        _, predicted, _ = adapt(model, Transfer(config), splits, config, Progress(False),
-                                MetricsLog(None), "transfer")
+        _, predicted, _ = adapt(
+            model, Transfer(config), splits, config, Progress(False), MetricsLog(None), "transfer"
+        )
         scores[pretrained] = float((predicted == np.array(splits.test.labels)).mean())
-    # Measured PRETRAINED_MEASURED on 2026-11-23.
-    assert scores[True] - scores[False] >= PRETRAINED_MARGIN
+    # Measured on 2026-11-23: 0.804 with the ImageNet weights, 0.100 (chance) with random ones.
+    assert scores[True] >= 0.70
+    assert scores[True] - scores[False] >= 0.5

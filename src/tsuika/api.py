@@ -34,7 +34,7 @@ from tsuika.runs import (
     write_atomic,
 )
 from tsuika.train.cache import cache_boundary
-from tsuika.train.distributed import barrier, is_main_process, world_size
+from tsuika.train.distributed import barrier, is_main_process, training_device, world_size
 from tsuika.train.feed import Feed
 from tsuika.train.loop import FitResult, fit, predict_probs
 from tsuika.train.progress import Progress
@@ -196,6 +196,7 @@ def adapt(
     checkpoints = run_path / "checkpoints" / phase if run_path else None
     train_cfg = config.train
     method.prepare(model)
+    model.to(training_device())  # cache on the accelerator too, not only train there
     train_feed = input_feed(model, splits.train, config.data.augment)
     val_feed = input_feed(model, splits.val)
     timings: dict[str, float] = {}

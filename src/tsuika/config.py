@@ -93,7 +93,8 @@ class TrainConfig(Section):
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
     """Frozen-part activations: computed once and reused every epoch (`off` recomputes)."""
     cache_memory_mb: int = Field(2048, ge=1)
-    """Above this size the activation cache spills to a memory-mapped file in the run folder."""
+    """With `cache: auto`, above this size the cache spills to memory-mapped files in the run
+    folder (`memory` never spills, `disk` always uses them)."""
     checkpoint_every: int | None = Field(None, ge=1)
     """Also checkpoint every N optimizer steps (a checkpoint is always written per epoch)."""
 

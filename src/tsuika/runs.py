@@ -57,7 +57,7 @@ def trained_state(model: AdaptableModel, groups: list[int]) -> dict[str, torch.T
     state = {}
     for index in groups:
         for key, value in model.stages[index].state_dict().items():
-            state[f"stages.{index}.{key}"] = value.detach().contiguous().clone()
+            state[f"stages.{index}.{key}"] = value.detach().cpu().contiguous().clone()
     return state
 
 

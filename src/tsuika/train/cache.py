@@ -70,6 +70,7 @@ class ActivationCache:
         self.nbytes = 0
         self.disk: DiskStore | None = None
         self.disk_slot: dict[int, int] = {}
+        self.may_spill = mode == "auto"  # `memory` never spills; `disk` starts on disk
         if mode == "disk":
             self._spill()
 
@@ -90,7 +91,7 @@ class ActivationCache:
             return
         self.items[i] = item
         self.nbytes += sum(t.numel() * t.element_size() for t in item.values())
-        if self.nbytes > self.memory_limit:
+        if self.may_spill and self.nbytes > self.memory_limit:
             self._spill()
 
     def finish(self) -> None:

@@ -38,7 +38,7 @@ class LoopState:
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous() for k, v in state.items()}
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def save_checkpoint(

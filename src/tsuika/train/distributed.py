@@ -21,6 +21,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def training_device():
+    """This process's device: its GPU under CUDA (one per process), else the CPU."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).device
+
+
 def barrier() -> None:
     """Wait for every process (no-op in a single process)."""
     if world_size() > 1:

@@ -85,9 +85,10 @@ class Loop:
     ) -> None:
         self.model, self.method, self.train_feed, self.val = model, method, train, val
         self.config, self.seed, self.checkpoints = config, seed, checkpoints
-        self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(), mixed_precision="bf16" if config.bf16 else "no"
-        )
+        # Mixed precision is applied with torch.autocast below, not through Accelerator:
+        # Accelerate's state is per process, so a second run in the same Python session with
+        # another `bf16` setting would be refused.
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.optimizer = torch.optim.AdamW(method.param_groups(model))
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]
@@ -161,7 +162,10 @@ class Loop:
             share = len(batch.indices) * world / len(order[micro])
             stepping = (micro + 1) % config.grad_accum == 0 or micro + 1 == len(order)
             sync = contextlib.nullcontext() if stepping else self.accelerator.no_sync(self.wrapped)
-            with sync, self.accelerator.autocast():
+            autocast = torch.autocast(
+                self.accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16
+            )
+            with sync, autocast:
                 out = self.method.step(self.wrapped, batch)
                 self.accelerator.backward(out["loss"] * share / config.grad_accum)
             state.loss_sum += out["loss"].item() * len(batch.indices)
