@@ -21,7 +21,7 @@ import time
 import torch
 
 import tsuika
-from tsuika.api import input_feed, seed_everything
+from tsuika.adapt import input_feed, seed_everything
 from tsuika.config import load_config
 from tsuika.data.text import load_text_splits
 from tsuika.methods import Finetune

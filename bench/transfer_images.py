@@ -22,7 +22,7 @@ import time
 import torch
 
 import tsuika
-from tsuika.api import input_feed, seed_everything
+from tsuika.adapt import input_feed, seed_everything
 from tsuika.config import load_config
 from tsuika.data.images import load_image_splits
 from tsuika.methods import Finetune

@@ -24,7 +24,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import tsuika
-from tsuika.api import input_feed, seed_everything
+from tsuika.adapt import input_feed, seed_everything
 from tsuika.config import load_config
 from tsuika.data.text import load_text_splits
 from tsuika.models import BUNDLED, load_model

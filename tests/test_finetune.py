@@ -18,7 +18,7 @@ from helpers import csv_text, run_folders, sentiment_rows
 from torch import nn
 
 import tsuika
-from tsuika.api import input_feed, seed_everything
+from tsuika.adapt import input_feed, seed_everything
 from tsuika.cli import main
 from tsuika.config import build_config
 from tsuika.data.text import load_text_splits

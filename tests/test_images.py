@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 import tsuika
-from tsuika.api import input_feed
+from tsuika.adapt import input_feed
 from tsuika.config import AugmentConfig, DataConfig
 from tsuika.data.images import decode, load_image_splits
 from tsuika.errors import TsuikaError

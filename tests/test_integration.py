@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tsuika
-from tsuika.api import MetricsLog
+from tsuika.adapt import MetricsLog
 
 
 @pytest.mark.integration
@@ -84,8 +84,8 @@ def test_efficientnet_transfer_on_bundled_fashion_with_100_per_class(tmp_path):
 def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
     """Every tensor equals the shipped ImageNet file, and its frozen features are worth far
     more to a new head than the same network's random-initialisation features."""
-    from tsuika.api import adapt
-    from tsuika.api import load_splits as splits_for
+    from tsuika.adapt import adapt
+    from tsuika.adapt import load_splits as splits_for
     from tsuika.config import build_config
     from tsuika.methods import Transfer
     from tsuika.models import load_model

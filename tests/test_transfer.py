@@ -13,7 +13,7 @@ from helpers import csv_text, fast_config, sentiment_rows
 from safetensors.torch import load_file
 
 import tsuika
-from tsuika.api import seed_everything
+from tsuika.adapt import seed_everything
 from tsuika.models import load_model
 
 TEXTS = [

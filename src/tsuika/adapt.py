@@ -1,0 +1,230 @@
+"""One adaptation: data → feeds → cache what stays frozen → fit → test predictions.
+
+`train()` in `tsuika.api` calls `adapt` for the chosen method and again for the from-scratch
+baseline; everything here is shared by both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.markup import escape
+
+from tsuika.config import Config, build_config
+from tsuika.data.images import load_image_splits
+from tsuika.data.splits import Examples, Splits
+from tsuika.data.text import load_text_splits
+from tsuika.evaluate.baselines import majority_predictions
+from tsuika.evaluate.metrics import classification_metrics
+from tsuika.methods import Finetune, Method
+from tsuika.models import load_model, modality_of
+from tsuika.models.base import AdaptableModel
+from tsuika.runs import write_atomic
+from tsuika.train.cache import cache_boundary
+from tsuika.train.distributed import is_main_process, training_device
+from tsuika.train.feed import Feed
+from tsuika.train.loop import FitResult, fit, predict_probs
+from tsuika.train.progress import Progress
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def input_feed(model: AdaptableModel, examples: Examples, augment=None) -> Feed:
+    """Raw inputs, encoded once (tokenised / decoded), entering the model at stage 0.
+    With an active `augment` (images), batches are randomly augmented on every pass."""
+    preprocess = model.preprocess
+    items = preprocess.encode(examples.inputs)
+    ragged = getattr(preprocess, "ragged", True)
+    lengths = [preprocess.length(item) for item in items] if ragged else None
+    labels = torch.tensor(examples.labels, dtype=torch.long)
+    if augment is not None and augment.active:
+        return Feed(items, labels, 0, preprocess.augmented(augment), lengths, augmented=True)
+    return Feed(items, labels, 0, preprocess.collate, lengths)
+
+
+def load_splits(config: Config) -> Splits:
+    """The data for the model's kind; bad input fails here, before anything is written."""
+    if modality_of(config.model) == "image":
+        splits = load_image_splits(config.data)
+        if splits.skipped:
+            shown = "\n  ".join(splits.skipped[:10])
+            more = f"\n  … and {len(splits.skipped) - 10} more" if len(splits.skipped) > 10 else ""
+            warn(
+                f"skipped {len(splits.skipped)} file(s) (data.strict=true makes this an "
+                f"error):\n  {shown}{more}"
+            )
+        return splits
+    return load_text_splits(config.data)
+
+
+def warn(message: str) -> None:
+    if is_main_process():
+        Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one line per epoch of every phase, rewritten atomically from the
+    histories (so a resumed run never repeats or loses an epoch)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.histories: dict[str, list[dict]] = {}
+
+    def writer(self, phase: str):
+        def write(history: list[dict]) -> None:
+            self.histories[phase] = history
+            if self.path:
+                lines = [
+                    json.dumps({"phase": name, **record})
+                    for name, records in self.histories.items()
+                    for record in records
+                ]
+                write_atomic(self.path, "\n".join(lines) + "\n")
+
+        return write
+
+
+def adapt(
+    model: AdaptableModel,
+    method: Method,
+    splits: Splits,
+    config: Config,
+    progress: Progress,
+    log: MetricsLog,
+    phase: str,
+    run_path: Path | None = None,
+    resume: bool = False,
+) -> tuple[FitResult, np.ndarray, dict[str, float]]:
+    """Prepare, cache what stays frozen, fit, and predict the test split. Returns the fit
+    result, test predictions and timings (seconds). Checkpoints go to
+    `<run>/checkpoints/<phase>`; `resume` continues from the newest one."""
+    rank = os.environ.get("RANK", "0")
+    spill_dir = run_path / "cache" / phase / f"rank{rank}" if run_path else None
+    checkpoints = run_path / "checkpoints" / phase if run_path else None
+    train_cfg = config.train
+    method.prepare(model)
+    model.to(training_device())  # cache on the accelerator too, not only train there
+    train_feed = input_feed(model, splits.train, config.data.augment)
+    val_feed = input_feed(model, splits.val)
+    timings: dict[str, float] = {}
+    boundary = method.cache_boundary(model) if train_cfg.cache != "off" else 0
+    if boundary > 0 and train_feed.augmented:
+        # Augmented inputs differ every epoch: cached activations would be stale. The training
+        # data runs through the frozen prefix each time; validation (not augmented) is cached.
+        warn(
+            f"{phase}: augmentation is on, so training activations are recomputed every "
+            "epoch (feature cache used for validation only)"
+        )
+    if boundary > 0:
+        started = time.perf_counter()
+        cache_args = dict(
+            boundary=boundary,
+            batch_size=max(64, train_cfg.batch_size),
+            mode=train_cfg.cache,
+            memory_limit_mb=train_cfg.cache_memory_mb,
+            progress=progress,
+        )
+        if not train_feed.augmented:
+            train_feed = cache_boundary(
+                model,
+                train_feed,
+                spill_dir=spill_dir and spill_dir / "train",
+                label=f"{phase}: caching train",
+                **cache_args,
+            )
+        val_feed = cache_boundary(
+            model,
+            val_feed,
+            spill_dir=spill_dir and spill_dir / "val",
+            label=f"{phase}: caching val",
+            **cache_args,
+        )
+        timings["cache"] = time.perf_counter() - started
+
+    result = fit(
+        model,
+        method,
+        train_feed,
+        val_feed,
+        train_cfg,
+        config.seed,
+        log.writer(phase),
+        progress,
+        phase,
+        checkpoints,
+        resume,
+    )
+    timings["fit"] = result.seconds
+    started = time.perf_counter()
+    test_feed = input_feed(model, splits.test)
+    predicted = predict_probs(model, test_feed).argmax(-1).numpy()
+    timings["test"] = time.perf_counter() - started
+    return result, predicted, timings
+
+
+def scratch_config(config: Config) -> Config:
+    tree = config.model_dump()
+    tree["train"].update(
+        lr=config.baselines.scratch_lr,
+        backbone_lr=config.baselines.scratch_lr,
+        epochs=config.baselines.scratch_epochs,
+        cache="off",
+    )
+    tree["method"] = "finetune"
+    tree["finetune"] = {"freeze": 0}
+    return build_config(tree)
+
+
+def run_baselines(
+    config: Config,
+    splits: Splits,
+    progress: Progress,
+    log: MetricsLog,
+    truth: np.ndarray,
+    path: Path | None = None,
+    resume: bool = False,
+) -> tuple[dict[str, dict], dict[str, float]]:
+    baselines: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    if config.baselines.majority:
+        label, predicted = majority_predictions(splits.train.labels, len(truth))
+        baselines["majority"] = {
+            **classification_metrics(truth, predicted),
+            "label": splits.labels[label],
+            "predicted": predicted,
+        }
+    if config.baselines.scratch:
+        started = time.perf_counter()
+        seed_everything(config.seed)
+        scratch_cfg = scratch_config(config)
+        model = load_model(
+            config.model,
+            len(splits.labels),
+            config.head,
+            config.train.max_length,
+            pretrained=False,
+            weights=config.model_weights,
+        )
+        method = Finetune(scratch_cfg)
+        result, predicted, _ = adapt(
+            model, method, splits, scratch_cfg, progress, log, "scratch", path, resume
+        )
+        baselines["scratch"] = {
+            **classification_metrics(truth, predicted),
+            "epochs": len(result.history),
+            "best_epoch": result.best_epoch,
+            "predicted": predicted,
+        }
+        timings["scratch"] = time.perf_counter() - started
+    return baselines, timings
