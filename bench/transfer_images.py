@@ -20,6 +20,7 @@ import resource
 import time
 
 import torch
+from plain_loop import plain_pytorch_epoch
 
 import tsuika
 from tsuika.adapt import input_feed, seed_everything
@@ -29,7 +30,6 @@ from tsuika.methods import Finetune
 from tsuika.models import load_model
 from tsuika.train.batches import sorted_batches, training_batches
 from tsuika.train.loop import fit
-from tsuika.train.schedule import lr_multiplier
 
 
 @torch.no_grad()
@@ -38,29 +38,6 @@ def inference_seconds(model, examples) -> float:
     started = time.perf_counter()
     for batch in feed.batches(sorted_batches([1] * len(feed), 64)):
         model.embed(batch.state)
-    return time.perf_counter() - started
-
-
-def plain_pytorch_epoch(model, feed, lr: float, order, val=None) -> float:
-    """A hand-written loop: same batches, AdamW, schedule, clipping, validation pass."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    model.train()
-    started = time.perf_counter()
-    for step, indices in enumerate(order):
-        batch = feed.batch(indices)
-        loss = torch.nn.functional.cross_entropy(model(batch.state)["logits"], batch.labels)
-        loss.backward()
-        for group in optimizer.param_groups:
-            group["lr"] = lr * lr_multiplier(step, len(order), 1, "cosine")
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    if val is not None:
-        model.eval()
-        with torch.no_grad():
-            for indices in sorted_batches([1] * len(val), 128):
-                model(val.batch(indices).state)["logits"].argmax(-1)
     return time.perf_counter() - started
 
 

@@ -18,14 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from tsuika.config import DataConfig
-from tsuika.data.splits import (
-    Examples,
-    Splits,
-    check_classes,
-    label_names,
-    stratified_split,
-    take_k_per_class,
-)
+from tsuika.data.splits import Examples, Splits, assemble_splits, check_classes, label_names
 from tsuika.data.tables import BUNDLED, read_table
 from tsuika.errors import TsuikaError
 
@@ -170,33 +163,24 @@ def load_image_splits(config: DataConfig) -> Splits:
         raise TsuikaError(f"{train_path}: no readable images ({len(problems)} problems)")
     names = label_names(labels)
     check_classes(names, train_path)
-    pool = _examples(images, labels, names, train_path, problems)
-    notes = []
 
-    test_path = config.test or (train_path if train_path.startswith("bundled:") else None)
-    if test_path:
-        listing = list_images(test_path, "test", config)
-        test_images, test_labels = decode_listing(listing, config)
-        problems += listing.problems
-        test = _examples(test_images, test_labels, names, test_path, problems)
-    else:
-        kept, held = stratified_split(pool.labels, config.test_fraction, config.seed)
-        test, pool = pool.subset(held), pool.subset(kept)
-        notes.append(f"test: {len(held)} images held out of {train_path} (stratified)")
-    if config.validation:
-        listing = list_images(config.validation, "validation", config)
-        val_images, val_labels = decode_listing(listing, config)
-        problems += listing.problems
-        val, train = _examples(val_images, val_labels, names, config.validation, problems), pool
-    else:
-        kept, held = stratified_split(pool.labels, config.val_fraction, config.seed + 1)
-        val, train = pool.subset(held), pool.subset(kept)
-        notes.append(f"validation: {len(held)} images held out of {train_path} (stratified)")
+    def read_split(path: str, split: str) -> Examples:
+        listing = list_images(path, split, config)
+        split_images, split_labels = decode_listing(listing, config)
+        problems.extend(listing.problems)
+        return _examples(split_images, split_labels, names, path, problems)
+
+    splits = assemble_splits(
+        _examples(images, labels, names, train_path, problems),
+        names,
+        train_path,
+        config,
+        read_split,
+        noun="images",
+    )
     if config.strict and problems:
         raise TsuikaError(f"{problems[0]} (data.strict is on; fix or remove the file)")
-    if config.k:
-        train = train.subset(take_k_per_class(train.labels, config.k, config.seed))
-        notes.append(f"train: k={config.k} per class → {len(train)} images")
-    if not len(test) or not len(val):
+    if not len(splits.test) or not len(splits.val):
         raise TsuikaError(f"{train_path}: no images left for validation or test")
-    return Splits(train=train, val=val, test=test, labels=names, notes=notes, skipped=problems)
+    splits.skipped = problems
+    return splits

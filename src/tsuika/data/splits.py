@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tsuika.errors import TsuikaError
@@ -102,3 +103,39 @@ def check_classes(names: list[str], source: str) -> None:
             f"{source}: only one class (`{names[0]}`) in the training data; "
             "a classifier needs at least two labels"
         )
+
+
+def assemble_splits(
+    pool: Examples,
+    names: list[str],
+    train_path: str,
+    config,
+    read_split: Callable[[str, str], Examples],
+    noun: str = "examples",
+) -> Splits:
+    """Train / validation / test from a labelled pool and the optional split files.
+
+    `read_split(path, split)` reads a validation or test file with the pool's label set.
+    Held-out splits come out of the pool before `k` subsampling, so validation and test never
+    share an example with training; for `bundled:` data the packaged test split is used when
+    no test file is given.
+    """
+    notes = []
+    test_path = config.test or (train_path if train_path.startswith("bundled:") else None)
+    if test_path:
+        test = read_split(test_path, "test")
+    else:
+        kept, held = stratified_split(pool.labels, config.test_fraction, config.seed)
+        test, pool = pool.subset(held), pool.subset(kept)
+        notes.append(f"test: {len(held)} {noun} held out of {train_path} (stratified)")
+    if config.validation:
+        val, train = read_split(config.validation, "validation"), pool
+    else:
+        kept, held = stratified_split(pool.labels, config.val_fraction, config.seed + 1)
+        val, train = pool.subset(held), pool.subset(kept)
+        notes.append(f"validation: {len(held)} {noun} held out of {train_path} (stratified)")
+    if config.k:
+        train = train.subset(take_k_per_class(train.labels, config.k, config.seed))
+        notes.append(f"train: k={config.k} per class → {len(train)} {noun}")
+    check_classes(label_names([names[i] for i in train.labels]), f"{train_path} (training split)")
+    return Splits(train=train, val=val, test=test, labels=names, notes=notes)

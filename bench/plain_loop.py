@@ -1,0 +1,34 @@
+"""The hand-written PyTorch loop the benchmarks compare tsuika's loop with."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from tsuika.train.batches import sorted_batches
+from tsuika.train.feed import Feed
+from tsuika.train.schedule import lr_multiplier
+
+
+def plain_pytorch_epoch(model, feed: Feed, lr: float, order: list[list[int]], val: Feed) -> float:
+    """One epoch as a person would write it — the same batches, AdamW, warmup + cosine,
+    clipping and end-of-epoch validation pass as tsuika's loop; returns seconds."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    model.train()
+    started = time.perf_counter()
+    for step, indices in enumerate(order):
+        batch = feed.batch(indices)
+        loss = torch.nn.functional.cross_entropy(model(batch.state)["logits"], batch.labels)
+        loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_multiplier(step, len(order), 1, "cosine")
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        for indices in sorted_batches(val.lengths or [1] * len(val), 128):
+            model(val.batch(indices).state)["logits"].argmax(-1)
+    return time.perf_counter() - started
