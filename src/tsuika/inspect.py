@@ -12,7 +12,13 @@ from tsuika.models import load_model
 def describe(config: Config, num_labels: int = 2) -> Table:
     """The model's groups shallow → deep; under `config`: trains?, rate, and the epoch a
     group unfreezes (gradual unfreezing). The head is sized for `num_labels` here."""
-    model = load_model(config.model, num_labels, config.head, config.train.max_length)
+    model = load_model(
+        config.model,
+        num_labels,
+        config.head,
+        config.train.max_length,
+        weights=config.model_weights,
+    )
     method = METHODS[config.method](config)
     method.prepare(model)
     rates = {group["name"]: group["lr"] for group in method.param_groups(model)}
