@@ -128,28 +128,23 @@ def adapt(
         )
     if boundary > 0:
         started = time.perf_counter()
-        cache_args = dict(
-            boundary=boundary,
-            batch_size=max(64, train_cfg.batch_size),
-            mode=train_cfg.cache,
-            memory_limit_mb=train_cfg.cache_memory_mb,
-            progress=progress,
-        )
-        if not train_feed.augmented:
-            train_feed = cache_boundary(
+
+        def cached(feed: Feed, name: str) -> Feed:
+            return cache_boundary(
                 model,
-                train_feed,
-                spill_dir=spill_dir and spill_dir / "train",
-                label=f"{phase}: caching train",
-                **cache_args,
+                feed,
+                boundary,
+                max(64, train_cfg.batch_size),
+                train_cfg.cache,
+                train_cfg.cache_memory_mb,
+                spill_dir / name if spill_dir else None,
+                progress,
+                f"{phase}: caching {name}",
             )
-        val_feed = cache_boundary(
-            model,
-            val_feed,
-            spill_dir=spill_dir and spill_dir / "val",
-            label=f"{phase}: caching val",
-            **cache_args,
-        )
+
+        if not train_feed.augmented:
+            train_feed = cached(train_feed, "train")
+        val_feed = cached(val_feed, "val")
         timings["cache"] = time.perf_counter() - started
 
     result = fit(
