@@ -181,6 +181,20 @@ def scratch_config(config: Config) -> Config:
     return build_config(tree)
 
 
+def standard_batchnorm_momentum(model: torch.nn.Module) -> None:
+    """Give a from-scratch model PyTorch's usual BatchNorm momentum (0.1).
+
+    Pretrained TF-style networks (EfficientNet: 0.01) keep running statistics that move
+    slowly, which suits fine-tuning; trained from random initialisation for a few dozen steps,
+    their running statistics stay near the initial (0, 1) and evaluation collapses to one
+    class (measured: validation at chance while training accuracy reached 0.64). The baseline
+    should be a fair from-scratch model, not that artefact.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.1
+
+
 def run_baselines(
     config: Config,
     splits: Splits,
@@ -211,6 +225,7 @@ def run_baselines(
             pretrained=False,
             weights=config.model_weights,
         )
+        standard_batchnorm_momentum(model)
         method = Finetune(scratch_cfg)
         result, predicted, _ = adapt(
             model, method, splits, scratch_cfg, progress, log, "scratch", path, resume
