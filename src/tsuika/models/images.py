@@ -259,7 +259,7 @@ def timm_model(
         ("head", Head(width, num_classes, head.type, head.hidden, head.dropout)),
     ]
     weights_path = str(Path(weights).resolve()) if weights else None
-    return AdaptableModel(
+    return image_model(
         stages,
         _spec(f"timm:{name}", num_classes, head, spec, weights=weights_path),
         ImagePreprocess(spec),
@@ -318,7 +318,7 @@ def torchvision_model(
         ("head", Head(width, num_classes, head.type, head.hidden, head.dropout)),
     ]
     weights_path = str(Path(weights).resolve()) if weights else None
-    return AdaptableModel(
+    return image_model(
         stages,
         _spec(f"torchvision:{name}", num_classes, head, spec, weights=weights_path),
         ImagePreprocess(spec),
