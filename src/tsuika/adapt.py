@@ -24,7 +24,7 @@ from tsuika.data.text import load_text_splits
 from tsuika.evaluate.baselines import majority_predictions
 from tsuika.evaluate.metrics import classification_metrics
 from tsuika.methods import Finetune, Method
-from tsuika.models import load_model, modality_of
+from tsuika.models import modality_of, model_for
 from tsuika.models.base import AdaptableModel
 from tsuika.runs import write_atomic
 from tsuika.train.cache import cache_boundary
@@ -217,14 +217,7 @@ def run_baselines(
         started = time.perf_counter()
         seed_everything(config.seed)
         scratch_cfg = scratch_config(config)
-        model = load_model(
-            config.model,
-            len(splits.labels),
-            config.head,
-            config.train.max_length,
-            pretrained=False,
-            weights=config.model_weights,
-        )
+        model = model_for(config, len(splits.labels), pretrained=False)
         standard_batchnorm_momentum(model)
         method = Finetune(scratch_cfg)
         result, predicted, _ = adapt(

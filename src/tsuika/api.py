@@ -15,7 +15,7 @@ from tsuika.config import Config, build_config, load_config, merge, to_yaml
 from tsuika.errors import TsuikaError
 from tsuika.evaluate.summary import build_summary
 from tsuika.methods import METHODS
-from tsuika.models import load_model
+from tsuika.models import model_for
 from tsuika.run import Run, load
 from tsuika.runs import create_run_dir, save_model, write_atomic
 from tsuika.train.distributed import barrier, is_main_process
@@ -50,14 +50,7 @@ def train(
         config = as_config(config, overrides)
     seed_everything(config.seed)
     splits = load_splits(config)  # bad data fails before anything is written
-    model = load_model(
-        config.model,
-        len(splits.labels),
-        config.head,
-        config.train.max_length,
-        pretrained=True,
-        weights=config.model_weights,
-    )
+    model = model_for(config, len(splits.labels))
     method = METHODS[config.method](config)
     method.prepare(model)  # a bad freeze/group setting fails before any folder is made
     main = is_main_process()

@@ -193,33 +193,23 @@ def demo(
     from tsuika.api import train as train_api
 
     if images:
-        out.print(
-            "[bold]tsuika demo --images[/bold]: efficientnet-lite0 (ImageNet) → "
-            "Fashion-MNIST, 50 images per class, transfer learning vs majority class "
-            "and training from scratch (3 epochs)"
+        banner = (
+            "efficientnet-lite0 (ImageNet) → Fashion-MNIST, 50 images per class, transfer "
+            "learning vs majority class and training from scratch (3 epochs)"
         )
-        run = train_api(
+        settings = dict(
             model="efficientnet-lite0",
-            method="transfer",
             data={"train": "bundled:fashion", "k": 50},
             baselines={"scratch_epochs": 3},
-            output=output,
-            progress=not quiet,
         )
-        print_summary(run.summary)
-        return
-
-    out.print(
-        "[bold]tsuika demo[/bold]: minilm-l6 → movie-review polarity, 256 examples per "
-        "class, transfer learning vs majority class and training from scratch"
-    )
-    run = train_api(
-        model="minilm-l6",
-        method="transfer",
-        data={"train": "bundled:reviews", "k": 256},
-        output=output,
-        progress=not quiet,
-    )
+    else:
+        banner = (
+            "minilm-l6 → movie-review polarity, 256 examples per class, transfer "
+            "learning vs majority class and training from scratch"
+        )
+        settings = dict(model="minilm-l6", data={"train": "bundled:reviews", "k": 256})
+    out.print(f"[bold]tsuika demo{' --images' if images else ''}[/bold]: {banner}")
+    run = train_api(method="transfer", output=output, progress=not quiet, **settings)
     print_summary(run.summary)
 
 

@@ -6,19 +6,13 @@ from rich.table import Table
 
 from tsuika.config import Config
 from tsuika.methods import METHODS
-from tsuika.models import load_model
+from tsuika.models import model_for
 
 
 def describe(config: Config, num_labels: int = 2) -> Table:
     """The model's groups shallow → deep; under `config`: trains?, rate, and the epoch a
     group unfreezes (gradual unfreezing). The head is sized for `num_labels` here."""
-    model = load_model(
-        config.model,
-        num_labels,
-        config.head,
-        config.train.max_length,
-        weights=config.model_weights,
-    )
+    model = model_for(config, num_labels)
     method = METHODS[config.method](config)
     method.prepare(model)
     rates = {group["name"]: group["lr"] for group in method.param_groups(model)}

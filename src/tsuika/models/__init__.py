@@ -135,6 +135,18 @@ def load_model(
     return load_text_model(folder, source, num_labels, head, max_length, pretrained)
 
 
+def model_for(config, num_labels: int, pretrained: bool = True) -> AdaptableModel:
+    """The model a `Config` names, with a head for `num_labels`."""
+    return load_model(
+        config.model,
+        num_labels,
+        config.head,
+        config.train.max_length,
+        pretrained=pretrained,
+        weights=config.model_weights,
+    )
+
+
 def model_from_spec(spec: dict, pretrained: bool = True) -> AdaptableModel:
     """Rebuild the architecture recorded in a run folder's metadata."""
     return load_model(
@@ -153,6 +165,7 @@ __all__ = [
     "available_models",
     "load_model",
     "modality_of",
+    "model_for",
     "model_from_spec",
     "register_module",
 ]
