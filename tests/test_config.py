@@ -58,15 +58,15 @@ def test_wrong_value_is_an_error_naming_the_key(override, key):
     assert "unknown key" not in str(err.value)
 
 
-def test_overrides_parse_yaml_scalars():
+def test_overrides_keep_their_text_until_validation_types_it():
     assert parse_overrides(
         ["data.k=64", "progress=false", "name=null", "head.type=mlp", "train.lr=0.001"]
     ) == {
-        "data": {"k": 64},
-        "progress": False,
-        "name": None,
+        "data": {"k": "64"},
+        "progress": "false",
+        "name": "null",
         "head": {"type": "mlp"},
-        "train": {"lr": 0.001},
+        "train": {"lr": "0.001"},
     }
 
 

@@ -64,6 +64,18 @@ def _assert_same(a: dict, b: dict, atol: float) -> None:
         assert torch.allclose(a[key], b[key], atol=atol), (key, (a[key] - b[key]).abs().max())
 
 
+def _checkpoint_steps(folder: Path) -> list[int]:
+    """Steps of the complete checkpoints in `folder` right now (one may vanish as we read:
+    a newer checkpoint replaces it)."""
+    steps = []
+    for path in folder.glob("step-*/loop.json"):
+        try:
+            steps.append(json.loads(path.read_text())["step"])
+        except (FileNotFoundError, ValueError):
+            continue
+    return steps
+
+
 def _cli(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -87,8 +99,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_bert_dir: Path, tmp_path
     checkpoints = output / "killed" / "checkpoints" / "finetune"
     deadline = time.time() + 240
     while time.time() < deadline and victim.poll() is None:
-        done = [p for p in checkpoints.glob("step-*") if (p / "loop.json").is_file()]
-        if any(json.loads((p / "loop.json").read_text())["step"] >= 60 for p in done):
+        if any(step >= 60 for step in _checkpoint_steps(checkpoints)):
             break
         time.sleep(0.02)
     assert victim.poll() is None, "the run finished before it could be killed"

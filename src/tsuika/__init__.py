@@ -3,6 +3,8 @@ whether it helped."""
 
 import os
 
+__version__ = "0.1.0"
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -12,5 +14,4 @@ from tsuika.config import Config, load_config
 from tsuika.errors import TsuikaError
 from tsuika.models import register_module
 
-__version__ = "0.1.0"
 __all__ = ["Config", "Run", "TsuikaError", "load", "load_config", "register_module", "train"]

@@ -26,7 +26,6 @@ from tsuika.evaluate.metrics import classification_metrics
 from tsuika.methods import Finetune, Method
 from tsuika.models import modality_of, model_for
 from tsuika.models.base import AdaptableModel
-from tsuika.runs import write_atomic
 from tsuika.train.cache import cache_boundary
 from tsuika.train.distributed import is_main_process, training_device
 from tsuika.train.feed import Feed
@@ -74,23 +73,44 @@ def warn(message: str) -> None:
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one line per epoch of every phase, rewritten atomically from the
-    histories (so a resumed run never repeats or loses an epoch)."""
+    """`metrics.jsonl`: one line per epoch of every phase, only ever appended to.
+
+    A resumed run first reads what the file already holds, then appends the epochs of each
+    phase's history that are not there yet — so an interrupted phase neither repeats nor loses
+    an epoch, and a finished phase's lines are never rewritten.
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.histories: dict[str, list[dict]] = {}
+        self.logged: dict[str, int] = {}
+        """Last epoch written, per phase."""
+        self.torn = False
+        """The file ends without a newline (killed mid-write): start on a fresh line."""
+        if path is not None and path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            self.torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
+                try:
+                    record = json.loads(line)
+                    phase, epoch = record["phase"], int(record["epoch"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line of a killed run: its epoch is written again
+                self.logged[phase] = max(self.logged.get(phase, 0), epoch)
 
     def writer(self, phase: str):
         def write(history: list[dict]) -> None:
-            self.histories[phase] = history
-            if self.path:
-                lines = [
-                    json.dumps({"phase": name, **record})
-                    for name, records in self.histories.items()
-                    for record in records
-                ]
-                write_atomic(self.path, "\n".join(lines) + "\n")
+            new = [r for r in history if r["epoch"] > self.logged.get(phase, 0)]
+            if not new or self.path is None:
+                return
+            with open(self.path, "a", encoding="utf-8") as handle:
+                if self.torn:
+                    handle.write("\n")
+                    self.torn = False
+                for record in new:
+                    handle.write(json.dumps({"phase": phase, **record}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.logged[phase] = new[-1]["epoch"]
 
         return write
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from tsuika import __version__
 from tsuika.adapt import MetricsLog, adapt, load_splits, run_baselines, seed_everything
 from tsuika.config import Config, build_config, load_config, merge, to_yaml
-from tsuika.errors import TsuikaError
+from tsuika.errors import RunInterrupted, TsuikaError
 from tsuika.evaluate.summary import build_summary
 from tsuika.methods import METHODS
 from tsuika.models import model_for
@@ -22,6 +24,9 @@ from tsuika.train.distributed import barrier, is_main_process
 from tsuika.train.progress import Progress
 
 __all__ = ["Run", "load", "train"]
+
+RUN_MARKER = ".tsuika-run"
+"""Written first into every run folder tsuika creates: `--resume` trains only in such folders."""
 
 
 def as_config(config: Config | dict | str | Path | None, overrides: dict[str, Any]) -> Config:
@@ -59,13 +64,22 @@ def train(
     elif main:
         default_name = f"{config.method}-{Path(config.model).name}"
         path = create_run_dir(config.output, config.name, default_name)
+        write_atomic(path / RUN_MARKER, json.dumps({"tsuika": __version__, "pid": os.getpid()}))
         write_atomic(path / "config.yaml", to_yaml(config))
     else:  # other data-parallel processes use the folder the main process made
         path = Path(config.output) / str(config.name)
     barrier()
-    log = MetricsLog(path / "metrics.jsonl" if main else None)
     resuming = resume is not None
 
+    try:
+        return _train_in(path, config, splits, model, method, resuming, started)
+    except KeyboardInterrupt:
+        raise RunInterrupted(path) from None
+
+
+def _train_in(path, config, splits, model, method, resuming: bool, started: float) -> Run:
+    main = is_main_process()
+    log = MetricsLog(path / "metrics.jsonl" if main else None)
     truth = np.array(splits.test.labels)
     with Progress(config.progress and main) as progress:
         result, predicted, timings = adapt(
@@ -88,7 +102,7 @@ def train(
         shutil.rmtree(path / "cache", ignore_errors=True)
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
     barrier()
-    return Run(path, model, splits.labels, summary)
+    return Run(path, model, splits.labels, summary, config.data)
 
 
 def resumable_config(path: Path, config: object, overrides: dict[str, Any]) -> Config:
@@ -97,8 +111,15 @@ def resumable_config(path: Path, config: object, overrides: dict[str, Any]) -> C
         raise TsuikaError(
             "--resume continues a run with its own config.yaml; give no other config or overrides"
         )
-    if not (path / "config.yaml").is_file():
-        raise TsuikaError(f"cannot resume {path}: it has no config.yaml (not a run folder)")
+    if not path.is_dir():
+        raise TsuikaError(f"cannot resume {path}: no such run folder")
     if (path / "summary.json").is_file():
         raise TsuikaError(f"run {path} already finished (summary.json exists); nothing to resume")
+    # Only a folder tsuika created for a run may be trained in: resuming writes weights and
+    # metrics there, and any other folder may hold files that are not ours to touch.
+    if not (path / RUN_MARKER).is_file() or not (path / "config.yaml").is_file():
+        raise TsuikaError(
+            f"cannot resume {path}: it is not an unfinished tsuika run (no {RUN_MARKER} and "
+            "config.yaml written by `tsuika train`); start a new run instead"
+        )
     return load_config(path / "config.yaml")

@@ -3,8 +3,10 @@ and one short message; nothing else is caught."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tsuika.errors import TsuikaError
+from tsuika.errors import RunInterrupted, TsuikaError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 out = Console()
@@ -81,12 +83,13 @@ def train(
 ) -> None:
     """Adapt a model to your data: `tsuika train CONFIG.yaml [key=value ...]` or flags."""
     from tsuika.api import train as train_api
-    from tsuika.config import load_config, merge, parse_overrides
+    from tsuika.config import load_config, merge, parse_overrides, set_dotted
 
     if resume is not None:
         if args or any(v is not None for v in (model, data, test, method, k, epochs, name)):
             raise TsuikaError("--resume RUN takes no other config; the run's config.yaml is used")
-        print_summary(train_api(resume=resume).summary)
+        with reporting_interrupts():
+            print_summary(train_api(resume=resume).summary)
         return
 
     config_path, pairs = _split_args(args or [])
@@ -102,8 +105,8 @@ def train(
     }
     overrides: dict = {}
     for key, value in flags.items():
-        if value is not None:
-            overrides = merge(overrides, parse_overrides([f"{key}={value}"]))
+        if value is not None:  # a flag's value is taken as given, never re-parsed
+            set_dotted(overrides, key, value)
     if quiet:
         overrides["progress"] = False
     overrides = merge(overrides, parse_overrides(pairs))
@@ -112,7 +115,8 @@ def train(
         from tsuika.train.distributed import launch
 
         raise typer.Exit(launch(_without_processes(ARGV[1:]), processes, config.name))
-    run = train_api(config)
+    with reporting_interrupts():
+        run = train_api(config)
     from tsuika.train.distributed import is_main_process
 
     if is_main_process():  # under --processes, one results table, not one per process
@@ -209,7 +213,8 @@ def demo(
         )
         settings = dict(model="minilm-l6", data={"train": "bundled:reviews", "k": 256})
     out.print(f"[bold]tsuika demo{' --images' if images else ''}[/bold]: {banner}")
-    run = train_api(method="transfer", output=output, progress=not quiet, **settings)
+    with reporting_interrupts():
+        run = train_api(method="transfer", output=output, progress=not quiet, **settings)
     print_summary(run.summary)
 
 
@@ -229,6 +234,28 @@ def _without_processes(args: list[str]) -> list[str]:
     return kept
 
 
+@contextlib.contextmanager
+def reporting_interrupts() -> Iterator[None]:
+    """Ctrl-C inside a command: typer would exit 130 silently, so say how to resume here."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        raise typer.Exit(_interrupted(err)) from None
+
+
+def _interrupted(err: KeyboardInterrupt) -> int:
+    """Ctrl-C: say where the run's checkpoint is and how to continue; exit code 130."""
+    message = "interrupted"
+    if isinstance(err, RunInterrupted):
+        path = escape(str(err.path))
+        message += (
+            f": the run folder {path} keeps what was checkpointed; continue with "
+            f"`tsuika train --resume {path}`"
+        )
+    Console(stderr=True, soft_wrap=True).print(message, highlight=False)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for user mistakes, with a one-line message)."""
     ARGV[:] = list(sys.argv[1:] if argv is None else argv)
@@ -244,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except typer.Exit as err:
         return err.exit_code
+    except KeyboardInterrupt as err:
+        return _interrupted(err)
     except typer.Abort:
         return 1
     except Exception as err:

@@ -7,7 +7,8 @@ the key and what was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -60,7 +61,18 @@ class DataConfig(Section):
     """Images: stop at a corrupt/unreadable/oversized file instead of skipping it."""
     max_image_pixels: int = Field(40_000_000, ge=1)
     """Images larger than this (width × height) are refused as too large."""
+    allow_outside_paths: bool = False
+    """Image tables: allow `path` entries that lead outside the table's folder (absolute paths,
+    `..`). Off by default, so a table received from someone else cannot read arbitrary files."""
     augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("train", "validation", "test")
+    @classmethod
+    def _path_not_blank(cls, value: str | None) -> str | None:
+        # An empty path must not quietly mean "the bundled data".
+        if value is not None and not value.strip():
+            raise ValueError("is empty; give a file or folder (or leave the key out)")
+        return value
 
 
 class HeadConfig(Section):
@@ -148,7 +160,7 @@ class Config(Section):
         return value
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -159,14 +171,85 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def declared_type(dotted: str) -> Any:
+    """The annotation of the config field at `a.b.c`, or None when no such field exists
+    (the unknown key is then reported by validation, with its name)."""
+    annotation: Any = Config
+    for key in dotted.split("."):
+        annotation = _field_of(annotation, key)
+        if annotation is None:
+            return None
+    return annotation
+
+
+def _field_of(annotation: Any, key: str) -> Any:
+    for option in _options(annotation):
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            field = option.model_fields.get(key)
+            return field.annotation if field else None
+        if get_origin(option) is dict:
+            return get_args(option)[1]
+    return None
+
+
+def _options(annotation: Any) -> list[Any]:
+    """The members of a union (`int | None` → [int, NoneType]), else [annotation]."""
+    if get_origin(annotation) in (Union, UnionType):
+        return list(get_args(annotation))
+    return [annotation]
+
+
+def _admits(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    for option in _options(annotation):
+        origin = get_origin(option)
+        if origin is Annotated:
+            option = get_args(option)[0]
+            origin = get_origin(option)
+        if origin is Literal:
+            if any(isinstance(value, kinds) for value in get_args(option)):
+                return True
+        elif (origin or option) in kinds or (
+            isinstance(origin or option, type) and issubclass(origin or option, kinds)
+        ):
+            return True
+    return False
+
+
+def parse_value(dotted: str, raw: str) -> Any:
+    """An override's text → a value for the key's declared type. Text fields keep the text
+    exactly (`name=0x10` stays "0x10", `data.train=null` names a file called `null`); numbers
+    and booleans are converted by validation; `[...]`/`{...}` are read as YAML flow lists
+    and mappings for list/dict fields; `null`/`~` clears an optional non-text field."""
+    annotation = declared_type(dotted)
+    if annotation is None or (_admits(annotation, (str,)) and not _admits(annotation, (list,))):
+        return raw
+    text = raw.strip()
+    if text.lower() in {"null", "~", "none", ""} and type(None) in _options(annotation):
+        return None
+    if text.startswith(("[", "{")) and _admits(annotation, (list, tuple, dict, BaseModel)):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "not a valid list or mapping"
+            raise TsuikaError(
+                f"override `{dotted}={raw}`: {problem} (write lists as [a, b], mappings as "
+                "{key: value})"
+            ) from None
+    return raw
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`["train.lr=1e-4", "data.k=64"]` → nested dict; values are parsed as YAML scalars."""
+    """`["train.lr=1e-4", "data.k=64"]` → nested dict. Each value is read by its key's
+    declared type (`parse_value`), never as free YAML, so no text is silently reinterpreted."""
     tree: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise TsuikaError(f"override `{pair}` is not key=value (e.g. train.epochs=10)")
         key, raw = pair.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else None)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise TsuikaError(f"override `{pair}` has no key name before `=` (e.g. train.lr=1e-4)")
+        set_dotted(tree, key, parse_value(key, raw))
     return tree
 
 

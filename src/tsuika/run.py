@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from tsuika.adapt import input_feed
-from tsuika.config import DataConfig
-from tsuika.data.images import decode, list_images
+from tsuika.config import DataConfig, load_config
+from tsuika.data.images import decode_for_prediction, list_images
 from tsuika.data.splits import Examples
 from tsuika.data.tables import read_table, resolve
 from tsuika.errors import TsuikaError
@@ -20,27 +20,34 @@ from tsuika.runs import load_model_folder
 from tsuika.train.loop import predict_probs
 
 
-def read_inputs(model: AdaptableModel, inputs: list) -> list:
-    """Texts stay texts; for image models, paths are decoded (a bad file is an error)."""
+def read_inputs(model: AdaptableModel, inputs: list, data: DataConfig) -> list:
+    """Texts stay texts (an empty one is refused); for image models, paths are decoded under
+    the run's own `data.max_image_pixels` (a bad file is an error naming it)."""
     if model.spec.get("family") != "image":
+        for number, text in enumerate(inputs, start=1):
+            if not isinstance(text, str) or not text.strip():
+                raise TsuikaError(f"text {number} to predict is empty; give non-empty texts")
         return list(inputs)
-    decoded = []
-    for path in inputs:
-        try:
-            decoded.append(decode(Path(path), 10**9))
-        except ValueError as err:
-            raise TsuikaError(f"{path}: {err}") from None
-    return decoded
+    return [decode_for_prediction(Path(path), data.max_image_pixels) for path in inputs]
 
 
 class Run:
     """A trained model and its results; `tsuika.load(path)` gives the same object back."""
 
-    def __init__(self, path: Path, model: AdaptableModel, labels: list[str], summary: dict):
+    def __init__(
+        self,
+        path: Path,
+        model: AdaptableModel,
+        labels: list[str],
+        summary: dict,
+        data: DataConfig | None = None,
+    ):
         self.path = Path(path)
         self.model = model.eval()
         self.labels = labels
         self.summary = summary
+        self.data = data or DataConfig()
+        """The data settings the run was trained with (image size limits for new inputs)."""
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -50,7 +57,7 @@ class Run:
             inputs = [inputs]
         if len(inputs) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        examples = Examples(read_inputs(self.model, inputs), [0] * len(inputs))
+        examples = Examples(read_inputs(self.model, inputs, self.data), [0] * len(inputs))
         return predict_probs(self.model, input_feed(self.model, examples)).numpy()
 
     def predict(self, inputs: list[str]) -> list[str]:
@@ -76,7 +83,7 @@ class Run:
         return {**classification_metrics(truth, predicted), "examples": len(truth)}
 
     def _evaluate_images(self, data: str) -> dict[str, float]:
-        listing = list_images(data, "test", DataConfig(strict=True))
+        listing = list_images(data, "test", self.data.model_copy(update={"strict": True}))
         unknown = sorted(set(listing.labels) - set(self.labels))
         if unknown:
             raise TsuikaError(
@@ -96,5 +103,15 @@ def load(path: str | Path) -> Run:
         raise TsuikaError(f"run folder {path} not found")
     model, labels, _ = load_model_folder(path / "model")
     summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return Run(path, model, labels, summary)
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except (ValueError, UnicodeDecodeError):
+        raise TsuikaError(f"{summary_path} is not valid JSON; the run folder is damaged") from None
+    return Run(path, model, labels, summary, _data_settings(path / "config.yaml"))
+
+
+def _data_settings(path: Path) -> DataConfig:
+    """The run's `data` section; defaults when config.yaml is missing (a copied model)."""
+    if not path.is_file():
+        return DataConfig()
+    return load_config(path).data

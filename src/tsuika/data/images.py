@@ -10,6 +10,8 @@ up front; by default bad ones are skipped with a warning and counted in the summ
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,35 +48,87 @@ def resolve_images(path: str, split: str) -> Path:
     return Path(path).expanduser()
 
 
+def _entries(folder: Path, listing: Listing) -> list[Path]:
+    """Non-hidden entries of `folder`, sorted; an unreadable folder is a problem, not a crash."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as err:
+        listing.problems.append(f"{folder}: cannot read the folder ({err.strerror})")
+        return []
+
+
+def _odd_entry(entry: Path) -> str | None:
+    """Why a class-folder entry is not an image file to read, or None when it is a file."""
+    if entry.is_dir():
+        return "sub-folder ignored (images go directly in the class folder)"
+    if entry.is_file():
+        return None
+    # exists() follows links: False for a dangling link and for a loop (ELOOP).
+    if entry.is_symlink() and not entry.exists():
+        return "broken link or link loop"
+    return "not a regular file"  # a pipe, socket or device: reading it could block or hang
+
+
+def _list_class(folder: Path, listing: Listing) -> None:
+    files = []
+    for entry in _entries(folder, listing):
+        reason = _odd_entry(entry)
+        if reason:
+            listing.problems.append(f"{entry}: {reason}")
+        elif entry.suffix.lower() not in IMAGE_SUFFIXES:
+            listing.problems.append(f"{entry}: not an image file (suffix {entry.suffix!r})")
+        else:
+            files.append(entry)
+    if not files:
+        listing.problems.append(f"{folder}: empty class folder (class `{folder.name}` left out)")
+    listing.paths += files
+    listing.labels += [folder.name] * len(files)
+
+
 def list_folder(root: Path) -> Listing:
     """`root/<class>/<file>`: every sub-folder is a class, hidden files are ignored."""
     listing = Listing()
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    except OSError as err:
+        raise TsuikaError(f"{root}: cannot read the folder ({err.strerror}); check it") from None
+    classes = [p for p in entries if p.is_dir()]
     if not classes:
         raise TsuikaError(
             f"{root} has no class folders; lay images out as {root}/<class name>/<image>"
         )
+    for entry in entries:
+        # Files beside the class folders (a README, a labels file) are fine, but a dangling
+        # link where a class folder should be would silently lose the class.
+        if entry.is_symlink() and not entry.exists():
+            listing.problems.append(f"{entry}: broken link or link loop (class left out)")
     for folder in classes:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not files:
-            listing.problems.append(
-                f"{folder}: empty class folder (class `{folder.name}` left out)"
-            )
-        for file in files:
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                listing.problems.append(f"{file}: not an image file (suffix {file.suffix!r})")
-                continue
-            listing.paths.append(file)
-            listing.labels.append(folder.name)
+        _list_class(folder, listing)
     return listing
 
 
+def _inside(file: Path, folder: Path) -> bool:
+    try:
+        return file.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError, ValueError):  # 3.11 raises RuntimeError for a link loop
+        return True  # cannot tell where it leads; decode will report it as unreadable
+
+
 def list_table(path: Path, config: DataConfig) -> Listing:
+    """A table of `path,label` rows; relative paths are relative to the table's folder, and
+    (unless data.allow_outside_paths) must stay inside it, links followed."""
     table = read_table(path, config.image_column, config.label_column)
     listing = Listing()
+    folder = path.parent.resolve()
     for image, label in zip(table.texts, table.labels, strict=True):
-        file = Path(image)
-        listing.paths.append(file if file.is_absolute() else path.parent / file)
+        file = path.parent / image  # an absolute `image` replaces the folder
+        if not config.allow_outside_paths and not _inside(file, folder):
+            listing.problems.append(
+                f"{file}: outside the data folder {folder}; "
+                "set data.allow_outside_paths=true to allow it"
+            )
+            continue
+        listing.paths.append(file)
         listing.labels.append(label)
     return listing
 
@@ -102,30 +156,78 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode(path: Path, max_pixels: int) -> torch.Tensor:
-    """An image file → uint8 tensor [3, H, W]; raises ValueError saying what is wrong."""
+class _Refused(ValueError):
+    """A file `decode` refuses with its own message (any other exception is PIL failing)."""
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise _Refused("a folder, not an image file")
     if not path.is_file():
-        raise ValueError("file not found")
+        raise _Refused("not a regular file" if path.exists() else "file not found")
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width < 1 or height < 1:
+        raise _Refused(f"empty image ({width}×{height} pixels)")
+    if width * height > max_pixels:
+        raise _Refused(
+            f"too large ({width}×{height} pixels; limit data.max_image_pixels={max_pixels})"
+        )
+
+
+@contextmanager
+def _pil_pixel_limit(limit: int | None) -> Iterator[None]:
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ValueError(
-                    f"too large ({width}×{height} pixels; limit data.max_image_pixels={max_pixels})"
-                )
-            image.draft("RGB", (STORED_SHORT_SIDE, STORED_SHORT_SIDE))  # cheap JPEG downscale
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                rgb = to_rgb(image)
-    except (OSError, SyntaxError, Image.DecompressionBombWarning) as err:
-        raise ValueError(f"not a readable image ({type(err).__name__}: {err})") from None
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _read_rgb(path: Path, max_pixels: int) -> Image.Image:
+    # PIL's bomb check fires inside Image.open, before the size can be read, and with PIL's
+    # own limit: off while the header is read, so that ours decides (and names the size).
+    # While decoding, PIL checks again frames or icon sizes larger than the header said:
+    # there against our limit (`decode` makes its warning an error).
+    with _pil_pixel_limit(None):
+        image = Image.open(path)
+    with image, _pil_pixel_limit(max_pixels):
+        _check_size(*image.size, max_pixels)
+        image.draft("RGB", (STORED_SHORT_SIDE, STORED_SHORT_SIDE))  # cheap JPEG downscale
+        rgb = to_rgb(image)
     short = min(rgb.size)
     if short > STORED_SHORT_SIDE:
         scale = STORED_SHORT_SIDE / short
-        rgb = rgb.resize(
-            (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.BICUBIC
-        )
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+        size = (round(rgb.width * scale), round(rgb.height * scale))
+        rgb = rgb.resize(size, Image.Resampling.BICUBIC)
+    return rgb
+
+
+def decode(path: Path, max_pixels: int) -> torch.Tensor:
+    """An image file → uint8 tensor [3, H, W]; raises ValueError saying what is wrong, and
+    nothing else, whatever the file holds."""
+    try:
+        _check_file(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL's notes on damaged metadata (corrupt EXIF, tags past the end of the file)
+            # would be stray lines on stderr; a file it cannot read is a counted problem.
+            warnings.simplefilter("ignore", UserWarning)
+            array = np.asarray(_read_rgb(path, max_pixels), dtype=np.uint8).copy()
+    except _Refused as err:
+        raise ValueError(str(err)) from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ValueError(
+            f"too large when decoded (limit data.max_image_pixels={max_pixels})"
+        ) from None
+    # A user's file must never crash the run: PIL's decoders raise OSError, SyntaxError,
+    # struct.error, EOFError, ZeroDivisionError, MemoryError… for damaged or absurd headers.
+    except Exception as err:
+        detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise ValueError(f"not a readable image ({detail})") from None
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def decode_listing(listing: Listing, config: DataConfig) -> tuple[list[torch.Tensor], list[str]]:
@@ -184,3 +286,11 @@ def load_image_splits(config: DataConfig) -> Splits:
         raise TsuikaError(f"{train_path}: no images left for validation or test")
     splits.skipped = problems
     return splits
+
+
+def decode_for_prediction(path: Path, max_pixels: int) -> torch.Tensor:
+    """`decode` for files given to predict: a bad file is an error naming it, not a skip."""
+    try:
+        return decode(path, max_pixels)
+    except ValueError as err:
+        raise TsuikaError(f"{path}: {err}; fix, convert or remove this image") from None

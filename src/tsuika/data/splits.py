@@ -13,7 +13,7 @@ from tsuika.errors import TsuikaError
 def label_names(labels: list[str]) -> list[str]:
     """Sorted label set; numerically when every label is an integer ("2" before "10")."""
     unique = set(labels)
-    if all(label.lstrip("-").isdigit() for label in unique):
+    if all(label.isascii() and label.removeprefix("-").isdecimal() for label in unique):
         return sorted(unique, key=int)
     return sorted(unique)
 

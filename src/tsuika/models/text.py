@@ -124,12 +124,32 @@ def sentence_transformers_pooling(folder: Path) -> tuple[str, bool]:
     return mode, normalize
 
 
+CODE_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
+"""Files in which a Hugging Face folder can ask (`auto_map`) to run its own Python code."""
+
+
 def _check_folder(folder: Path) -> None:
+    """A usable folder has a config.json and asks to run no code of its own: tsuika never
+    runs code from a model folder (a run's meta.json may come from anyone)."""
     if not (folder / "config.json").is_file():
         raise TsuikaError(
             f"model folder {folder} has no config.json; give a Hugging Face model folder "
             "(config.json, weights, tokenizer) or a bundled name from `tsuika models`"
         )
+    for name in CODE_FILES:
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            settings = json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise TsuikaError(f"{file} is not valid JSON; the model folder is damaged") from None
+        if isinstance(settings, dict) and "auto_map" in settings:
+            raise TsuikaError(
+                f"{file} asks to run the folder's own Python code (auto_map); tsuika never runs "
+                "code from a model folder, so custom-code models are not supported — use a "
+                "model whose architecture transformers itself provides"
+            )
 
 
 def load_text_model(
@@ -144,13 +164,16 @@ def load_text_model(
     of the same architecture (the from-scratch baseline)."""
     _check_folder(folder)
     try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        # trust_remote_code=False: never run, and never ask on stdin whether to run, the
+        # folder's own code (the check above already refused such folders).
+        safe = {"local_files_only": True, "trust_remote_code": False}
+        config = AutoConfig.from_pretrained(folder, **safe)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **safe)
         if pretrained:
-            encoder = AutoModel.from_pretrained(folder, local_files_only=True, config=config)
+            encoder = AutoModel.from_pretrained(folder, config=config, **safe)
         else:
-            encoder = AutoModel.from_config(config)
-    except (OSError, ValueError) as err:
+            encoder = AutoModel.from_config(config, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as err:
         raise TsuikaError(f"could not load the model in {folder}: {err}") from None
 
     mode, normalize = sentence_transformers_pooling(folder)

@@ -11,13 +11,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tsuika.errors import TsuikaError
+from tsuika.files import match_umask
 
+
+# Strict, no unknown keys: a damaged loop.json must fail on load, not resume with wrong counters.
+@with_config(ConfigDict(extra="forbid", strict=True))
 @dataclass
 class LoopState:
     """The loop's counters: with the weights, optimizer and RNG, a complete resume point."""
@@ -53,8 +61,9 @@ def save_checkpoint(
     tmp = folder / (final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_contiguous(weights), str(tmp / "weights.safetensors"))
-    save_file(_contiguous(best), str(tmp / "best.safetensors"))
+    for name, state in (("weights.safetensors", weights), ("best.safetensors", best)):
+        save_file(_contiguous(state), str(tmp / name))
+        match_umask(tmp / name)  # save_file makes 0600 files; the others get the umask
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     (tmp / "loop.json").write_text(json.dumps(asdict(loop)))
@@ -83,12 +92,81 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
+class _Damaged(Exception):
+    """A checkpoint file that cannot be used; `load_checkpoint` turns it into a TsuikaError."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+
+
+def _reason(error: BaseException) -> str:
+    # Library messages can run to paragraphs (torch's weights-only hint): keep the first line.
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else "unexpected end of file" if isinstance(error, EOFError) else ""
+    return (text[:120] + "…" if len(text) > 120 else text) or type(error).__name__
+
+
+_LOOP_STATE = TypeAdapter(LoopState)
+_LOOP_KEYS = [f.name for f in fields(LoopState)]
+
+
+def _load_loop(path: Path) -> LoopState:
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
+        raise _Damaged(path.name, _reason(error)) from None
+    if not isinstance(data, dict):
+        raise _Damaged(path.name, "not a JSON object")
+    # Every key is required: a missing counter silently taking its default would resume at
+    # the wrong point.
+    missing = [key for key in _LOOP_KEYS if key not in data]
+    if missing:
+        raise _Damaged(path.name, f"lacks `{missing[0]}`")
+    try:
+        return _LOOP_STATE.validate_json(text)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise _Damaged(path.name, f"`{where}`: {first['msg']}") from None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _Damaged(path.name, _reason(error)) from None
+
+
+def _load_pickle(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A `torch.save`d dict, with only tensors and plain containers (`weights_only=True`)."""
+    try:
+        data = torch.load(path, weights_only=True)
+    except Exception as error:
+        # Damaged bytes reach torch's zip reader and weights-only unpickler in any state:
+        # fuzzing gives RuntimeError, EOFError, UnpicklingError, OSError, IndexError, KeyError,
+        # UnicodeDecodeError, AttributeError... No list is complete, and here every failure
+        # of reading a file we wrote means the file is damaged.
+        raise _Damaged(path.name, _reason(error)) from None
+    if not isinstance(data, dict) or any(key not in data for key in keys):
+        raise _Damaged(path.name, f"not a dict with {', '.join(f'`{k}`' for k in keys)}")
+    return data
+
+
 def load_checkpoint(path: Path) -> tuple[LoopState, dict, dict, dict, dict]:
     """(loop state, weights, best weights, optimizer state, rng); tensors only, no pickles
-    of arbitrary objects (`weights_only=True`)."""
-    loop = LoopState(**json.loads((path / "loop.json").read_text()))
-    weights = load_file(str(path / "weights.safetensors"))
-    best = load_file(str(path / "best.safetensors"))
-    optimizer = torch.load(path / "optimizer.pt", weights_only=True)
-    rng = torch.load(path / "rng.pt", weights_only=True)
+    of arbitrary objects (`weights_only=True`). A damaged file is a TsuikaError naming it."""
+    try:
+        loop = _load_loop(path / "loop.json")
+        weights = _load_tensors(path / "weights.safetensors")
+        best = _load_tensors(path / "best.safetensors")
+        optimizer = _load_pickle(path / "optimizer.pt", ("state", "param_groups"))
+        rng = _load_pickle(path / "rng.pt", ("torch",))
+        if not isinstance(rng["torch"], torch.Tensor) or rng["torch"].dtype != torch.uint8:
+            raise _Damaged("rng.pt", "`torch` is not a random generator state")
+    except _Damaged as error:
+        raise TsuikaError(
+            f"checkpoint {path} is damaged ({error}); delete that folder to resume from the "
+            "previous checkpoint (or the start), or start a new run"
+        ) from None
     return loop, weights, best, optimizer, rng

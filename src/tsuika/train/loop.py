@@ -223,13 +223,15 @@ def fit(
     resume: bool = False,
 ) -> FitResult:
     """Train `model` (already `method.prepare`d) and leave it holding the best epoch's
-    weights. `log` receives the whole history after every epoch (it is rewritten, so a resumed
-    run's log never repeats an epoch). With `resume`, continue from the newest checkpoint in
+    weights. `log` receives the whole history after every epoch (and once after resuming); it
+    writes the epochs it has not written yet. With `resume`, continue from the newest checkpoint in
     `checkpoints`; the result equals an uninterrupted run's."""
     started = time.perf_counter()
     loop = Loop(model, method, train, val, config, seed, checkpoints)
     if resume:
         loop.resume()
+        if log and loop.accelerator.is_main_process:
+            log(loop.state.history)  # epochs checkpointed but not yet logged when killed
     state = loop.state
     task = progress.task(label, total=config.epochs) if progress else None
     if task is not None:
