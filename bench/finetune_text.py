@@ -22,13 +22,14 @@ import torch
 from plain_loop import plain_pytorch_epoch
 
 import tsuika
-from tsuika.adapt import input_feed, seed_everything
-from tsuika.config import load_config
-from tsuika.data.text import load_text_splits
+from tsuika.api import task_and_data
+from tsuika.config import HeadConfig, load_config
+from tsuika.feed import input_feed
+from tsuika.feed.batches import training_batches
 from tsuika.methods import Finetune
-from tsuika.models import load_model
-from tsuika.train.batches import training_batches
+from tsuika.models import Request, load_model
 from tsuika.train.loop import fit
+from tsuika.train.phase import seed_everything
 
 
 def main() -> None:
@@ -44,7 +45,9 @@ def main() -> None:
     config = load_config(
         None, {"method": "finetune", "train": {"epochs": 1, "patience": None, "cache": "off"}}
     )
-    splits = load_text_splits(config.data)
+    task, splits = task_and_data(config)
+    head = HeadConfig()  # the default head, as `train` builds it
+    request = Request(lambda width: task.head(width, head), head)
     train = splits.train.subset(list(range(args.examples)))
     val = splits.val.subset(list(range(64)))
 
@@ -54,16 +57,17 @@ def main() -> None:
     plain_runs, our_runs = [], []
     for _ in range(args.repeats):
         seed_everything(0)
-        model = load_model("minilm-l6", 2)
-        method = Finetune(config)
+        model = load_model("minilm-l6", request)
+        method = Finetune(config, task)
         method.prepare(model)
-        feed, val_feed = input_feed(model, train), input_feed(model, val)
+        feed = input_feed(model, train.inputs, task.targets(train))
+        val_feed = input_feed(model, val.inputs, task.targets(val))
         order = training_batches(len(feed), 32, 0, 1, feed.lengths)
         plain_runs.append(
             plain_pytorch_epoch(model, feed, config.train.backbone_lr, order, val_feed)
         )
         seed_everything(0)
-        model = load_model("minilm-l6", 2)
+        model = load_model("minilm-l6", request)
         method.prepare(model)
         our_runs.append(fit(model, method, feed, val_feed, config.train, seed=0).seconds)
     plain, ours = min(plain_runs), min(our_runs)

@@ -101,7 +101,7 @@ def main() -> None:
     probe = sorted((BUNDLED / "fashion" / "test" / "bag").glob("*.png"))[:8]
     on_gpu = gpu.predict_proba([str(p) for p in probe])
     cpu_model = gpu.model.to("cpu")
-    on_cpu = tsuika.Run(gpu.path, cpu_model, gpu.labels, gpu.summary).predict_proba(
+    on_cpu = tsuika.Run(gpu.path, cpu_model, gpu.task, gpu.summary, gpu.data).predict_proba(
         [str(p) for p in probe]
     )
     print("max |p_gpu - p_cpu| on 8 images:", float(abs(on_gpu - on_cpu).max()))

@@ -6,21 +6,26 @@ import time
 
 import torch
 
-from tsuika.train.batches import sorted_batches
-from tsuika.train.feed import Feed
+from tsuika.feed import Feed
+from tsuika.feed.batches import sorted_batches
 from tsuika.train.schedule import lr_multiplier
 
 
-def plain_pytorch_epoch(model, feed: Feed, lr: float, order: list[list[int]], val: Feed) -> float:
+def plain_pytorch_epoch(
+    model, feed: Feed, lr: float, order: list[list[int]], val: Feed, column: str = "label"
+) -> float:
     """One epoch as a person would write it — the same batches, AdamW, warmup + cosine,
-    clipping and end-of-epoch validation pass as tsuika's loop; returns seconds."""
+    clipping and end-of-epoch validation pass as tsuika's loop; returns seconds. The loss is
+    cross-entropy on the feed's `column` target (the single label column)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     model.train()
     started = time.perf_counter()
     for step, indices in enumerate(order):
         batch = feed.batch(indices)
-        loss = torch.nn.functional.cross_entropy(model(batch.state)["logits"], batch.labels)
+        loss = torch.nn.functional.cross_entropy(
+            model(batch.state)["logits"], batch.targets[column]
+        )
         loss.backward()
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_multiplier(step, len(order), 1, "cosine")

@@ -23,18 +23,19 @@ import torch
 from plain_loop import plain_pytorch_epoch
 
 import tsuika
-from tsuika.adapt import input_feed, seed_everything
-from tsuika.config import load_config
-from tsuika.data.images import load_image_splits
+from tsuika.api import task_and_data
+from tsuika.config import HeadConfig, load_config
+from tsuika.feed import input_feed
+from tsuika.feed.batches import sorted_batches, training_batches
 from tsuika.methods import Finetune
-from tsuika.models import load_model
-from tsuika.train.batches import sorted_batches, training_batches
+from tsuika.models import Request, load_model
 from tsuika.train.loop import fit
+from tsuika.train.phase import seed_everything
 
 
 @torch.no_grad()
 def inference_seconds(model, examples) -> float:
-    feed = input_feed(model, examples)
+    feed = input_feed(model, examples.inputs)
     started = time.perf_counter()
     for batch in feed.batches(sorted_batches([1] * len(feed), 64)):
         model.embed(batch.state)
@@ -51,8 +52,10 @@ def main() -> None:
         f"torch {torch.__version__} · {torch.get_num_threads()} threads"
     )
     config = load_config(None, {"model": "efficientnet-lite0"})
-    splits = load_image_splits(config.data)
-    model = load_model("efficientnet-lite0", len(splits.labels)).eval()
+    task, splits = task_and_data(config)
+    head = HeadConfig()  # the default head, as `train` builds it
+    request = Request(lambda width: task.head(width, head), head)
+    model = load_model("efficientnet-lite0", request).eval()
     inference_seconds(model, splits.train.subset(list(range(64))))  # warm-up
     floor = inference_seconds(model, splits.train)
     n = len(splits.train)
@@ -92,14 +95,15 @@ def main() -> None:
     plain_runs, our_runs = [], []
     for _ in range(args.repeats):
         seed_everything(0)
-        model = load_model("efficientnet-lite0", 10)
-        Finetune(cfg).prepare(model)
-        feed, val_feed = input_feed(model, few), input_feed(model, val)
+        model = load_model("efficientnet-lite0", request)
+        Finetune(cfg, task).prepare(model)
+        feed = input_feed(model, few.inputs, task.targets(few))
+        val_feed = input_feed(model, val.inputs, task.targets(val))
         order = training_batches(len(feed), 32, 0, 1)
         plain_runs.append(plain_pytorch_epoch(model, feed, cfg.train.backbone_lr, order, val_feed))
         seed_everything(0)
-        model = load_model("efficientnet-lite0", 10)
-        method = Finetune(cfg)
+        model = load_model("efficientnet-lite0", request)
+        method = Finetune(cfg, task)
         method.prepare(model)
         our_runs.append(fit(model, method, feed, val_feed, cfg.train, seed=0).seconds)
     plain, ours = min(plain_runs), min(our_runs)

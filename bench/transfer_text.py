@@ -24,17 +24,18 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import tsuika
-from tsuika.adapt import input_feed, seed_everything
-from tsuika.config import load_config
-from tsuika.data.text import load_text_splits
-from tsuika.models import BUNDLED, load_model
-from tsuika.train.batches import sorted_batches
+from tsuika.api import task_and_data
+from tsuika.config import HeadConfig, load_config
+from tsuika.feed import input_feed
+from tsuika.feed.batches import sorted_batches
+from tsuika.models import BUNDLED, Request, load_model
+from tsuika.train.phase import seed_everything
 
 
 @torch.no_grad()
 def embed_all(model, examples, batch_size: int = 64) -> tuple[np.ndarray, float]:
     """Pooled features in input order, and the seconds one inference pass took."""
-    feed = input_feed(model, examples)
+    feed = input_feed(model, examples.inputs)
     started = time.perf_counter()
     out = [None] * len(feed)
     for batch in feed.batches(sorted_batches(feed.lengths, batch_size)):
@@ -65,8 +66,9 @@ def main() -> None:
 
     # 1. Cost: the whole training pool (no k), floor versus transfer's training time.
     config = load_config(None, {"data": {"train": "bundled:reviews"}})
-    splits = load_text_splits(config.data)
-    model = load_model("minilm-l6", 2).eval()
+    task, splits = task_and_data(config)
+    head = HeadConfig()  # the default head, as `train` builds it
+    model = load_model("minilm-l6", Request(lambda w: task.head(w, head), head)).eval()
     embed_all(model, splits.train.subset(list(range(64))))  # warm-up
     _, floor = embed_all(model, splits.train)
     st_seconds = sentence_transformers_seconds(splits.train.inputs)
@@ -95,7 +97,7 @@ def main() -> None:
 
     # 2. Accuracy at k per class: tsuika's head vs LogisticRegression on the same embeddings.
     test_x, _ = embed_all(model, splits.test)
-    test_y = np.array(splits.test.labels)
+    test_y = np.array(splits.test.targets["label"])
     ours, theirs = [], []
     for seed in range(args.seeds):
         run = tsuika.train(
@@ -106,10 +108,10 @@ def main() -> None:
             seed=seed,
         )
         cfg = load_config(None, {"data": {"k": args.k, "seed": seed}})
-        few = load_text_splits(cfg.data)
+        _, few = task_and_data(cfg)
         seed_everything(seed)
         train_x, _ = embed_all(model, few.train)
-        logreg = LogisticRegression(max_iter=5000).fit(train_x, few.train.labels)
+        logreg = LogisticRegression(max_iter=5000).fit(train_x, few.train.targets["label"])
         theirs.append(float((logreg.predict(test_x) == test_y).mean()))
         ours.append(run.summary["test"]["accuracy"])
         print(

@@ -76,3 +76,26 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
     }
+
+
+def classifier(name: str, classes: int, pretrained: bool = True, weights: str | None = None):
+    """The model `name` ending in a new linear head with `classes` outputs (what a
+    classification run on `classes` labels builds), without reading any data."""
+    from tsuika.config import HeadConfig
+    from tsuika.models import Request, load_model
+    from tsuika.models.heads import Head
+
+    def new_head(width: int) -> Head:
+        return Head(width, classes)
+
+    return load_model(name, Request(new_head, HeadConfig(), pretrained=pretrained, weights=weights))
+
+
+def classify_splits(data, modality: str = "text", columns: tuple[str, ...] = ("label",)):
+    """(task, splits) of a classification task on `data` (a DataConfig): read, encoded and
+    split as a run does; the class names are `task.labels[column]`."""
+    from tsuika.data.reading import load_splits
+    from tsuika.tasks import Classify
+
+    task = Classify(list(columns))
+    return task, load_splits(data, modality, task.columns, task)

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import classify_splits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from tsuika.config import DataConfig
-from tsuika.data.images import decode, decode_for_prediction, load_image_splits
+from tsuika.data.images import decode, decode_for_prediction
 from tsuika.errors import TsuikaError
 
 SETTINGS = settings(
@@ -91,30 +92,33 @@ def test_the_configured_limit_replaces_pils_own(tmp_path, monkeypatch):
         decode(path, 1000)
 
 
+UNREADABLE = r"^not a readable image \(\w+: "
+
+
 @pytest.mark.parametrize(
-    "content",
+    ("content", "message"),
     [
-        png_header_only(0, 10),
-        png_header_only(2**31 - 1, 1),
-        b"BM" + b"\xff" * 60,
-        b"GIF89a" + b"\xff" * 20,
-        b"II*\x00" + b"\xff" * 40,
-        encoded("PNG")[:60],
-        encoded("JPEG")[:200],
+        (png_header_only(0, 10), UNREADABLE),
+        (png_header_only(2**31 - 1, 1), r"^too large \(2147483647×1 pixels; limit "),
+        (b"BM" + b"\xff" * 60, UNREADABLE),
+        (b"GIF89a" + b"\xff" * 20, UNREADABLE),
+        (b"II*\x00" + b"\xff" * 40, UNREADABLE),
+        (encoded("PNG")[:60], UNREADABLE),
+        (encoded("JPEG")[:200], UNREADABLE),
     ],
     ids=["zero-width", "2^31-wide", "bmp-junk", "gif-junk", "tiff-junk", "png-cut", "jpeg-cut"],
 )
-def test_broken_files_are_value_errors(tmp_path, content):
+def test_broken_files_are_value_errors(tmp_path, content, message):
     path = tmp_path / "broken.png"
     path.write_bytes(content)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         decode(path, 40_000_000)
 
 
 def test_folder_and_overlong_name_are_value_errors(tmp_path):
-    with pytest.raises(ValueError, match="folder"):
+    with pytest.raises(ValueError, match=r"^a folder, not an image file$"):
         decode(tmp_path, 10**6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=UNREADABLE):
         decode(tmp_path / ("x" * 5000 + ".png"), 10**6)
 
 
@@ -132,7 +136,7 @@ def test_decode_for_prediction_names_the_file(tmp_path):
 
 
 def skipped_for(root: Path, **extra) -> list[str]:
-    return load_image_splits(DataConfig(train=str(root), **extra)).skipped
+    return classify_splits(DataConfig(train=str(root), **extra), "image")[1].skipped
 
 
 @pytest.mark.parametrize(
@@ -181,7 +185,7 @@ def test_paths_outside_the_table_folder_are_refused(tmp_path):
     outside = save_image(tmp_path / "outside.png", 7)
     table = path_table(tmp_path, [f"{outside},red", "../outside.png,blue", "link.png,red"])
     os.symlink(outside, tmp_path / "data" / "link.png")
-    splits = load_image_splits(DataConfig(train=str(table)))
+    _, splits = classify_splits(DataConfig(train=str(table)), "image")
     assert len(splits.train) + len(splits.val) + len(splits.test) == 12
     assert len(splits.skipped) == 3
     for line in splits.skipped:
@@ -192,7 +196,7 @@ def test_paths_outside_the_table_folder_are_refused(tmp_path):
 def test_outside_paths_read_when_allowed(tmp_path):
     outside = save_image(tmp_path / "outside.png", 7)
     table = path_table(tmp_path, [f"{outside},red", "../outside.png,blue"])
-    splits = load_image_splits(DataConfig(train=str(table), allow_outside_paths=True))
+    _, splits = classify_splits(DataConfig(train=str(table), allow_outside_paths=True), "image")
     assert len(splits.train) + len(splits.val) + len(splits.test) == 14
     assert splits.skipped == []
 
@@ -202,13 +206,14 @@ def test_outside_path_is_not_opened(tmp_path, monkeypatch):
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path))
     table = path_table(tmp_path, ["/etc/hostname,red", "../../../etc/shadow,red"])
-    load_image_splits(DataConfig(train=str(table)))
+    classify_splits(DataConfig(train=str(table)), "image")
     assert not any("etc" in str(path) for path in opened)
 
 
 def test_overlong_path_in_a_table_is_counted(tmp_path):
     table = path_table(tmp_path, ["x" * 5000 + ".png,red"])
-    assert len(load_image_splits(DataConfig(train=str(table))).skipped) == 1
+    _, splits = classify_splits(DataConfig(train=str(table)), "image")
+    assert len(splits.skipped) == 1 and "x" * 5000 in splits.skipped[0]
 
 
 # --- properties: decode returns an RGB uint8 tensor or raises ValueError ---------------------
@@ -259,7 +264,7 @@ def test_any_folder_loads_or_raises_a_tsuika_error(tmp_path_factory, files, stri
     for i, content in enumerate(files):
         (root / ["red", "blue"][i % 2] / f"fuzz{i}.png").write_bytes(content)
     try:
-        splits = load_image_splits(DataConfig(train=str(root), strict=strict))
+        _, splits = classify_splits(DataConfig(train=str(root), strict=strict), "image")
     except TsuikaError:
         return
     assert len(splits.train) > 0

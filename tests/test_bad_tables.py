@@ -25,20 +25,20 @@ def test_duplicated_column_is_an_error(write_file, sep, name):
     lines += [f"{text}{sep}{label}{sep}other" for text, label in ROWS]
     path = write_file(name, "\n".join(lines) + "\n")
     with pytest.raises(TsuikaError, match="duplicated column `label`") as err:
-        read_table(path, "text", "label")
+        read_table(path, "text", ["label"])
     assert str(path) in str(err.value)
 
 
 def test_duplicated_unused_column_is_fine(write_file):
     path = write_file("data.csv", "text,note,note,label\ngood film,a,b,pos\n")
-    assert read_table(path, "text", "label").labels == ["pos"]
+    assert read_table(path, "text", ["label"]).targets == {"label": ["pos"]}
 
 
 @pytest.mark.parametrize("label", ["NaN", "nan", "NA", "n/a", "N/A", "null", "NULL", "None", " "])
 def test_missing_label_markers_are_errors(write_file, label):
     path = write_file("data.csv", f"text,label\ngood film,pos\nbad film,{label}\n")
     with pytest.raises(TsuikaError, match="line 3: missing label") as err:
-        read_table(path, "text", "label")
+        read_table(path, "text", ["label"])
     assert str(path) in str(err.value) and "remove the row or add its label" in str(err.value)
 
 
@@ -47,31 +47,31 @@ def test_missing_label_markers_in_jsonl(write_file, label):
     rows = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": label}]
     path = write_file("data.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(TsuikaError, match="line 2: missing label"):
-        read_table(path, "text", "label")
+        read_table(path, "text", ["label"])
 
 
 def test_json_nan_literal_label_is_missing(write_file):
     path = write_file("data.jsonl", '{"text": "good film", "label": NaN}\n')
     with pytest.raises(TsuikaError, match="line 1: missing label"):
-        read_table(path, "text", "label")
+        read_table(path, "text", ["label"])
 
 
 def test_tsv_text_opening_with_a_quote_keeps_every_row(write_file):
     rows = [(f'"quoted" start {i}' if i % 7 == 0 else f"plain text {i}", "pos") for i in range(45)]
-    table = read_table(write_file("data.tsv", csv_text(rows, sep="\t")), "text", "label")
+    table = read_table(write_file("data.tsv", csv_text(rows, sep="\t")), "text", ["label"])
     assert table.texts == [text for text, _ in rows]
     assert table.lines == list(range(2, 47))
 
 
 def test_tsv_lone_quote_is_text(write_file):
     path = write_file("data.tsv", 'text\tlabel\n"unclosed\tpos\nnext row\tneg\n')
-    table = read_table(path, "text", "label")
-    assert table.texts == ['"unclosed', "next row"] and table.labels == ["pos", "neg"]
+    table = read_table(path, "text", ["label"])
+    assert table.texts == ['"unclosed', "next row"] and table.targets["label"] == ["pos", "neg"]
 
 
 def test_csv_quoted_newlines_still_read(write_file):
     path = write_file("data.csv", 'text,label\n"two\nlines",pos\nthird,neg\n')
-    table = read_table(path, "text", "label")
+    table = read_table(path, "text", ["label"])
     assert table.texts == ["two\nlines", "third"] and table.lines == [2, 4]
 
 
@@ -80,14 +80,14 @@ def test_very_long_text_reads_in_every_format(write_file, name):
     rows = [("word " * 40_000, "pos"), ("short", "neg")]  # 200,000 characters
     writers = {"csv": csv_text, "tsv": lambda rows: csv_text(rows, sep="\t"), "jsonl": jsonl_text}
     content = writers[name.split(".")[1]](rows)
-    table = read_table(write_file(name, content), "text", "label")
+    table = read_table(write_file(name, content), "text", ["label"])
     assert table.texts == [text for text, _ in rows]
 
 
 def test_line_separator_characters_inside_jsonl_strings(write_file):
     # U+2028 and U+0085 are legal raw inside JSON strings; they are not line ends.
     path = write_file("data.jsonl", '{"text": "a\u2028b\x85c", "label": "pos"}\n')
-    table = read_table(path, "text", "label")
+    table = read_table(path, "text", ["label"])
     assert table.texts == ["a\u2028b\x85c"] and table.lines == [1]
 
 
@@ -105,12 +105,14 @@ def test_label_names_only_sorts_numerically_for_ascii_integers(labels, expected)
 
 
 def test_superscript_label_reads_and_sorts(write_file):
+    from helpers import classify_splits
+
     from tsuika.config import DataConfig
-    from tsuika.data.text import load_text_splits
 
     rows = [(text, "²" if label == "pos" else "1") for text, label in sentiment_rows(20)]
-    splits = load_text_splits(DataConfig(train=str(write_file("data.csv", csv_text(rows)))))
-    assert splits.labels == ["1", "²"]
+    task, splits = classify_splits(DataConfig(train=str(write_file("data.csv", csv_text(rows)))))
+    assert task.labels["label"] == ["1", "²"]
+    assert set(splits.train.targets["label"]) == {0, 1}
 
 
 @pytest.mark.parametrize("value", [["a", "b"], {"a": 1}, True, 5, 2.5])
@@ -118,7 +120,7 @@ def test_jsonl_text_must_be_a_string(write_file, value):
     rows = [{"text": "good film", "label": "pos"}, {"text": value, "label": "neg"}]
     path = write_file("data.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(TsuikaError, match=r"line 2: .*`text` must be a string") as err:
-        read_table(path, "text", "label")
+        read_table(path, "text", ["label"])
     assert str(path) in str(err.value)
 
 
@@ -127,13 +129,13 @@ def test_jsonl_label_must_not_be_a_list_or_object(write_file, value):
     rows = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": value}]
     path = write_file("data.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(TsuikaError, match=r"line 2: .*`label`"):
-        read_table(path, "text", "label")
+        read_table(path, "text", ["label"])
 
 
 def test_jsonl_number_labels_become_strings(write_file):
     rows = [{"text": "good film", "label": 1}, {"text": "bad film", "label": 0}]
     path = write_file("data.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    assert read_table(path, "text", "label").labels == ["1", "0"]
+    assert read_table(path, "text", ["label"]).targets == {"label": ["1", "0"]}
 
 
 @pytest.mark.parametrize(
@@ -142,13 +144,13 @@ def test_jsonl_number_labels_become_strings(write_file):
 def test_jsonl_that_python_cannot_hold_is_an_error(write_file, line):
     path = write_file("data.jsonl", line + "\n")
     with pytest.raises(TsuikaError, match="line 1"):
-        read_table(path, "text", "label")
+        read_table(path, "text", ["label"])
 
 
 def test_header_over_the_old_field_limit_reads(write_file):
     long_name = "x" * 200_000
     path = write_file("data.csv", f"text,label,{long_name}\ngood film,pos,1\n")
-    assert read_table(path, "text", "label").texts == ["good film"]
+    assert read_table(path, "text", ["label"]).texts == ["good film"]
 
 
 # --- properties: any input is a Table of non-empty strings or a TsuikaError -----------------
@@ -168,12 +170,14 @@ def check_read(content: bytes, suffix: str) -> None:
         path = Path(folder) / f"data{suffix}"
         path.write_bytes(content)
         try:
-            table = read_table(path, "text", "label")
+            table = read_table(path, "text", ["label"])
         except TsuikaError as err:
             assert str(path) in str(err)
             return
-    assert len(table.texts) == len(table.labels) == len(table.lines) > 0
-    for value in table.texts + table.labels:
+    assert list(table.targets) == ["label"]
+    labels = table.targets["label"]
+    assert len(table.texts) == len(labels) == len(table.lines) > 0
+    for value in table.texts + labels:
         assert isinstance(value, str) and value.strip()
         value.encode("utf-8")  # writable to summaries and prediction files
 
@@ -244,4 +248,4 @@ def test_any_json_lines_read_or_raise_a_tsuika_error(rows):
 def test_a_row_with_more_fields_than_the_header_is_an_error(write_file, name, content):
     # Before: the extra field was dropped and "a long" became the text with label "rambling film".
     with pytest.raises(TsuikaError, match=r"line 3: 3 fields but the header has 2"):
-        read_table(write_file(name, content), "text", "label")
+        read_table(write_file(name, content), "text", ["label"])

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+from pathlib import Path
 
+import pytest
+from helpers import run_folders
+
+import tsuika
 from tsuika.config import Config, load_config, parse_overrides
 from tsuika.errors import TsuikaError
 
@@ -33,7 +38,7 @@ def test_unknown_key_is_an_error_naming_it(overrides, key):
 
 def test_unknown_key_in_a_yaml_file_names_the_file_and_key(write_file):
     path = write_file("config.yaml", "model: minilm-l6\ntrain:\n  epochs: 3\n  lrr: 0.1\n")
-    with pytest.raises(TsuikaError) as err:
+    with pytest.raises(TsuikaError, match=r"unknown key `train\.lrr`") as err:
         load_config(path)
     assert str(path) in str(err.value)
     assert "`train.lrr`" in str(err.value)
@@ -46,16 +51,39 @@ def test_unknown_key_in_a_yaml_file_names_the_file_and_key(write_file):
         ("data.k=-1", "data.k"),
         ("train.epochs=0", "train.epochs"),
         ("data.test_fraction=1.5", "data.test_fraction"),
-        ("method=distill", "method"),
         ("train.cache=sometimes", "train.cache"),
         ("model=", "model"),
+        ("regression.loss=l1", "regression.loss"),
+        ("regression.huber_delta=0", "regression.huber_delta"),
+        ("multitask.weights={a: heavy}", "multitask.weights.a"),
     ],
 )
 def test_wrong_value_is_an_error_naming_the_key(override, key):
-    with pytest.raises(TsuikaError) as err:
+    with pytest.raises(TsuikaError, match=rf"`{re.escape(key)}`: ") as err:
         load_config(overrides=[override])
     assert f"`{key}`" in str(err.value)
     assert "unknown key" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("method", "distill", "unknown method `distill`; methods are transfer, finetune"),
+        ("task", "distill", "unknown task `distill`; tasks are classify, multi-task, regression"),
+    ],
+)
+def test_method_and_task_names_are_checked_when_a_run_starts(base_config, key, value, message):
+    # Methods and tasks are registries: a config names one, and the run checks the name.
+    assert getattr(load_config(overrides=[f"{key}={value}"]), key) == value
+    with pytest.raises(TsuikaError, match=re.escape(message)):
+        tsuika.train({**base_config, key: value})
+    assert run_folders(Path(base_config["output"])) == []
+
+
+def test_label_column_may_list_several_columns():
+    config = load_config(overrides=["data.label_column=[topic, sentiment]", "task=multi-task"])
+    assert config.data.label_column == ["topic", "sentiment"] and config.task == "multi-task"
+    assert load_config(overrides=["data.label_column=stars"]).data.label_column == "stars"
 
 
 def test_overrides_keep_their_text_until_validation_types_it():

@@ -3,20 +3,20 @@ API and the CLI, and leaves no run folder behind; good inputs in every format re
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import csv_text, fast_config, jsonl_text, run_folders, sentiment_rows
+from helpers import classify_splits, csv_text, fast_config, jsonl_text, run_folders, sentiment_rows
 
 import tsuika
 from tsuika.cli import main
 from tsuika.config import DataConfig
 from tsuika.data.splits import stratified_split, take_k_per_class
 from tsuika.data.tables import read_table, resolve
-from tsuika.data.text import load_text_splits
 from tsuika.errors import TsuikaError
 
 GOOD = csv_text(sentiment_rows(12))
@@ -40,10 +40,12 @@ class BadInput:
 BAD_INPUTS = {
     "missing file": BadInput(None, ["not found"]),
     "no text column": BadInput(
-        "review,label\ngood film,pos\nbad film,neg\n", ["no column `text`", "review, label"]
+        "review,label\ngood film,pos\nbad film,neg\n",
+        ["no column `text`", "review, label", "set data.text_column=..."],
     ),
     "no label column": BadInput(
-        "text,sentiment\ngood film,pos\nbad film,neg\n", ["no column `label`", "text, sentiment"]
+        "text,sentiment\ngood film,pos\nbad film,neg\n",
+        ["no column `label`", "text, sentiment", "set data.label_column=..."],
     ),
     "empty file": BadInput("", ["is empty"]),
     "whitespace-only file": BadInput("\n  \n", ["is empty"]),
@@ -126,7 +128,7 @@ def test_bad_input_is_a_tsuika_error_and_writes_no_run(case, tmp_path, tiny_bert
         config["data"]["test"] = str(prepared.test)
     for section, values in case.overrides.items():
         config[section] = {**config[section], **values}
-    with pytest.raises(TsuikaError) as err:
+    with pytest.raises(TsuikaError, match=re.escape(case.expected[0])) as err:
         tsuika.train(config)
     check_message(str(err.value), case, prepared)
     assert run_folders(prepared.output) == []
@@ -160,7 +162,7 @@ def test_bracketed_column_name_is_printed_verbatim(tmp_path, tiny_bert_dir, caps
 def test_multi_line_row_is_reported_where_it_starts(write_file):
     path = write_file("train.csv", 'text,label\n"good\nfilm",\n')
     with pytest.raises(TsuikaError, match="line 2:"):
-        read_table(path, "text", "label")
+        read_table(path, "text", ["label"])
 
 
 # --- good inputs -----------------------------------------------------------------------------
@@ -178,50 +180,60 @@ ROWS = sentiment_rows(10)
     ],
 )
 def test_csv_tsv_and_jsonl_read_the_same_rows(write_file, name, content):
-    table = read_table(write_file(name, content), "text", "label")
+    table = read_table(write_file(name, content), "text", ["label"])
     assert table.texts == [text for text, _ in ROWS]
-    assert table.labels == [label for _, label in ROWS]
+    assert table.targets == {"label": [label for _, label in ROWS]}
     first_line = 1 if name.endswith("jsonl") else 2
     assert table.lines == list(range(first_line, first_line + len(ROWS)))
 
 
 def test_text_only_table_reads_without_a_label_column(write_file):
-    table = read_table(write_file("texts.csv", "text\ngood film\nbad film\n"), "text", None)
+    table = read_table(write_file("texts.csv", "text\ngood film\nbad film\n"), "text", [])
     assert table.texts == ["good film", "bad film"]
-    assert table.labels == []
+    assert table.targets == {}
 
 
 def test_custom_column_names(write_file):
     path = write_file("data.csv", csv_text(ROWS, header=("review", "stars")))
-    splits = load_text_splits(
-        DataConfig(train=str(path), text_column="review", label_column="stars")
+    task, splits = classify_splits(
+        DataConfig(train=str(path), text_column="review", label_column="stars"),
+        columns=("stars",),
     )
-    assert splits.labels == ["neg", "pos"]
+    assert task.labels == {"stars": ["neg", "pos"]}
+    assert splits.train.inputs[0] in {text for text, _ in ROWS}
 
 
 def test_integer_labels_sort_numerically(write_file):
     rows = [(f"text {i} {label}", label) for i in range(4) for label in ("10", "2", "1", "-3")]
-    splits = load_text_splits(DataConfig(train=str(write_file("data.csv", csv_text(rows)))))
-    assert splits.labels == ["-3", "1", "2", "10"]
+    task, splits = classify_splits(DataConfig(train=str(write_file("data.csv", csv_text(rows)))))
+    names = task.labels["label"]
+    assert names == ["-3", "1", "2", "10"]
     # every encoded label points back at the string it came from
     texts = dict(rows)
     for part in (splits.train, splits.val, splits.test):
-        for text, index in zip(part.inputs, part.labels, strict=True):
-            assert texts[text] == splits.labels[index]
+        for text, index in zip(part.inputs, part.targets["label"], strict=True):
+            assert texts[text] == names[index]
 
 
 def test_text_labels_sort_alphabetically(write_file):
     rows = [(f"text {i}", label) for i in range(3) for label in ("b", "10", "a")]
-    splits = load_text_splits(DataConfig(train=str(write_file("data.csv", csv_text(rows)))))
-    assert splits.labels == ["10", "a", "b"]
+    task, _ = classify_splits(DataConfig(train=str(write_file("data.csv", csv_text(rows)))))
+    assert task.labels["label"] == ["10", "a", "b"]
 
 
 def test_stratified_split_keeps_every_class_on_both_sides():
     labels = [0] * 2 + [1] * 3 + [2] * 40
-    kept, held = stratified_split(labels, 0.2, seed=0)
+    kept, held = stratified_split(labels, len(labels), 0.2, seed=0)
     assert sorted(kept + held) == list(range(len(labels)))
     assert {labels[i] for i in kept} == {labels[i] for i in held} == {0, 1, 2}
     assert Counter(labels[i] for i in held)[2] == 8  # 20% of the large class
+
+
+def test_split_without_strata_is_a_seeded_random_split():
+    kept, held = stratified_split(None, 45, 0.2, seed=0)
+    assert sorted(kept + held) == list(range(45)) and len(held) == 9
+    assert stratified_split(None, 45, 0.2, seed=0) == (kept, held)
+    assert stratified_split(None, 45, 0.2, seed=1) != (kept, held)
 
 
 def test_splits_from_one_file_are_disjoint_and_stratified(write_file):
@@ -230,10 +242,10 @@ def test_splits_from_one_file_are_disjoint_and_stratified(write_file):
         for word in ("x", "y", "z")
         for i in range(3 + 7 * "xyz".index(word))
     ]
-    splits = load_text_splits(DataConfig(train=str(write_file("data.csv", csv_text(rows)))))
+    _, splits = classify_splits(DataConfig(train=str(write_file("data.csv", csv_text(rows)))))
     parts = (splits.train, splits.val, splits.test)
     for part in parts:
-        assert set(part.labels) == {0, 1, 2}
+        assert set(part.targets["label"]) == {0, 1, 2}
     assert sum(len(part) for part in parts) == len(rows)
     assert len({text for part in parts for text in part.inputs}) == len(rows)
 
@@ -248,24 +260,26 @@ def test_k_keeps_at_most_k_per_class():
 
 def test_k_applies_to_the_training_split_only(write_file):
     rows = sentiment_rows(60)
-    splits = load_text_splits(DataConfig(train=str(write_file("data.csv", csv_text(rows))), k=4))
-    assert Counter(splits.train.labels) == {0: 4, 1: 4}
+    data = DataConfig(train=str(write_file("data.csv", csv_text(rows))), k=4)
+    _, splits = classify_splits(data)
+    assert Counter(splits.train.targets["label"]) == {0: 4, 1: 4}
     assert len(splits.test) == 12 and len(splits.val) == 4  # held out before k
     assert any("k=4" in note for note in splits.notes)
 
 
 def test_bundled_reviews_read():
-    train = read_table(resolve("bundled:reviews"), "text", "label")
-    test = read_table(resolve("bundled:reviews", "test"), "text", "label")
+    train = read_table(resolve("bundled:reviews"), "text", ["label"])
+    test = read_table(resolve("bundled:reviews", "test"), "text", ["label"])
     assert len(train.texts) == 5980
     assert len(test.texts) == 2000
-    assert sorted(set(train.labels)) == sorted(set(test.labels)) == ["negative", "positive"]
-    splits = load_text_splits(DataConfig(train="bundled:reviews"))
-    assert splits.labels == ["negative", "positive"]
+    assert sorted(set(train.targets["label"])) == sorted(set(test.targets["label"]))
+    assert sorted(set(test.targets["label"])) == ["negative", "positive"]
+    task, splits = classify_splits(DataConfig(train="bundled:reviews"))
+    assert task.labels["label"] == ["negative", "positive"]
     assert len(splits.test) == 2000  # the packaged test split, not held out of train
     assert len(splits.train) + len(splits.val) == 5980
 
 
 def test_unknown_bundled_dataset_lists_the_available_ones():
     with pytest.raises(TsuikaError, match=r"unknown bundled dataset `nope`; available: .*reviews"):
-        load_text_splits(DataConfig(train="bundled:nope"))
+        classify_splits(DataConfig(train="bundled:nope"))

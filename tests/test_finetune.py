@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +19,35 @@ from helpers import csv_text, run_folders, sentiment_rows
 from torch import nn
 
 import tsuika
-from tsuika.adapt import input_feed, seed_everything
+from tsuika.api import task_and_data
 from tsuika.cli import main
-from tsuika.config import build_config
-from tsuika.data.text import load_text_splits
+from tsuika.config import HeadConfig, build_config
 from tsuika.errors import TsuikaError
 from tsuika.evaluate.verdicts import overfitting_verdict
+from tsuika.feed import Feed, collate_states, gather_outputs, input_feed
+from tsuika.feed.cache import DiskStore
 from tsuika.methods import Finetune
-from tsuika.models import load_model
+from tsuika.models import Request, load_model
 from tsuika.models.base import AdaptableModel
 from tsuika.models.heads import GlobalPooler, Head
-from tsuika.train.cache import DiskStore
-from tsuika.train.feed import Feed, collate_states
-from tsuika.train.loop import fit, predict_probs
+from tsuika.tasks import Classify
+from tsuika.train import phase as phase_module
+from tsuika.train.loop import FitResult, fit
+from tsuika.train.phase import seed_everything
 from tsuika.train.schedule import lr_multiplier
 
 # The tiny BERT's groups, shallow → deep; the pooler has no parameters.
 GROUPS = ["embeddings", "block1", "block2", "pooler", "head"]
 TEXTS = ["a superb and wonderful film", "an awful boring plot", "the acting was lovely"]
+# The toy data's task: one label column, two classes (sorted, as `task.learn` names them).
+SENTIMENT = Classify(["label"], {"label": ["neg", "pos"]})
+# The conv model's task: three classes.
+THREE_CLASSES = Classify(["label"], {"label": ["a", "b", "c"]})
+
+
+def tiny_bert(model_dir: Path) -> AdaptableModel:
+    """The tiny BERT with a new two-class linear head (what a run on the toy data builds)."""
+    return load_model(str(model_dir), Request(lambda width: Head(width, 2), HeadConfig()))
 
 
 def finetune_run(base: dict[str, Any], train: dict | None = None, **finetune: Any) -> tsuika.Run:
@@ -69,7 +81,7 @@ def finetune_method(model_dir: Path, **finetune: Any) -> Finetune:
             "train": {"lr": 1e-2, "backbone_lr": 1e-3},
         }
     )
-    return Finetune(config)
+    return Finetune(config, SENTIMENT)
 
 
 def rates_by_group(method: Finetune, model: AdaptableModel) -> dict[str, float]:
@@ -107,7 +119,7 @@ def one_step(model: AdaptableModel, optimizer: torch.optim.Optimizer) -> None:
 def test_freeze_changes_exactly_the_unfrozen_groups(base_config, tiny_bert_dir, freeze, frozen):
     # The run seeds before building the model: the same seed rebuilds its initial head.
     seed_everything(0)
-    initial = load_model(str(tiny_bert_dir), 2)
+    initial = tiny_bert(tiny_bert_dir)
     run = finetune_run(base_config, freeze=freeze)
 
     for index, name in enumerate(GROUPS):
@@ -141,10 +153,15 @@ def test_freezing_more_groups_than_the_model_has_is_an_error(base_config):
 
 
 @pytest.mark.parametrize(
-    "finetune", [{"freeze": ["block9"]}, {"freeze": 5}, {"group_lr": {"layer1": 1e-4}}]
+    ("finetune", "message"),
+    [
+        ({"freeze": ["block9"]}, "finetune.freeze pattern 'block9' matches no group"),
+        ({"freeze": 5}, "finetune.freeze=5 but the model has 4 groups below the head"),
+        ({"group_lr": {"layer1": 1e-4}}, "finetune.group_lr: 'layer1' matches no group"),
+    ],
 )
-def test_a_bad_freeze_setting_leaves_no_run_folder(base_config, finetune):
-    with pytest.raises(TsuikaError):
+def test_a_bad_freeze_setting_leaves_no_run_folder(base_config, finetune, message):
+    with pytest.raises(TsuikaError, match=re.escape(message)):
         finetune_run(base_config, **finetune)
     assert run_folders(Path(base_config["output"])) == []
 
@@ -160,7 +177,7 @@ def test_negative_freeze_is_rejected():
 @pytest.mark.parametrize("unfreeze_every", [None, 2])
 def test_frozen_parameters_get_no_gradient_and_no_optimizer_state(tiny_bert_dir, unfreeze_every):
     torch.manual_seed(0)
-    model = load_model(str(tiny_bert_dir), 2)
+    model = tiny_bert(tiny_bert_dir)
     method = finetune_method(tiny_bert_dir, freeze=2, unfreeze_every=unfreeze_every)
     method.prepare(model)
     optimizer = torch.optim.AdamW(method.param_groups(model))
@@ -189,7 +206,7 @@ def test_frozen_parameters_get_no_gradient_and_no_optimizer_state(tiny_bert_dir,
 
 
 def test_weight_decay_applies_to_matrices_only(tiny_bert_dir):
-    model = load_model(str(tiny_bert_dir), 2)
+    model = tiny_bert(tiny_bert_dir)
     method = finetune_method(tiny_bert_dir, freeze=0)
     method.prepare(model)
     groups = method.param_groups(model)
@@ -236,7 +253,7 @@ def image_feed(n: int, seed: int) -> Feed:
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randn(n, 3, 6, 6, generator=generator)
     labels = torch.randint(0, 3, (n,), generator=generator)
-    return Feed([{"pixels": p} for p in pixels], labels, 0, collate_states)
+    return Feed([{"pixels": p} for p in pixels], {"label": labels}, 0, collate_states)
 
 
 def buffers(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -246,7 +263,7 @@ def buffers(module: nn.Module) -> dict[str, torch.Tensor]:
 def test_frozen_batchnorm_statistics_and_dropout_stay_in_eval_mode():
     model = conv_model()
     config = build_config({"method": "finetune", "finetune": {"freeze": ["stem"]}})
-    method = Finetune(config)
+    method = Finetune(config, THREE_CLASSES)
     method.prepare(model)
     optimizer = torch.optim.AdamW(method.param_groups(model), lr=1e-2)
     stem, block1 = model.stages[0], model.stages[1]
@@ -283,7 +300,7 @@ def test_the_training_loop_keeps_frozen_batchnorm_statistics():
             "train": {"epochs": 2, "batch_size": 4, "lr": 1e-2, "backbone_lr": 1e-2},
         }
     )
-    method = Finetune(config)
+    method = Finetune(config, THREE_CLASSES)
     method.prepare(model)
     stem_stats, block1_stats = buffers(model.stages[0]), buffers(model.stages[1])
     result = fit(model, method, image_feed(12, 1), image_feed(6, 2), config.train, seed=0)
@@ -307,7 +324,7 @@ def test_a_stage_that_unfreezes_switches_its_batchnorm_to_train_mode():
             "train": {"epochs": 3, "batch_size": 4, "lr": 1e-2, "backbone_lr": 1e-2},
         }
     )
-    method = Finetune(config)
+    method = Finetune(config, THREE_CLASSES)
     method.prepare(model)
     tracked: list[tuple[int, int]] = []
 
@@ -326,7 +343,7 @@ def test_a_stage_that_unfreezes_switches_its_batchnorm_to_train_mode():
 
 
 def test_layer_decay_counts_depth_over_groups_with_parameters(tiny_bert_dir):
-    model = load_model(str(tiny_bert_dir), 2)
+    model = tiny_bert(tiny_bert_dir)
     method = finetune_method(tiny_bert_dir, layer_decay=0.5)
     method.prepare(model)
     assert rates_by_group(method, model) == pytest.approx(
@@ -335,7 +352,7 @@ def test_layer_decay_counts_depth_over_groups_with_parameters(tiny_bert_dir):
 
 
 def test_layer_decay_depth_includes_frozen_groups(tiny_bert_dir):
-    model = load_model(str(tiny_bert_dir), 2)
+    model = tiny_bert(tiny_bert_dir)
     method = finetune_method(tiny_bert_dir, layer_decay=0.5, freeze=1)
     method.prepare(model)
     assert rates_by_group(method, model) == pytest.approx(
@@ -344,14 +361,14 @@ def test_layer_decay_depth_includes_frozen_groups(tiny_bert_dir):
 
 
 def test_group_lr_overrides_and_zero_freezes(tiny_bert_dir):
-    model = load_model(str(tiny_bert_dir), 2)
+    model = tiny_bert(tiny_bert_dir)
     method = finetune_method(tiny_bert_dir, layer_decay=0.5, group_lr={"block1": 7e-4})
     method.prepare(model)
     assert rates_by_group(method, model) == pytest.approx(
         {"head": 1e-2, "block2": 1e-3, "block1": 7e-4, "embeddings": 2.5e-4}, rel=1e-12
     )
 
-    model = load_model(str(tiny_bert_dir), 2)
+    model = tiny_bert(tiny_bert_dir)
     method = finetune_method(tiny_bert_dir, group_lr={"block*": 0, "embeddings": 2e-5})
     method.prepare(model)
     assert rates_by_group(method, model) == pytest.approx({"head": 1e-2, "embeddings": 2e-5})
@@ -359,7 +376,7 @@ def test_group_lr_overrides_and_zero_freezes(tiny_bert_dir):
         assert group.trainable is (group.name in {"embeddings", "head"}), group.name
     assert method.cache_boundary(model) == 0  # the embeddings train: nothing to cache
 
-    model = load_model(str(tiny_bert_dir), 2)
+    model = tiny_bert(tiny_bert_dir)
     method = finetune_method(tiny_bert_dir, group_lr={"embeddings": 0})
     method.prepare(model)
     assert set(rates_by_group(method, model)) == {"block1", "block2", "head"}
@@ -367,7 +384,7 @@ def test_group_lr_overrides_and_zero_freezes(tiny_bert_dir):
 
 
 def test_group_lr_pattern_that_matches_no_group_is_an_error(tiny_bert_dir):
-    model = load_model(str(tiny_bert_dir), 2)
+    model = tiny_bert(tiny_bert_dir)
     method = finetune_method(tiny_bert_dir, group_lr={"layer1": 1e-4})
     with pytest.raises(TsuikaError, match="'layer1' matches no group"):
         method.prepare(model)
@@ -418,7 +435,7 @@ def test_recorded_learning_rate_follows_the_schedule(base_config, schedule, grad
 
 
 def test_a_config_where_nothing_trains_is_a_user_error(base_config):
-    with pytest.raises(TsuikaError):
+    with pytest.raises(TsuikaError, match=r"finetune: nothing would train \(every group frozen"):
         finetune_run(base_config, freeze="all-but-head", group_lr={"head": 0})
 
 
@@ -437,10 +454,12 @@ def test_gradual_unfreezing_trains_one_more_group_every_two_epochs(base_config, 
         }
     )
     seed_everything(config.seed)
-    splits = load_text_splits(config.data)
-    model = load_model(str(tiny_bert_dir), 2)
+    task, splits = task_and_data(config)
+    model = load_model(
+        str(tiny_bert_dir), Request(lambda width: task.head(width, config.head), config.head)
+    )
     initial = {i: stage_state(model, i) for i in range(len(GROUPS))}
-    method = Finetune(config)
+    method = Finetune(config, task)
     method.prepare(model)
     assert [g.name for g in model.layer_groups() if g.trainable] == ["head"]
     assert method.cache_boundary(model) == 0  # the embeddings train eventually: no cache
@@ -455,7 +474,8 @@ def test_gradual_unfreezing_trains_one_more_group_every_two_epochs(base_config, 
                 changed.add(name)
         moved.append(changed)
 
-    train, val = input_feed(model, splits.train), input_feed(model, splits.val)
+    train = input_feed(model, splits.train.inputs, task.targets(splits.train))
+    val = input_feed(model, splits.val.inputs, task.targets(splits.val))
     result = fit(model, method, train, val, config.train, config.seed, log=snapshot)
 
     head, block2, block1 = {"head"}, {"head", "block2"}, {"head", "block2", "block1"}
@@ -477,19 +497,23 @@ def test_gradual_unfreezing_through_train_logs_events_and_stops_at_frozen_groups
 def test_gradual_unfreezing_does_not_touch_groups_before_their_epoch(base_config, tiny_bert_dir):
     # Two epochs with unfreeze_every=2: block2 would unfreeze at the start of epoch 3.
     seed_everything(0)
-    initial = load_model(str(tiny_bert_dir), 2)
+    initial = tiny_bert(tiny_bert_dir)
     run = finetune_run(base_config, train={"epochs": 2}, unfreeze_every=2)
     assert all("events" not in r for r in read_history(run.path))
-    assert run.summary["parameters"]["trained_groups"] == ["head"]
     for index, name in enumerate(GROUPS[:-1]):
         for key, value in stage_state(initial, index).items():
             assert torch.equal(stage_state(run.model, index)[key], value), (name, key)
     head = stage_state(run.model, 4)
     assert all(not torch.equal(head[k], v) for k, v in stage_state(initial, 4).items())
+    trained = run.summary["parameters"]["trained_groups"]
+    assert trained == ["head"]
+    assert run.summary["parameters"]["trained"] == sum(
+        p.numel() for p in run.model.head.parameters()
+    )
 
 
 def test_gradual_unfreezing_ignores_group_rates_of_parameter_free_groups(tiny_bert_dir):
-    model = load_model(str(tiny_bert_dir), 2)
+    model = tiny_bert(tiny_bert_dir)
     method = finetune_method(tiny_bert_dir, unfreeze_every=1, group_lr={"*": 1e-4})
     method.prepare(model)
     events = {epoch: method.on_epoch_start(model, epoch) for epoch in range(1, 7)}
@@ -535,10 +559,11 @@ def test_early_stopping_restores_the_best_epochs_weights(base_config, misleading
     assert history[-1]["val_loss"] != pytest.approx(history[best - 1]["val_loss"])
 
     # The returned model scores the best epoch's validation loss, not the last one's.
-    splits = load_text_splits(build_config(config).data)
-    val = input_feed(run.model, splits.val)
-    probs = predict_probs(run.model, val)
-    loss = nn.functional.nll_loss(probs.clamp_min(1e-12).log(), val.labels).item()
+    task, splits = task_and_data(build_config(config))
+    assert task.labels == run.task.labels == {"label": ["neg", "pos"]}
+    val = input_feed(run.model, splits.val.inputs, task.targets(splits.val))
+    probs = torch.from_numpy(task.probabilities(gather_outputs(run.model, val))["label"])
+    loss = nn.functional.nll_loss(probs.clamp_min(1e-12).log(), val.targets["label"]).item()
     assert loss == pytest.approx(history[best - 1]["val_loss"], abs=1e-5)
 
     # The same seed for exactly `best` epochs, without early stopping, ends on the same weights.
@@ -568,7 +593,7 @@ def test_no_early_stop_when_patience_is_not_exhausted(base_config, misleading_va
     [({"freeze": 2}, 2), ({"freeze": 1, "unfreeze_every": 1}, 1), ({"freeze": 3}, 4)],
 )
 def test_prefix_cache_gives_the_same_weights(base_config, tiny_bert_dir, finetune, boundary):
-    model = load_model(str(tiny_bert_dir), 2)
+    model = tiny_bert(tiny_bert_dir)
     method = finetune_method(tiny_bert_dir, **finetune)
     method.prepare(model)
     assert method.cache_boundary(model) == boundary
@@ -669,7 +694,7 @@ def epochs(*rows: tuple[float, float, float]) -> list[dict]:
 
 def test_overfitting_is_flagged_when_train_loss_falls_while_val_loss_rises():
     history = epochs((0.9, 0.8, 0.6), (0.5, 0.5, 0.8), (0.3, 0.6, 0.75), (0.1, 0.9, 0.7))
-    verdict = overfitting_verdict(history, best_epoch=2)
+    verdict = overfitting_verdict(history, best_epoch=2, task=SENTIMENT)
     assert verdict["overfitting"] is True
     assert verdict["best_epoch"] == 2
     assert verdict["train_val_gap"] == pytest.approx(0.9 - 0.8)
@@ -691,18 +716,46 @@ def test_overfitting_is_flagged_when_train_loss_falls_while_val_loss_rises():
     ],
 )
 def test_overfitting_is_not_flagged_otherwise(history, best):
-    verdict = overfitting_verdict(history, best)
+    verdict = overfitting_verdict(history, best, SENTIMENT)
     assert verdict["overfitting"] is False
     assert verdict["text"].startswith(f"validation peaked at epoch {best} of {len(history)}")
 
 
-def test_summary_carries_the_overfitting_verdict(base_config, misleading_validation):
-    train = {"epochs": 20, "lr": 0.01, "patience": 2, "schedule": "constant", "warmup": 0}
-    config = {
-        **base_config,
-        "data": {**base_config["data"], "validation": str(misleading_validation)},
-    }
-    run = finetune_run(config, train=train)
-    history = read_history(run.path)
-    expected = overfitting_verdict(history, run.summary["training"]["best_epoch"])
-    assert run.summary["verdicts"]["overfitting"] == expected
+# Planted histories (what `fit` returns) and the verdict the run's summary must carry.
+OVERFIT = epochs((0.9, 0.8, 0.6), (0.5, 0.5, 0.8), (0.3, 0.6, 0.75), (0.1, 0.9, 0.7))
+FLAT = epochs((0.5, 0.5, 0.8), (0.5, 0.5, 0.8), (0.5, 0.5, 0.8), (0.5, 0.5, 0.8))
+
+
+@pytest.mark.parametrize(
+    ("history", "best", "overfitting", "opening"),
+    [
+        # Train loss falls (0.5 → 0.1) while val loss rises (0.5 → 0.9) after epoch 2.
+        (OVERFIT, 2, True, "OVERFITTING: after epoch 2 training loss kept falling "),
+        # Nothing moves after the best epoch: no overfitting.
+        (FLAT, 1, False, "validation peaked at epoch 1 of 4; "),
+    ],
+)
+def test_summary_carries_the_overfitting_verdict_of_the_history(
+    base_config, monkeypatch, history, best, overfitting, opening
+):
+    """`tsuika.train` judges the history `fit` returned: plant one through a stand-in `fit`
+    and check the summary's verdict against what that history must give."""
+
+    def planted_fit(model, method, train, val, config, seed=0, log=None, *args, **kwargs):
+        if log is not None:
+            log(history)
+        return FitResult(history=history, best_epoch=best, best_score=0.8, steps=len(history))
+
+    monkeypatch.setattr(phase_module, "fit", planted_fit)
+    run = finetune_run(base_config)
+    assert read_history(run.path) == [{"phase": "finetune", **r} for r in history]
+    assert run.summary["training"]["best_epoch"] == best
+    verdict = run.summary["verdicts"]["overfitting"]
+    assert verdict["overfitting"] is overfitting
+    assert verdict["best_epoch"] == best
+    assert verdict["train_val_gap"] == pytest.approx(0.9 - 0.8)
+    assert verdict["text"].startswith(opening)
+    gap = "train–validation gap there +10.0 accuracy points"
+    assert verdict["text"].endswith(f"validation peaked at epoch {best} of 4; {gap}")
+    if overfitting:
+        assert "(0.500 → 0.100)" in verdict["text"] and "(0.500 → 0.900)" in verdict["text"]

@@ -68,7 +68,7 @@ def test_tampered_meta_pointing_at_custom_code_never_runs_it(
     run = tmp_path / "run"
     shutil.copytree(tiny_run.path, run)
     meta = json.loads((run / "model" / "meta.json").read_text())
-    meta["spec"]["source"] = str(evil)
+    meta["model"]["source"] = str(evil)
     (run / "model" / "meta.json").write_text(json.dumps(meta))
 
     done = _cli(["predict", str(run), "a good film"], stdin="y\ny\ny\n", cwd=tmp_path)
@@ -181,7 +181,7 @@ def test_sigterm_in_each_phase_then_resume_keeps_every_metrics_line(
 
 
 def test_metrics_log_appends_after_a_torn_line(tmp_path: Path) -> None:
-    from tsuika.adapt import MetricsLog
+    from tsuika.train.metrics_log import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"phase": "transfer", "epoch": 1, "val_loss": 0.5}\n{"phase": "trans')
@@ -288,8 +288,8 @@ def test_ctrl_c_during_a_run_says_how_to_resume(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tsuika.api, "adapt", interrupted)
-    with pytest.raises(RunInterrupted) as err:
+    monkeypatch.setattr(tsuika.api, "run_phase", interrupted)
+    with pytest.raises(RunInterrupted, match=re.escape(base_config["output"])) as err:
         tsuika.train(base_config)
     run = Path(err.value.path)
     assert (run / ".tsuika-run").is_file() and (run / "config.yaml").is_file()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tsuika
-from tsuika.adapt import MetricsLog
+from tsuika.train.metrics_log import MetricsLog
 
 
 @pytest.mark.integration
@@ -21,7 +21,8 @@ def test_minilm_transfer_on_bundled_reviews_with_64_per_class(tmp_path):
         progress=False,
     )
     summary = run.summary
-    assert summary["labels"] == ["negative", "positive"]
+    assert summary["task"] == "classify"
+    assert summary["targets"]["labels"] == {"label": ["negative", "positive"]}
     assert summary["data"]["train"] == 128
     assert summary["data"]["test"] == 2000
     # Measured 0.6815 on 2026-11-23 (2-core CPU); LogisticRegression on the same
@@ -56,11 +57,20 @@ def test_minilm_finetune_versus_transfer_at_512_per_class(tmp_path):
     )
     assert finetune.summary["parameters"]["trained_groups"] == ["block5", "block6", "head"]
     assert "cache" in finetune.summary["timings"]  # the frozen prefix ran once
-    gain = finetune.summary["test"]["accuracy"] - transfer.summary["test"]["accuracy"]
-    print(
-        f"transfer {transfer.summary['test']['accuracy']:.4f} finetune "
-        f"{finetune.summary['test']['accuracy']:.4f} gain {gain:+.4f}"
-    )
+    assert transfer.summary["data"]["test"] == finetune.summary["data"]["test"] == 2000
+    assert transfer.summary["data"]["train"] == finetune.summary["data"]["train"] == 1024
+    accuracy = {
+        "transfer": transfer.summary["test"]["accuracy"],
+        "finetune": finetune.summary["test"]["accuracy"],
+    }
+    gain = accuracy["finetune"] - accuracy["transfer"]
+    print(f"transfer {accuracy['transfer']:.4f} finetune {accuracy['finetune']:.4f} {gain:+.4f}")
+    # Measured 2026-11-25 (2-core CPU): transfer 0.7385, finetune 0.7640 (+0.0255 on the same
+    # 2,000 test reviews). Fine-tuning the top two blocks must not lose to the frozen features:
+    # asserted with a 3.5-point margin below the measured gain.
+    assert accuracy["transfer"] >= 0.70
+    assert accuracy["finetune"] >= 0.72
+    assert accuracy["finetune"] >= accuracy["transfer"] - 0.01
 
 
 @pytest.mark.integration
@@ -84,16 +94,19 @@ def test_efficientnet_transfer_on_bundled_fashion_with_100_per_class(tmp_path):
 def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
     """Every tensor equals the shipped ImageNet file, and its frozen features are worth far
     more to a new head than the same network's random-initialisation features."""
-    from tsuika.adapt import adapt
-    from tsuika.adapt import load_splits as splits_for
+    from helpers import classifier
+
+    from tsuika.api import task_and_data
     from tsuika.config import build_config
     from tsuika.methods import Transfer
-    from tsuika.models import load_model
+    from tsuika.models import model_for
     from tsuika.models.images import efficientnet_lite0_weights, load_weights_file
+    from tsuika.train.distributed import training_device
+    from tsuika.train.phase import run_phase
     from tsuika.train.progress import Progress
 
     shipped = load_weights_file(efficientnet_lite0_weights())
-    model = load_model("efficientnet-lite0", 10)
+    model = classifier("efficientnet-lite0", 10)
     assert torch.equal(model.stages[0].layers[0].weight, shipped["_conv_stem.weight"])
     assert torch.equal(model.stages[8].layers[1].running_var, shipped["_bn1.running_var"])
 
@@ -105,16 +118,22 @@ def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
             "progress": False,
         }
     )
-    splits = splits_for(config)
+    task, splits = task_and_data(config)
+    assert task.labels["label"] and len(task.labels["label"]) == 10
     splits.test = splits.test.subset(list(range(0, 1000, 4)))  # 250 images, 25 per class
+    truth = np.array(splits.test.targets["label"])
+    assert np.bincount(truth).tolist() == [25] * 10
     scores = {}
     for pretrained in (True, False):
         torch.manual_seed(0)
-        model = load_model("efficientnet-lite0", 10, pretrained=pretrained)
-        _, predicted, _ = adapt(
-            model, Transfer(config), splits, config, Progress(False), MetricsLog(None), "transfer"
+        model = model_for(config, lambda width: task.head(width, config.head), pretrained)
+        model.to(training_device())
+        method = Transfer(config, task)
+        method.prepare(model)
+        phase = run_phase(
+            model, method, splits, config, Progress(False), MetricsLog(None), "transfer"
         )
-        scores[pretrained] = float((predicted == np.array(splits.test.labels)).mean())
+        scores[pretrained] = float((phase.predicted["label"] == truth).mean())
     # Measured on 2026-11-23: 0.804 with the ImageNet weights, 0.100 (chance) with random ones.
     assert scores[True] >= 0.70
     assert scores[True] - scores[False] >= 0.5

@@ -118,10 +118,16 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_bert_dir: Path, tmp_path
     assert epochs == [1, 2, 3]  # no epoch lost or repeated in the log
 
 
-def test_resume_refuses_finished_run(tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path) -> None:
+def test_resume_refuses_finished_run(
+    tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = _train_args(tiny_bert_dir, tiny_csv, tmp_path / "runs", "done", **{"train.epochs": 1})
     assert main(args) == 0
+    before = (tmp_path / "runs" / "done" / "summary.json").read_bytes()
+    capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "runs" / "done")]) == 2
+    assert "already finished (summary.json exists); nothing to resume" in capsys.readouterr().err
+    assert (tmp_path / "runs" / "done" / "summary.json").read_bytes() == before
 
 
 def test_two_gloo_processes_match_one(dropout_free_bert: Path, tmp_path: Path) -> None:

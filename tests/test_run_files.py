@@ -95,29 +95,94 @@ def _set(*keys_and_value: Any) -> Callable[[dict], None]:
     return edit
 
 
+def _pop(*keys: str) -> Callable[[dict], None]:
+    def edit(meta: dict) -> None:
+        target = meta
+        for key in keys[:-1]:
+            target = target[key]
+        target.pop(keys[-1])
+
+    return edit
+
+
+TASKS = "classify, multi-task, regression"
+NOT_TWO_LABELS = "`task`: `labels.label` needs at least two different labels"
+REGRESSION = {"name": "regression", "column": "label", "loss": "mse", "huber_delta": 1.0}
+
 META_DAMAGE: dict[str, tuple[Callable[[dict], Any], str]] = {
-    "spec-missing": (lambda meta: meta.pop("spec"), "lacks the key `spec`"),
-    "labels-missing": (lambda meta: meta.pop("labels"), "lacks the key `labels`"),
-    "format-2": (_set("format", 2), "format 2"),
-    "format-true": (_set("format", True), "format True"),
-    "spec-list": (_set("spec", []), "`spec` is not an object"),
-    "source-int": (_set("spec", "source", 3), "`spec.source`"),
-    "source-empty": (_set("spec", "source", ""), "`spec.source`"),
-    "num-labels-str": (_set("spec", "num_labels", "2"), "`spec.num_labels`"),
-    "head-str": (_set("spec", "head", "linear"), "`spec.head` is not an object"),
-    "head-type": (_set("spec", "head", "type", "conv"), "`spec.head.type`"),
-    "head-unknown-key": (_set("spec", "head", "layers", 3), "`spec.head.layers`"),
-    "max-length-str": (_set("spec", "max_length", "128"), "`spec.max_length`"),
-    "labels-short": (lambda meta: meta["labels"].pop(), "`labels` needs at least two"),
-    "labels-duplicate": (_set("labels", ["pos", "pos"]), "`labels` needs at least two"),
-    "labels-ints": (_set("labels", [0, 1]), "`labels` is not a list of strings"),
-    "labels-extra": (_set("labels", ["neg", "pos", "meh"]), "3 labels but `spec.num_labels`"),
-    "groups-str": (_set("trained_groups", ["4"]), "`trained_groups`"),
-    "groups-dict": (_set("trained_groups", {"4": True}), "`trained_groups`"),
+    "format-missing": (_pop("format"), "lacks the key `format`"),
+    "model-missing": (_pop("model"), "lacks the key `model`"),
+    "task-missing": (_pop("task"), "lacks the key `task`"),
+    "method-missing": (_pop("method"), "lacks the key `method`"),
+    "format-1": (_set("format", 1), "has format 1, this tsuika reads format 2"),
+    "format-true": (_set("format", True), "has format True, this tsuika reads format 2"),
+    "model-list": (_set("model", []), "`model` is not an object"),
+    "source-missing": (_pop("model", "source"), "`model.source` is not a model name"),
+    "source-int": (_set("model", "source", 3), "`model.source` is not a model name"),
+    "source-empty": (_set("model", "source", ""), "`model.source` is not a model name"),
+    "head-missing": (_pop("model", "head"), "`model.head` is not an object"),
+    "head-str": (_set("model", "head", "linear"), "`model.head` is not an object"),
+    "head-type": (_set("model", "head", "type", "conv"), "`model.head.type`: Input should be"),
+    "head-unknown-key": (_set("model", "head", "layers", 3), "`model.head.layers`: Extra inputs"),
+    "max-length-str": (
+        _set("model", "max_length", "128"),
+        "`model.max_length` is not a positive integer",
+    ),
+    "max-length-zero": (
+        _set("model", "max_length", 0),
+        "`model.max_length` is not a positive integer",
+    ),
+    "weights-int": (_set("model", "weights", 3), "`model.weights` is not a path"),
+    "method-unknown": (_set("method", "distill"), "`method` 'distill' is not one of transfer"),
+    "method-int": (_set("method", 1), "`method` 1 is not one of transfer"),
+    "task-name": (_set("task", "name", "distill"), f"`task.name` is not one of {TASKS}"),
+    "task-name-missing": (_pop("task", "name"), f"`task.name` is not one of {TASKS}"),
+    "task-list": (_set("task", []), f"`task.name` is not one of {TASKS}"),
+    "labels-missing": (
+        _pop("task", "labels"),
+        "`task`: `labels` is not an object of label columns",
+    ),
+    "labels-list": (
+        _set("task", "labels", ["neg", "pos"]),
+        "`task`: `labels` is not an object of label columns",
+    ),
+    "labels-short": (lambda meta: meta["task"]["labels"]["label"].pop(), NOT_TWO_LABELS),
+    "labels-duplicate": (_set("task", "labels", "label", ["pos", "pos"]), NOT_TWO_LABELS),
+    "labels-ints": (
+        _set("task", "labels", "label", [0, 1]),
+        "`task`: `labels.label` is not a list of strings",
+    ),
+    "task-weights-str": (
+        _set("task", "weights", {"label": "1"}),
+        "`task`: `weights` is not an object of finite numbers",
+    ),
+    "regression-std-zero": (
+        _set("task", {**REGRESSION, "mean": 0.0, "std": 0.0}),
+        "`task`: `std` and `huber_delta` must be positive",
+    ),
+    "regression-mean-nan": (
+        _set("task", {**REGRESSION, "mean": float("nan"), "std": 1.0}),
+        "`task`: `mean` is not finite",
+    ),
 }
 
 
-@pytest.mark.parametrize("case", list(META_DAMAGE))
+META_DAMAGE |= {
+    "method-list": (_set("method", ["transfer"]), "`method` ['transfer'] is not one of transfer"),
+    "task-name-list": (_set("task", "name", ["classify"]), f"`task.name` is not one of {TASKS}"),
+    "task-weights-unknown-column": (
+        _set("task", "weights", {"label": 1.0, "other": 2.0}),
+        "`task`: `weights` names a column without labels",
+    ),
+    "task-weights-nan": (
+        _set("task", "weights", {"label": float("nan")}),
+        "`task`: `weights` is not an object of finite numbers",
+    ),
+}
+META_CASES = list(META_DAMAGE)
+
+
+@pytest.mark.parametrize("case", META_CASES)
 def test_damaged_meta_json_is_refused_before_the_model_is_built(
     run_copy: Path,
     case: str,
@@ -127,7 +192,7 @@ def test_damaged_meta_json_is_refused_before_the_model_is_built(
     edit, message = META_DAMAGE[case]
     _edit_meta(run_copy, edit)
 
-    def must_not_build(spec: dict, pretrained: bool = True) -> None:
+    def must_not_build(spec: dict, new_head: Callable, pretrained: bool = True) -> None:
         raise AssertionError("model built from an unchecked meta.json")
 
     # meta.json may come from someone else: nothing is built from it before it is checked.
@@ -154,9 +219,12 @@ def test_unparsable_meta_json_is_one_error_line(
 def test_trained_group_outside_the_model_is_refused(
     run_copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _edit_meta(run_copy, _set("trained_groups", [99]))
-    err = _predict_fails_naming(run_copy, "meta.json", capsys)
-    assert "trained group 99" in err
+    # Which groups trained is known from the weights file's keys: a stage the model lacks.
+    path = run_copy / "model" / "weights.safetensors"
+    weights = load_file(str(path))
+    save_file({**weights, "stages.99.weight": torch.zeros(2)}, str(path))
+    err = _predict_fails_naming(run_copy, "weights.safetensors", capsys)
+    assert "holds tensor stages.99.weight, which the model does not have" in err
 
 
 def test_tensor_of_the_wrong_shape_is_refused(
@@ -171,14 +239,18 @@ def test_tensor_of_the_wrong_shape_is_refused(
     assert f"tensor {key} has shape" in err
 
 
-def test_labels_and_num_labels_shortened_together_are_caught_by_the_head_shape(
-    run_copy: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "labels", [["neg", "pos", "meh"], ["neg", "pos", "meh", "so-so"]], ids=["three", "four"]
+)
+def test_labels_that_do_not_fit_the_head_are_caught_by_the_head_shape(
+    run_copy: Path, labels: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Consistent but wrong metadata: only the weights can tell, and they must say so clearly.
-    _edit_meta(run_copy, _set("labels", ["neg", "pos", "meh"]))
-    _edit_meta(run_copy, _set("spec", "num_labels", 3))
+    # Valid but wrong metadata (the head is built for its labels): only the weights can tell,
+    # and they must say so clearly.
+    _edit_meta(run_copy, _set("task", "labels", "label", labels))
     err = _predict_fails_naming(run_copy, "weights.safetensors", capsys)
-    assert "has shape" in err
+    # The head (stage 4 of the tiny BERT) was trained for 2 labels.
+    assert re.search(rf"tensor stages\.4\.net\.1\.\w+ has shape \(2,.*needs \({len(labels)},", err)
 
 
 def test_tensors_missing_or_foreign_are_refused(

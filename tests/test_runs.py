@@ -85,19 +85,38 @@ def test_metrics_has_one_line_per_epoch(tiny_run):
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
     assert {r["phase"] for r in records} == {"transfer"}
     for record in records:
-        assert 0 <= record["val_accuracy"] <= 1
+        assert set(record) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}
+        assert record["val_accuracy"] in (0, 0.25, 0.5, 0.75, 1)  # 4 validation examples
         assert record["train_loss"] > 0
-    best = records[tiny_run.summary["training"]["best_epoch"] - 1]
-    assert best["val_accuracy"] == tiny_run.summary["training"]["best_val_accuracy"]
+    # Measured 2026-11-25 (seed 0): train loss 0.921 → 0.481, validation loss 0.718 → 0.524
+    # over the 5 epochs (seeds 1-3 alike): the head learns.
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert records[-1]["val_loss"] < records[0]["val_loss"]
+    training = tiny_run.summary["training"]
+    best = records[training["best_epoch"] - 1]
+    assert best["val_accuracy"] == training["best_val_accuracy"]
+    assert max(r["val_accuracy"] for r in records) == best["val_accuracy"]
+    # Measured 2026-11-25: best validation accuracy 1.0 (seeds 0-3); test accuracy 0.875 on
+    # the 8 test examples (seeds 1-3: 0.75-0.875); chance is 0.5.
+    assert training["best_val_accuracy"] >= 0.75
+    assert tiny_run.summary["test"]["accuracy"] >= 0.625
 
 
 def test_model_folder_records_how_to_rebuild_the_model(tiny_run, tiny_bert_dir):
     meta = json.loads((tiny_run.path / "model" / "meta.json").read_text())
     head_index = len(tiny_run.model.stages) - 1
-    assert meta["labels"] == ["neg", "pos"]
-    assert meta["trained_groups"] == [head_index]
-    assert meta["spec"]["source"] == str(tiny_bert_dir.resolve())
-    assert meta["spec"]["num_labels"] == 2
+    assert set(meta) == {"format", "base", "model", "task", "method"}
+    assert meta["format"] == 2 and meta["method"] == "transfer"
+    assert meta["base"] == str(tiny_bert_dir)
+    assert meta["task"] == {
+        "name": "classify",
+        "labels": {"label": ["neg", "pos"]},
+        "weights": {"label": 1.0},
+    }
+    assert meta["model"]["source"] == str(tiny_bert_dir.resolve())
+    assert meta["model"]["head"]["type"] == "linear" and meta["model"]["max_length"] == 128
+    assert "num_labels" not in meta["model"]  # the head's size comes from the task's labels
+    assert tiny_run.model.head.net[-1].out_features == 2
     weights = load_file(str(tiny_run.path / "model" / "weights.safetensors"))
     assert {key.split(".")[1] for key in weights} == {str(head_index)}
 

@@ -2,8 +2,9 @@
 whether it helped."""
 
 import os
+from importlib.metadata import version
 
-__version__ = "0.1.0"
+__version__ = version("tsuika")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

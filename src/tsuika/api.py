@@ -6,21 +6,28 @@ import json
 import os
 import shutil
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tsuika import __version__
-from tsuika.adapt import MetricsLog, adapt, load_splits, run_baselines, seed_everything
 from tsuika.config import Config, build_config, load_config, merge, to_yaml
+from tsuika.console import warn
+from tsuika.data.reading import load_splits
+from tsuika.data.splits import Splits
 from tsuika.errors import RunInterrupted, TsuikaError
+from tsuika.evaluate.baselines import run_baselines
 from tsuika.evaluate.summary import build_summary
-from tsuika.methods import METHODS
-from tsuika.models import model_for
+from tsuika.methods import method_class
+from tsuika.methods.base import Method
+from tsuika.models import modality_of, model_for
+from tsuika.models.base import AdaptableModel
 from tsuika.run import Run, load
 from tsuika.runs import create_run_dir, save_model, write_atomic
-from tsuika.train.distributed import barrier, is_main_process
+from tsuika.tasks import task_for
+from tsuika.tasks.base import Task
+from tsuika.train.distributed import barrier, is_main_process, training_device
+from tsuika.train.metrics_log import MetricsLog
+from tsuika.train.phase import run_phase, seed_everything
 from tsuika.train.progress import Progress
 
 __all__ = ["Run", "load", "train"]
@@ -54,55 +61,85 @@ def train(
     else:
         config = as_config(config, overrides)
     seed_everything(config.seed)
-    splits = load_splits(config)  # bad data fails before anything is written
-    model = model_for(config, len(splits.labels))
-    method = METHODS[config.method](config)
-    method.prepare(model)  # a bad freeze/group setting fails before any folder is made
+    modality = modality_of(config.model)
+    task = task_for(config, modality)
+    method = method_class(config.method)(config, task)
+    splits = read_data(config, modality, task)  # bad data fails before anything is written
+    model = model_for(config, lambda width: task.head(width, config.head))
+    model.to(training_device())  # precompute on the accelerator too, not only train there
+    method.prepare(model)  # once, on the device; a bad freeze setting fails before any folder
     main = is_main_process()
     if resume is not None:
         path = Path(resume)
     elif main:
         default_name = f"{config.method}-{Path(config.model).name}"
         path = create_run_dir(config.output, config.name, default_name)
-        write_atomic(path / RUN_MARKER, json.dumps({"tsuika": __version__, "pid": os.getpid()}))
+        write_atomic(
+            path / RUN_MARKER, json.dumps({"tsuika": version("tsuika"), "pid": os.getpid()})
+        )
         write_atomic(path / "config.yaml", to_yaml(config))
     else:  # other data-parallel processes use the folder the main process made
         path = Path(config.output) / str(config.name)
     barrier()
-    resuming = resume is not None
-
     try:
-        return _train_in(path, config, splits, model, method, resuming, started)
+        return _train_in(path, config, task, method, splits, model, resume is not None, started)
     except KeyboardInterrupt:
         raise RunInterrupted(path) from None
 
 
-def _train_in(path, config, splits, model, method, resuming: bool, started: float) -> Run:
+def task_and_data(config: Config) -> tuple[Task, Splits]:
+    """The task a config names and its data, read and split (what `train` starts from)."""
+    modality = modality_of(config.model)
+    task = task_for(config, modality)
+    return task, read_data(config, modality, task)
+
+
+def read_data(config: Config, modality: str, task: Task) -> Splits:
+    splits = load_splits(config.data, modality, task.columns, task)
+    if splits.skipped:
+        shown = "\n  ".join(splits.skipped[:10])
+        more = f"\n  … and {len(splits.skipped) - 10} more" if len(splits.skipped) > 10 else ""
+        warn(
+            f"skipped {len(splits.skipped)} file(s) (data.strict=true makes this an error):"
+            f"\n  {shown}{more}"
+        )
+    return splits
+
+
+def _train_in(
+    path: Path,
+    config: Config,
+    task: Task,
+    method: Method,
+    splits: Splits,
+    model: AdaptableModel,
+    resuming: bool,
+    started: float,
+) -> Run:
     main = is_main_process()
     log = MetricsLog(path / "metrics.jsonl" if main else None)
-    truth = np.array(splits.test.labels)
     with Progress(config.progress and main) as progress:
-        result, predicted, timings = adapt(
+        phase = run_phase(
             model, method, splits, config, progress, log, config.method, path, resuming
         )
-        trained = [g.index for g in model.layer_groups() if g.trainable]
         if main:
-            save_model(path / "model", model, splits.labels, trained)
+            save_model(path / "model", model, task, method, config.model)
         baselines, baseline_timings = run_baselines(
-            config, splits, progress, log, truth, path, resuming
+            config, task, splits, progress, log, path, resuming
         )
 
     summary = build_summary(
-        config, splits, model, result, truth, predicted, baselines, path, trained
+        config, task, splits, model, phase.fit, phase.predicted, baselines, path
     )
-    summary["timings"] = {**timings, **baseline_timings, "total": time.perf_counter() - started}
+    timings = {**phase.timings, **baseline_timings, "total": time.perf_counter() - started}
+    summary["timings"] = timings
     if main:
         write_atomic(path / "summary.json", json.dumps(summary, indent=2))
         # The run is complete: activation caches and resume points are no longer needed.
         shutil.rmtree(path / "cache", ignore_errors=True)
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
     barrier()
-    return Run(path, model, splits.labels, summary, config.data)
+    return Run(path, model, task, summary, config.data)
 
 
 def resumable_config(path: Path, config: object, overrides: dict[str, Any]) -> Config:

@@ -22,24 +22,28 @@ out = Console()
 
 
 def results_table(summary: dict) -> Table:
-    """Adapted model versus its baselines on the test split, with the verdicts."""
+    """Adapted model versus its baselines on the test split, in the task's metrics."""
+    test = summary["test"]
+    metrics = [m for m in ("accuracy", "macro_f1", "rmse", "mae", "r2") if m in test]
     table = Table(
-        title=f"{summary['method']} · {summary['model']} · test n={summary['data']['test']}"
+        title=f"{summary['method']} · {summary['task']} · {summary['model']} · "
+        f"test n={summary['data']['test']}"
     )
     table.add_column("model")
-    table.add_column("accuracy", justify="right")
-    table.add_column("macro-F1", justify="right")
-    table.add_row(
-        summary["method"],
-        f"{summary['test']['accuracy']:.3f}",
-        f"{summary['test']['macro_f1']:.3f}",
-    )
-    names = {"majority": "majority class", "scratch": "from scratch (random init)"}
+    for metric in metrics:
+        table.add_column(METRIC_NAMES.get(metric, metric), justify="right")
+    table.add_row(summary["method"], *(f"{test[m]:.3f}" for m in metrics))
     for name, values in summary.get("baselines", {}).items():
-        table.add_row(
-            names.get(name, name), f"{values['accuracy']:.3f}", f"{values['macro_f1']:.3f}"
-        )
+        table.add_row(BASELINE_ROWS.get(name, name), *(f"{values[m]:.3f}" for m in metrics))
     return table
+
+
+METRIC_NAMES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "R²"}
+BASELINE_ROWS = {
+    "majority": "majority class",
+    "mean": "training mean",
+    "scratch": "from scratch (random init)",
+}
 
 
 def print_summary(summary: dict) -> None:
@@ -141,38 +145,40 @@ def inspect(
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    data: Annotated[Path, typer.Option(help="labelled CSV/TSV/JSONL")],
-    text_column: str = "text",
-    label_column: str = "label",
+    data: Annotated[Path, typer.Option(help="labelled CSV/TSV/JSONL or image folder")],
+    input_column: Annotated[
+        str | None, typer.Option(help="text/path column (default: the run's)")
+    ] = None,
 ) -> None:
-    """Score a trained run on a labelled file."""
+    """Score a trained run on a labelled file (its target columns are the run's)."""
     from tsuika.api import load
 
-    metrics = load(run).evaluate(data, text_column, label_column)
+    metrics = load(run).evaluate(data, input_column)
     out.print_json(json.dumps(metrics))
 
 
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    texts: Annotated[list[str] | None, typer.Argument(help="texts to classify")] = None,
-    file: Annotated[Path | None, typer.Option(help="CSV/TSV/JSONL of texts")] = None,
-    text_column: str = "text",
+    inputs: Annotated[list[str] | None, typer.Argument(help="texts (or image paths)")] = None,
+    file: Annotated[Path | None, typer.Option(help="CSV/TSV/JSONL of inputs")] = None,
+    input_column: Annotated[str, typer.Option(help="column of --file")] = "text",
 ) -> None:
-    """Predict labels: `tsuika predict RUN "text" ...` or `--file texts.csv`."""
+    """Predict: `tsuika predict RUN "text" ...` or `--file texts.csv`; one tab-separated line
+    per input (label and probability, labels per column, or a number)."""
     from tsuika.api import load
     from tsuika.data.tables import read_table
 
-    inputs = list(texts or [])
+    given = list(inputs or [])
     if file is not None:
-        inputs += read_table(file, text_column, None).texts
-    if not inputs:
+        given += read_table(file, input_column, []).texts
+    if not given:
         raise TsuikaError("nothing to predict: give texts or --file")
     loaded = load(run)
-    probs = loaded.predict_proba(inputs)
-    for text, row in zip(inputs, probs, strict=True):
-        best = int(row.argmax())
-        typer.echo(f"{loaded.labels[best]}\t{row[best]:.3f}\t{text}")
+    outputs = loaded.outputs(given)
+    predicted = loaded.task.predictions(outputs)
+    for row, item in enumerate(given):
+        typer.echo(f"{loaded.task.describe(predicted, row, outputs)}\t{item}")
 
 
 @app.command()

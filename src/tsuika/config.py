@@ -51,7 +51,9 @@ class DataConfig(Section):
     text_column: str = "text"
     image_column: str = "path"
     """Column of image paths in a CSV/JSONL (relative paths are relative to the file)."""
-    label_column: str = "label"
+    label_column: str | list[str] = "label"
+    """The target column; several (`[topic, sentiment]`) for multi-task classification, a
+    numeric column for `task: regression`."""
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     k: int | None = Field(None, ge=1)
@@ -123,6 +125,17 @@ class FinetuneConfig(Section):
     """Gradual unfreezing (ULMFiT): head only, then one more group every E epochs."""
 
 
+class RegressionConfig(Section):
+    loss: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(1.0, gt=0)
+    """Huber loss threshold, in standard deviations of the training targets."""
+
+
+class MultiTaskConfig(Section):
+    weights: dict[str, float] = {}
+    """Loss weight per label column (default 1 each); the losses are summed."""
+
+
 class BaselineConfig(Section):
     majority: bool = True
     scratch: bool = True
@@ -139,9 +152,15 @@ class Config(Section):
     `timm:<name>` / `torchvision:<name>` with `model_weights`."""
     model_weights: str | None = None
     """Local weights file (safetensors, or a tensors-only .pth) for timm:/torchvision: models."""
-    method: Literal["transfer", "finetune"] = "transfer"
+    task: str = "auto"
+    """`classify`, `multi-task` (several label columns, one head each) or `regression`;
+    `auto`: classify, or multi-task when `data.label_column` lists several columns."""
+    method: str = "transfer"
+    """`transfer` or `finetune` (see `tsuika.methods`)."""
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    regression: RegressionConfig = RegressionConfig()
+    multitask: MultiTaskConfig = MultiTaskConfig()
     head: HeadConfig = HeadConfig()
     train: TrainConfig = TrainConfig()
     baselines: BaselineConfig = BaselineConfig()

@@ -5,15 +5,17 @@ from __future__ import annotations
 from rich.table import Table
 
 from tsuika.config import Config
-from tsuika.methods import METHODS
+from tsuika.methods import method_class
 from tsuika.models import model_for
+from tsuika.models.heads import Head
+from tsuika.tasks import task_for
 
 
-def describe(config: Config, num_labels: int = 2) -> Table:
+def describe(config: Config) -> Table:
     """The model's groups shallow → deep; under `config`: trains?, rate, and the epoch a
-    group unfreezes (gradual unfreezing). The head is sized for `num_labels` here."""
-    model = model_for(config, num_labels)
-    method = METHODS[config.method](config)
+    group unfreezes (gradual unfreezing). No data is read: the head here has two outputs."""
+    model = model_for(config, lambda width: Head(width, 2))
+    method = method_class(config.method)(config, task_for(config))
     method.prepare(model)
     rates = {group["name"]: group["lr"] for group in method.param_groups(model)}
     unfreeze_at = {}

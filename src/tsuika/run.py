@@ -1,5 +1,5 @@
-"""A finished run: the trained model, its labels and summary; predicts without the config or
-the data it was trained on."""
+"""A finished run: the trained model, its task and summary; predicts without the config or
+the data it was trained on, and without importing any training code."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tsuika.adapt import input_feed
 from tsuika.config import DataConfig, load_config
-from tsuika.data.images import decode_for_prediction, list_images
-from tsuika.data.splits import Examples
-from tsuika.data.tables import read_table, resolve
+from tsuika.data.images import decode_for_prediction
+from tsuika.data.reading import read_examples
 from tsuika.errors import TsuikaError
-from tsuika.evaluate.metrics import classification_metrics
-from tsuika.models.base import AdaptableModel
+from tsuika.feed import gather_outputs, input_feed
+from tsuika.models.base import AdaptableModel, State
 from tsuika.runs import load_model_folder
-from tsuika.train.loop import predict_probs
+from tsuika.tasks.base import Arrays, Task
+from tsuika.tasks.classify import Classify
 
 
 def read_inputs(model: AdaptableModel, inputs: list, data: DataConfig) -> list:
@@ -38,13 +37,13 @@ class Run:
         self,
         path: Path,
         model: AdaptableModel,
-        labels: list[str],
+        task: Task,
         summary: dict,
         data: DataConfig | None = None,
     ):
         self.path = Path(path)
         self.model = model.eval()
-        self.labels = labels
+        self.task = task
         self.summary = summary
         self.data = data or DataConfig()
         """The data settings the run was trained with (image size limits for new inputs)."""
@@ -52,48 +51,54 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
 
-    def predict_proba(self, inputs: list[str]) -> np.ndarray:
+    @property
+    def labels(self) -> list[str]:
+        """The class names of a single-column classification run."""
+        if not isinstance(self.task, Classify) or len(self.task.columns) != 1:
+            raise TsuikaError(f"a {self.task.name} run has no single label set")
+        return self.task.labels[self.task.columns[0]]
+
+    def outputs(self, inputs: list) -> State:
+        """The model's outputs for raw inputs (texts, or image paths), in their order."""
         if isinstance(inputs, str):
             inputs = [inputs]
+        feed = input_feed(self.model, read_inputs(self.model, list(inputs), self.data))
+        return gather_outputs(self.model, feed)
+
+    def predicted(self, inputs: list) -> Arrays:
+        return self.task.predictions(self.outputs(inputs))
+
+    def predict(self, inputs: list) -> list:
+        """A label per input (classify), a dict of labels (multi-task) or a number
+        (regression)."""
         if len(inputs) == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        examples = Examples(read_inputs(self.model, inputs, self.data), [0] * len(inputs))
-        return predict_probs(self.model, input_feed(self.model, examples)).numpy()
+            return []
+        return self.task.decoded(self.predicted(inputs))
 
-    def predict(self, inputs: list[str]) -> list[str]:
-        return [self.labels[i] for i in self.predict_proba(inputs).argmax(-1)]
+    def predict_proba(self, inputs: list) -> np.ndarray:
+        """Class probabilities [N, classes] of a single-column classification run."""
+        labels = self.labels
+        if len(inputs) == 0:
+            return np.zeros((0, len(labels)), dtype=np.float32)
+        return self.task.probabilities(self.outputs(inputs))[self.task.columns[0]]
 
-    def evaluate(
-        self, data: str | Path, text_column: str = "text", label_column: str = "label"
-    ) -> dict[str, float]:
-        """Accuracy and macro-F1 on a labelled file (its labels must be known to the run);
-        for image runs, an image folder or a CSV/JSONL of `path,label`."""
-        if self.model.spec.get("family") == "image":
-            return self._evaluate_images(str(data))
-        table = read_table(resolve(str(data), "test"), text_column, label_column)
-        index = {name: i for i, name in enumerate(self.labels)}
-        for label, line in zip(table.labels, table.lines, strict=True):
-            if label not in index:
-                raise TsuikaError(
-                    f"{data} line {line}: label `{label}` is not one this run was trained on "
-                    f"({', '.join(self.labels)})"
-                )
-        truth = np.array([index[label] for label in table.labels])
-        predicted = self.predict_proba(table.texts).argmax(-1)
-        return {**classification_metrics(truth, predicted), "examples": len(truth)}
-
-    def _evaluate_images(self, data: str) -> dict[str, float]:
-        listing = list_images(data, "test", self.data.model_copy(update={"strict": True}))
-        unknown = sorted(set(listing.labels) - set(self.labels))
-        if unknown:
-            raise TsuikaError(
-                f"{data}: class `{unknown[0]}` is not one this run was trained on "
-                f"({', '.join(self.labels)})"
-            )
-        index = {name: i for i, name in enumerate(self.labels)}
-        truth = np.array([index[label] for label in listing.labels])
-        predicted = self.predict_proba([str(p) for p in listing.paths]).argmax(-1)
-        return {**classification_metrics(truth, predicted), "examples": len(truth)}
+    def evaluate(self, data: str | Path, input_column: str | None = None) -> dict[str, float]:
+        """The task's test metrics on a labelled file: a CSV/TSV/JSONL (text or `path`
+        column, and the run's target columns), or an image folder; its labels must be ones
+        the run knows."""
+        settings = self.data.model_copy(update={"strict": True})
+        if input_column:
+            key = "image_column" if self.model.spec.get("family") == "image" else "text_column"
+            settings = settings.model_copy(update={key: input_column})
+        modality = "image" if self.model.spec.get("family") == "image" else "text"
+        problems: list[str] = []
+        raw = read_examples(modality, str(data), "test", settings, self.task.columns, problems)
+        if problems:
+            raise TsuikaError(f"{problems[0]} (fix or remove the file to evaluate)")
+        examples = self.task.encode(raw)
+        outputs = gather_outputs(self.model, input_feed(self.model, examples.inputs))
+        metrics = self.task.test_metrics(self.task.truth(examples), self.task.predictions(outputs))
+        return {**metrics, "examples": len(examples)}
 
 
 def load(path: str | Path) -> Run:
@@ -101,13 +106,13 @@ def load(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise TsuikaError(f"run folder {path} not found")
-    model, labels, _ = load_model_folder(path / "model")
+    model, task, _ = load_model_folder(path / "model")
     summary_path = path / "summary.json"
     try:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     except (ValueError, UnicodeDecodeError):
         raise TsuikaError(f"{summary_path} is not valid JSON; the run folder is damaged") from None
-    return Run(path, model, labels, summary, _data_settings(path / "config.yaml"))
+    return Run(path, model, task, summary, _data_settings(path / "config.yaml"))
 
 
 def _data_settings(path: Path) -> DataConfig:

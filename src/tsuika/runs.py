@@ -14,17 +14,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from tsuika.config import HeadConfig
 from tsuika.errors import TsuikaError
-from tsuika.files import match_umask
+from tsuika.methods import METHODS
+from tsuika.methods.base import WEIGHTS, Method, damaged
 from tsuika.models.base import AdaptableModel
+from tsuika.tasks import TASKS, task_from_meta
+from tsuika.tasks.base import Task
 
-META_FORMAT = 1
+META_FORMAT = 2
+"""2: meta.json names the task, the method and the base model (1 had labels only)."""
 
 
 def _check_name(name: str) -> None:
@@ -102,29 +103,18 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def trained_state(model: AdaptableModel, groups: list[int]) -> dict[str, torch.Tensor]:
-    state = {}
-    for index in groups:
-        for key, value in model.stages[index].state_dict().items():
-            state[f"stages.{index}.{key}"] = value.detach().cpu().contiguous().clone()
-    return state
-
-
-def save_model(folder: Path, model: AdaptableModel, labels: list[str], groups: list[int]) -> None:
-    """Save the weights of the groups that trained; the rest comes from the recorded source."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "weights.safetensors.tmp"
-    save_file(trained_state(model, groups), str(tmp))
-    match_umask(tmp)  # before the rename, so the final name never has the 0600 mode
-    os.replace(tmp, folder / "weights.safetensors")
-    meta = {"spec": model.spec, "labels": labels, "trained_groups": groups, "format": META_FORMAT}
+def save_model(folder: Path, model: AdaptableModel, task: Task, method: Method, base: str) -> None:
+    """The method's own weights (only what trained), and meta.json saying how to rebuild the
+    rest: the base model's spec, the task (targets, label sets) and the method."""
+    method.save(model, folder)
+    meta = {
+        "format": META_FORMAT,
+        "base": base,
+        "model": model.spec,
+        "task": task.to_meta(),
+        "method": method.name,
+    }
     write_atomic(folder / "meta.json", json.dumps(meta, indent=2))
-
-
-def _damaged(path: Path, problem: str) -> TsuikaError:
-    return TsuikaError(
-        f"{path}: {problem}; the run folder is damaged — re-run training or restore it from a copy"
-    )
 
 
 def _is_int(value: Any) -> bool:
@@ -136,89 +126,63 @@ def _meta_problem(meta: Any) -> str | None:
     it: a run folder may come from someone else."""
     if not isinstance(meta, dict):
         return "is not a JSON object"
-    missing = [key for key in ("spec", "labels", "trained_groups", "format") if key not in meta]
+    missing = [key for key in ("format", "model", "task", "method") if key not in meta]
     if missing:
         return f"lacks the key `{missing[0]}`"
     if not _is_int(meta["format"]) or meta["format"] != META_FORMAT:
         return f"has format {meta['format']!r}, this tsuika reads format {META_FORMAT}"
-    spec, labels, groups = meta["spec"], meta["labels"], meta["trained_groups"]
+    spec, task, method = meta["model"], meta["task"], meta["method"]
     if not isinstance(spec, dict):
-        return "`spec` is not an object"
+        return "`model` is not an object"
     if not isinstance(spec.get("source"), str) or not spec["source"]:
-        return "`spec.source` is not a model name"
-    if not _is_int(spec.get("num_labels")):
-        return "`spec.num_labels` is not an integer"
+        return "`model.source` is not a model name"
     if not isinstance(spec.get("head"), dict):
-        return "`spec.head` is not an object"
+        return "`model.head` is not an object"
     try:
         HeadConfig(**spec["head"])
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        return f"`spec.head.{where}`: {first['msg']}" if where else f"`spec.head`: {first['msg']}"
+        return f"`model.head.{where}`: {first['msg']}" if where else f"`model.head`: {first['msg']}"
     if "max_length" in spec and (not _is_int(spec["max_length"]) or spec["max_length"] < 1):
-        return "`spec.max_length` is not a positive integer"
+        return "`model.max_length` is not a positive integer"
     if spec.get("weights") is not None and not isinstance(spec["weights"], str):
-        return "`spec.weights` is not a path"
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        return "`labels` is not a list of strings"
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        return "`labels` needs at least two different labels"
-    if len(labels) != spec["num_labels"]:
-        return f"has {len(labels)} labels but `spec.num_labels` is {spec['num_labels']}"
-    if not isinstance(groups, list) or not all(_is_int(group) for group in groups):
-        return "`trained_groups` is not a list of integers"
-    return None
+        return "`model.weights` is not a path"
+    if not isinstance(method, str) or method not in METHODS:
+        return f"`method` {method!r} is not one of {', '.join(METHODS)}"
+    if not isinstance(task, dict) or not isinstance(task.get("name"), str):
+        return f"`task.name` is not one of {', '.join(TASKS)}"
+    if task["name"] not in TASKS:
+        return f"`task.name` is not one of {', '.join(TASKS)}"
+    problem = TASKS[task["name"]].meta_problem(task)
+    return f"`task`: {problem}" if problem else None
 
 
 def _read_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:  # ValueError covers bad JSON and bad UTF-8
-        raise _damaged(path, f"cannot be read ({error})") from None
+        raise damaged(path, f"cannot be read ({error})") from None
     problem = _meta_problem(meta)
     if problem:
-        raise _damaged(path, problem)
+        raise damaged(path, problem)
     return meta
 
 
-def _read_weights(path: Path, model: AdaptableModel, groups: list[int]) -> dict[str, torch.Tensor]:
-    """The saved tensors, checked against the model: the names the trained groups need, and
-    every tensor's shape (a mismatch would otherwise be a bare RuntimeError from torch)."""
-    try:
-        weights = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise _damaged(path, f"cannot be read ({error})") from None
-    expected = trained_state(model, groups)
-    missing = [key for key in expected if key not in weights]
-    if missing:
-        raise _damaged(path, f"lacks {len(missing)} tensors (e.g. {missing[0]})")
-    model_state = model.state_dict()
-    for key, tensor in weights.items():
-        if key not in model_state:
-            raise _damaged(path, f"holds tensor {key}, which the model does not have")
-        if tensor.shape != model_state[key].shape:
-            shape, wanted = tuple(tensor.shape), tuple(model_state[key].shape)
-            raise _damaged(path, f"tensor {key} has shape {shape}, the model needs {wanted}")
-    return weights
-
-
-def load_model_folder(folder: Path) -> tuple[AdaptableModel, list[str], dict]:
-    from tsuika.models import model_from_spec
+def load_model_folder(folder: Path) -> tuple[AdaptableModel, Task, dict]:
+    """The trained model of a run (in eval mode), its task and its meta.json."""
+    from tsuika import models
 
     meta_path = folder / "meta.json"
-    weights_path = folder / "weights.safetensors"
-    if not meta_path.is_file() or not weights_path.is_file():
+    if not meta_path.is_file() or not (folder / WEIGHTS).is_file():
         raise TsuikaError(
-            f"{folder} is not a tsuika run model (needs meta.json and weights.safetensors); "
+            f"{folder} is not a tsuika run model (needs meta.json and {WEIGHTS}); "
             "give the run folder that `tsuika train` printed"
         )
     meta = _read_meta(meta_path)
-    model = model_from_spec(meta["spec"])
-    bad = [g for g in meta["trained_groups"] if not 0 <= g < model.num_stages]
-    if bad:
-        raise _damaged(meta_path, f"trained group {bad[0]} does not exist in the model")
-    weights = _read_weights(weights_path, model, meta["trained_groups"])
-    model.load_state_dict(weights, strict=False)
+    task = task_from_meta(meta["task"])
+    head = HeadConfig(**meta["model"]["head"])
+    model = models.model_from_spec(meta["model"], lambda width: task.head(width, head))
+    METHODS[meta["method"]].restore(model, folder)
     model.eval()
-    return model, meta["labels"], meta
+    return model, task, meta

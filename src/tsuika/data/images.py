@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps
 
 from tsuika.config import DataConfig
-from tsuika.data.splits import Examples, Splits, assemble_splits, check_classes, label_names
+from tsuika.data.splits import Examples
 from tsuika.data.tables import BUNDLED, read_table
 from tsuika.errors import TsuikaError
 
@@ -31,11 +31,15 @@ STORED_SHORT_SIDE = 320
 
 @dataclass
 class Listing:
-    """Image files with their labels, and the problems found so far."""
+    """Image files with their targets (one list per column), and the problems found so far.
+    A folder listing has one column, the class folder names, keyed ``FOLDER``."""
 
     paths: list[Path] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
+    targets: dict[str, list[str]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+
+
+FOLDER = "folder"
 
 
 def resolve_images(path: str, split: str) -> Path:
@@ -82,7 +86,7 @@ def _list_class(folder: Path, listing: Listing) -> None:
     if not files:
         listing.problems.append(f"{folder}: empty class folder (class `{folder.name}` left out)")
     listing.paths += files
-    listing.labels += [folder.name] * len(files)
+    listing.targets.setdefault(FOLDER, []).extend([folder.name] * len(files))
 
 
 def list_folder(root: Path) -> Listing:
@@ -114,13 +118,13 @@ def _inside(file: Path, folder: Path) -> bool:
         return True  # cannot tell where it leads; decode will report it as unreadable
 
 
-def list_table(path: Path, config: DataConfig) -> Listing:
-    """A table of `path,label` rows; relative paths are relative to the table's folder, and
-    (unless data.allow_outside_paths) must stay inside it, links followed."""
-    table = read_table(path, config.image_column, config.label_column)
-    listing = Listing()
+def list_table(path: Path, config: DataConfig, columns: list[str]) -> Listing:
+    """A table of `path,<target columns>` rows; relative paths are relative to the table's
+    folder, and (unless data.allow_outside_paths) must stay inside it, links followed."""
+    table = read_table(path, config.image_column, columns, input_key="data.image_column")
+    listing = Listing(targets={column: [] for column in columns})
     folder = path.parent.resolve()
-    for image, label in zip(table.texts, table.labels, strict=True):
+    for row, image in enumerate(table.texts):
         file = path.parent / image  # an absolute `image` replaces the folder
         if not config.allow_outside_paths and not _inside(file, folder):
             listing.problems.append(
@@ -129,17 +133,27 @@ def list_table(path: Path, config: DataConfig) -> Listing:
             )
             continue
         listing.paths.append(file)
-        listing.labels.append(label)
+        for column in columns:
+            listing.targets[column].append(table.targets[column][row])
     return listing
 
 
-def list_images(path: str, split: str, config: DataConfig) -> Listing:
+def list_images(path: str, split: str, config: DataConfig, columns: list[str]) -> Listing:
+    """An image folder (its class folders give the one target column) or a table."""
     source = resolve_images(path, split)
     if source.is_dir():
-        return list_folder(source)
+        if len(columns) != 1:
+            raise TsuikaError(
+                f"{source}: an image folder gives one label per image (its class folder); "
+                f"for the columns {', '.join(columns)} use a CSV/JSONL of path,"
+                f"{','.join(columns)}"
+            )
+        listing = list_folder(source)
+        listing.targets = {columns[0]: listing.targets.get(FOLDER, [])}
+        return listing
     if not source.exists():
         raise TsuikaError(f"image data {source} not found; give an image folder or a CSV/JSONL")
-    return list_table(source, config)
+    return list_table(source, config, columns)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -230,62 +244,22 @@ def decode(path: Path, max_pixels: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def decode_listing(listing: Listing, config: DataConfig) -> tuple[list[torch.Tensor], list[str]]:
-    images, labels = [], []
-    for path, label in zip(listing.paths, listing.labels, strict=True):
+def read_image_examples(
+    path: str, split: str, config: DataConfig, columns: list[str], problems: list[str]
+) -> Examples:
+    """Every image of a folder or table decoded once (RGB uint8), with its raw targets; an
+    unreadable file is left out and named in `problems`."""
+    listing = list_images(path, split, config, columns)
+    problems.extend(listing.problems)
+    images, kept = [], []
+    for row, file in enumerate(listing.paths):
         try:
-            images.append(decode(path, config.max_image_pixels))
-            labels.append(label)
+            images.append(decode(file, config.max_image_pixels))
+            kept.append(row)
         except ValueError as err:
-            listing.problems.append(f"{path}: {err}")
-    return images, labels
-
-
-def _examples(images, labels, names, source, problems) -> Examples:
-    index = {name: i for i, name in enumerate(names)}
-    kept = [i for i, label in enumerate(labels) if label in index]
-    unknown = sorted({label for label in labels if label not in index})
-    for label in unknown:
-        count = sum(1 for x in labels if x == label)
-        problems.append(
-            f"{source}: class `{label}` does not occur in training ({count} images left out)"
-        )
-    return Examples([images[i] for i in kept], [index[labels[i]] for i in kept], source)
-
-
-def load_image_splits(config: DataConfig) -> Splits:
-    """Decode every image once; held-out splits are taken before `k` subsampling."""
-    train_path = config.train or "bundled:fashion"
-    listing = list_images(train_path, "train", config)
-    images, labels = decode_listing(listing, config)
-    problems = listing.problems
-    if config.strict and problems:
-        raise TsuikaError(f"{problems[0]} (data.strict is on; fix or remove the file)")
-    if not images:
-        raise TsuikaError(f"{train_path}: no readable images ({len(problems)} problems)")
-    names = label_names(labels)
-    check_classes(names, train_path)
-
-    def read_split(path: str, split: str) -> Examples:
-        listing = list_images(path, split, config)
-        split_images, split_labels = decode_listing(listing, config)
-        problems.extend(listing.problems)
-        return _examples(split_images, split_labels, names, path, problems)
-
-    splits = assemble_splits(
-        _examples(images, labels, names, train_path, problems),
-        names,
-        train_path,
-        config,
-        read_split,
-        noun="images",
-    )
-    if config.strict and problems:
-        raise TsuikaError(f"{problems[0]} (data.strict is on; fix or remove the file)")
-    if not len(splits.test) or not len(splits.val):
-        raise TsuikaError(f"{train_path}: no images left for validation or test")
-    splits.skipped = problems
-    return splits
+            problems.append(f"{file}: {err}")
+    targets = {column: [values[i] for i in kept] for column, values in listing.targets.items()}
+    return Examples(images, targets, path)
 
 
 def decode_for_prediction(path: Path, max_pixels: int) -> torch.Tensor:

@@ -20,10 +20,11 @@ def label_names(labels: list[str]) -> list[str]:
 
 @dataclass
 class Examples:
-    """Inputs (texts or image paths) with integer labels indexing `Splits.labels`."""
+    """Inputs (texts or decoded images) with their targets, one list per target column:
+    raw strings as read, or numbers once a task has encoded them."""
 
     inputs: list
-    labels: list[int]
+    targets: dict[str, list] = field(default_factory=dict)
     source: str = ""
     lines: list[int] = field(default_factory=list)
 
@@ -33,7 +34,7 @@ class Examples:
     def subset(self, indices: list[int]) -> Examples:
         return Examples(
             [self.inputs[i] for i in indices],
-            [self.labels[i] for i in indices],
+            {key: [values[i] for i in indices] for key, values in self.targets.items()},
             self.source,
             [self.lines[i] for i in indices] if self.lines else [],
         )
@@ -44,7 +45,6 @@ class Splits:
     train: Examples
     val: Examples
     test: Examples
-    labels: list[str]
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     """Files left out (images): each line names the file and why."""
@@ -57,14 +57,18 @@ def _by_class(labels: list[int]) -> dict[int, list[int]]:
     return groups
 
 
-def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Split indices into (kept, held out) with about `fraction` of every class held out.
+def stratified_split(
+    strata: list[int] | None, n: int, fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Split indices 0..n-1 into (kept, held out) with about `fraction` held out — of every
+    stratum (class) when `strata` is given, else of the whole (a seeded random split).
 
-    Every class keeps at least one example on each side when it has two or more.
+    Every stratum keeps at least one example on each side when it has two or more.
     """
     rng = random.Random(seed)
     kept, held = [], []
-    for _, indices in sorted(_by_class(labels).items()):
+    groups = _by_class(strata) if strata is not None else {0: list(range(n))}
+    for _, indices in sorted(groups.items()):
         indices = indices[:]
         rng.shuffle(indices)
         n_held = round(len(indices) * fraction)
@@ -107,35 +111,42 @@ def check_classes(names: list[str], source: str) -> None:
 
 def assemble_splits(
     pool: Examples,
-    names: list[str],
     train_path: str,
     config,
     read_split: Callable[[str, str], Examples],
+    strata: Callable[[Examples], list[int] | None],
     noun: str = "examples",
 ) -> Splits:
-    """Train / validation / test from a labelled pool and the optional split files.
+    """Train / validation / test from a pool and the optional split files.
 
-    `read_split(path, split)` reads a validation or test file with the pool's label set.
+    `read_split(path, split)` reads a validation or test file; `strata(examples)` gives each
+    example's class for stratified splits and `data.k` (None: no classes, random splits).
     Held-out splits come out of the pool before `k` subsampling, so validation and test never
     share an example with training; for `bundled:` data the packaged test split is used when
     no test file is given.
     """
     notes = []
+    how = "stratified" if strata(pool) is not None else "random"
     test_path = config.test or (train_path if train_path.startswith("bundled:") else None)
     if test_path:
         test = read_split(test_path, "test")
     else:
-        kept, held = stratified_split(pool.labels, config.test_fraction, config.seed)
+        kept, held = stratified_split(strata(pool), len(pool), config.test_fraction, config.seed)
         test, pool = pool.subset(held), pool.subset(kept)
-        notes.append(f"test: {len(held)} {noun} held out of {train_path} (stratified)")
+        notes.append(f"test: {len(held)} {noun} held out of {train_path} ({how})")
     if config.validation:
         val, train = read_split(config.validation, "validation"), pool
     else:
-        kept, held = stratified_split(pool.labels, config.val_fraction, config.seed + 1)
+        kept, held = stratified_split(strata(pool), len(pool), config.val_fraction, config.seed + 1)
         val, train = pool.subset(held), pool.subset(kept)
-        notes.append(f"validation: {len(held)} {noun} held out of {train_path} (stratified)")
+        notes.append(f"validation: {len(held)} {noun} held out of {train_path} ({how})")
     if config.k:
-        train = train.subset(take_k_per_class(train.labels, config.k, config.seed))
+        classes = strata(train)
+        if classes is None:
+            raise TsuikaError(
+                "data.k keeps k examples per class, and this task has no classes; "
+                "leave data.k unset (or pass a smaller file)"
+            )
+        train = train.subset(take_k_per_class(classes, config.k, config.seed))
         notes.append(f"train: k={config.k} per class → {len(train)} {noun}")
-    check_classes(label_names([names[i] for i in train.labels]), f"{train_path} (training split)")
-    return Splits(train=train, val=val, test=test, labels=names, notes=notes)
+    return Splits(train=train, val=val, test=test, notes=notes)

@@ -1,4 +1,5 @@
-"""CSV, TSV and JSONL tables of (text, label) rows, with errors that name the file and line."""
+"""CSV, TSV and JSONL tables of (input, target columns…) rows, with errors that name the file
+and line."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ class Table:
 
     path: Path
     texts: list[str]
-    labels: list[str]
+    """The input column: texts, or image paths."""
+    targets: dict[str, list[str]]
+    """Target column → its value in every row (stripped strings; never missing)."""
     lines: list[int]
 
 
@@ -131,10 +134,14 @@ def _records(path: Path, text: str) -> tuple[list[dict], list[int], list[str]]:
 
 
 def _check_columns(
-    path: Path, columns: list[str], text_column: str, label_column: str | None
+    path: Path,
+    columns: list[str],
+    text_column: str,
+    target_columns: list[str],
+    input_key: str = "data.text_column",
 ) -> None:
-    for column in [text_column] + ([label_column] if label_column else []):
-        key = "data.text_column" if column == text_column else "data.label_column"
+    for column in [text_column, *target_columns]:
+        key = input_key if column == text_column else "data.label_column"
         if column not in columns:
             raise TsuikaError(
                 f"{path}: no column `{column}`; columns are {', '.join(columns)} "
@@ -194,16 +201,29 @@ def _label(path: Path, line: int, column: str, value: object) -> str:
     return _checked(path, line, column, label)
 
 
-def read_table(path: str | Path, text_column: str, label_column: str | None) -> Table:
-    """Read a table; `label_column=None` reads texts only (for prediction files)."""
+def read_table(
+    path: str | Path,
+    text_column: str,
+    target_columns: list[str],
+    input_key: str = "data.text_column",
+) -> Table:
+    """Read a table's input column and target columns (none: inputs only, for prediction).
+    `input_key` is the setting that names the input column (`data.image_column` for a table
+    of image paths), for the message when the column is missing."""
     path = Path(path)
     rows, lines, columns = _records(path, _decode(path))
     if not rows:
         raise TsuikaError(f"{path} has a header but no rows")
-    _check_columns(path, columns, text_column, label_column)
-    texts, labels = [], []
-    for row, line in zip(rows, lines, strict=True):
-        texts.append(_text(path, line, text_column, row.get(text_column)))
-        if label_column:
-            labels.append(_label(path, line, label_column, row.get(label_column)))
-    return Table(path=path, texts=texts, labels=labels, lines=lines)
+    _check_columns(path, columns, text_column, target_columns, input_key)
+    texts = [
+        _text(path, line, text_column, row.get(text_column))
+        for row, line in zip(rows, lines, strict=True)
+    ]
+    targets = {
+        column: [
+            _label(path, line, column, row.get(column))
+            for row, line in zip(rows, lines, strict=True)
+        ]
+        for column in target_columns
+    }
+    return Table(path=path, texts=texts, targets=targets, lines=lines)

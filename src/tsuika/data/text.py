@@ -1,40 +1,12 @@
-"""Text classification data: files → train / validation / test splits of (text, label)."""
+"""Text data: a CSV/TSV/JSONL table → examples of (text, raw target strings)."""
 
 from __future__ import annotations
 
 from tsuika.config import DataConfig
-from tsuika.data.splits import (
-    Examples,
-    Splits,
-    assemble_splits,
-    check_classes,
-    encode_labels,
-    label_names,
-)
+from tsuika.data.splits import Examples
 from tsuika.data.tables import read_table, resolve
 
 
-def _read(path: str, split: str, config: DataConfig):
-    return read_table(resolve(path, split), config.text_column, config.label_column)
-
-
-def load_text_splits(config: DataConfig) -> Splits:
-    """Read the files named in `config` and build the three splits (`assemble_splits`); a
-    label in a validation or test file that training never saw is an error naming its line."""
-    train_path = config.train or "bundled:reviews"
-    pool = _read(train_path, "train", config)
-    names = label_names(pool.labels)
-    check_classes(names, str(pool.path))
-
-    def examples(table) -> Examples:
-        source = str(table.path)
-        labels = encode_labels(table.labels, names, source, table.lines)
-        return Examples(table.texts, labels, source, table.lines)
-
-    return assemble_splits(
-        examples(pool),
-        names,
-        train_path,
-        config,
-        lambda path, split: examples(_read(path, split, config)),
-    )
+def read_text_examples(path: str, split: str, config: DataConfig, columns: list[str]) -> Examples:
+    table = read_table(resolve(path, split), config.text_column, columns)
+    return Examples(table.texts, table.targets, str(table.path), table.lines)

@@ -2,45 +2,58 @@
 
 from __future__ import annotations
 
+from tsuika.tasks.base import Task
 
-def transfer_verdict(gain: dict[str, float], method: str) -> dict[str, object]:
+BASELINE_NAMES = {
+    "majority": "the majority class",
+    "mean": "predicting the training mean",
+    "scratch": "training from scratch",
+}
+
+
+def transfer_verdict(gain: dict[str, float], method: str, task: Task) -> dict[str, object]:
     """Negative transfer (Rosenstein et al. 2005; Wang et al. 2019): the adapted model is not
-    better than the same architecture trained from scratch on the same data."""
-    points = 100 * gain["gain"]
-    interval = f"95% CI {100 * gain['low']:+.1f} to {100 * gain['high']:+.1f} points"
+    better than its baseline — the same architecture trained from scratch on the same data
+    when that ran, else the task's constant prediction — on the task's selection metric."""
+    versus = BASELINE_NAMES.get(gain["baseline"], gain["baseline"])
+    words = task.gain_words(gain["gain"])
+    interval = f"95% CI {task.gain_number(gain['low'])} to {task.gain_number(gain['high'])}"
     if gain["gain"] <= 0:
         return {
             "negative_transfer": True,
-            "text": f"NEGATIVE TRANSFER: {method} is {points:+.1f} accuracy points versus "
-            f"training from scratch ({interval}); the pretrained weights did not help here.",
+            "text": f"NEGATIVE TRANSFER: {method} is {words} versus {versus} ({interval}); "
+            "the pretrained weights did not help here.",
         }
     if gain["low"] <= 0:
         return {
             "negative_transfer": False,
-            "text": f"{method} is {points:+.1f} points over training from scratch, but the "
-            f"interval includes zero ({interval}): not a clear gain on this test set.",
+            "text": f"{method} is {words} over {versus}, but the interval includes zero "
+            f"({interval}): not a clear gain on this test set.",
         }
     return {
         "negative_transfer": False,
-        "text": f"{method} beats training from scratch by {points:+.1f} points ({interval}).",
+        "text": f"{method} beats {versus} by {words} ({interval}).",
     }
 
 
-def overfitting_verdict(history: list[dict], best_epoch: int) -> dict[str, object]:
+def overfitting_verdict(history: list[dict], best_epoch: int, task: Task) -> dict[str, object]:
     """Overfitting: after the validation peak, training loss keeps falling while validation
-    loss rises. Reported with the train–validation accuracy gap at the best epoch."""
+    loss rises (and the selection metric is no better). Reported with the train–validation gap
+    in the selection metric at the best epoch (positive: training looks better)."""
+    metric = task.selection
     best = history[best_epoch - 1]
-    gap = best["train_accuracy"] - best["val_accuracy"]
+    sign = 1 if task.higher_is_better else -1
+    gap = sign * (best[f"train_{metric}"] - best[f"val_{metric}"])
     after = history[best_epoch - 1 :]
     overfit = (
         len(after) >= 3
         and after[-1]["train_loss"] < best["train_loss"]
         and after[-1]["val_loss"] > best["val_loss"]
-        and after[-1]["val_accuracy"] <= best["val_accuracy"]
+        and not task.better(after[-1][f"val_{metric}"], best[f"val_{metric}"])
     )
     text = (
         f"validation peaked at epoch {best_epoch} of {len(history)}; "
-        f"train–validation accuracy gap there {100 * gap:+.1f} points"
+        f"train–validation gap there {task.gain_words(gap)}"
     )
     if overfit:
         text = (

@@ -1,17 +1,35 @@
-"""The method contract: `prepare(model)`, `param_groups(model)`, `step(model, batch) -> dict`.
+"""The method contract: which parameters learn, and how.
 
-The loop calls only these three; it never asks which method it runs. A new method is one new
-module plus one line in `tsuika.methods.METHODS`.
+    prepare(model)               once, after the model is on its device; idempotent
+    trainable_parameters(model)  every parameter that may train during the run, by name
+    param_groups(model)          optimizer groups (rates, weight decay)
+    precompute(model, feed, …)   what stays fixed, computed once (the frozen prefix)
+    on_epoch_start(model, e)     change what trains at an epoch boundary (optional)
+    step(model, batch)           {"loss": mean loss per unit, "outputs": model outputs}
+    save(model, folder) / restore(model, folder)   the method's own weights format
+
+The loop calls only these and never asks which method it runs; the task gives the loss. A new
+method is one module plus one line in `tsuika.methods.METHODS`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tsuika.config import Config
+from tsuika.errors import TsuikaError
+from tsuika.feed import Batch, Feed
+from tsuika.feed.cache import CacheSettings, cache_boundary
+from tsuika.files import match_umask
 from tsuika.models.base import AdaptableModel
-from tsuika.train.feed import Batch
+from tsuika.tasks.base import Task
+
+WEIGHTS = "weights.safetensors"
 
 
 def set_trainable(model: AdaptableModel, trainable_groups: set[int]) -> None:
@@ -36,13 +54,27 @@ def decay_groups(module: nn.Module, lr: float, weight_decay: float, name: str) -
     return groups
 
 
+def stage_state(model: AdaptableModel, stages: set[int]) -> dict[str, torch.Tensor]:
+    """The full state (parameters and buffers, e.g. BatchNorm statistics) of some stages, keyed
+    as in `model.state_dict()` — the one place saved weights get their names."""
+    prefixes = tuple(f"stages.{i}." for i in stages)
+    return {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+
+
+def trained_groups(model: AdaptableModel) -> set[int]:
+    """Groups that train at the end of a run (gradual unfreezing may never reach some of the
+    groups a method declares): what a summary reports and what `save` writes."""
+    return {g.index for g in model.layer_groups() if g.trainable}
+
+
 class Method:
-    """Supervised classification by cross-entropy; subclasses choose what trains and how fast."""
+    """Whole layer groups train or stay frozen; subclasses say which, and how fast."""
 
     name = "base"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, task: Task) -> None:
         self.config = config
+        self.task = task
 
     def prepare(self, model: AdaptableModel) -> None:
         raise NotImplementedError
@@ -50,15 +82,74 @@ class Method:
     def param_groups(self, model: AdaptableModel) -> list[dict]:
         raise NotImplementedError
 
+    def trainable_groups(self, model: AdaptableModel) -> set[int]:
+        """Layer groups with a parameter that may train at some point of the run."""
+        raise NotImplementedError
+
+    def trainable_parameters(self, model: AdaptableModel) -> dict[str, nn.Parameter]:
+        """Every parameter that may change during the run, by its name in the model (as
+        torchtune's `get_adapter_params`); all others must stay exactly as loaded."""
+        prefixes = tuple(f"stages.{i}." for i in self.trainable_groups(model))
+        return {n: p for n, p in model.named_parameters() if n.startswith(prefixes)}
+
     def cache_boundary(self, model: AdaptableModel) -> int:
         """How many leading groups stay frozen for the whole run (their output is cached)."""
-        return model.frozen_prefix()
+        return min(self.trainable_groups(model), default=model.num_stages)
+
+    def precompute(
+        self, model: AdaptableModel, feed: Feed, settings: CacheSettings, name: str
+    ) -> Feed:
+        """A feed whose fixed part is computed once: here the frozen prefix's activations
+        (deterministic inputs only: an augmented feed is returned as it is)."""
+        boundary = self.cache_boundary(model)
+        if settings.mode == "off" or boundary <= feed.start or feed.augmented:
+            return feed
+        return cache_boundary(model, feed, boundary, settings, name)
 
     def on_epoch_start(self, model: AdaptableModel, epoch: int) -> list[str]:
         """Change what trains at an epoch boundary; returns events to log."""
         return []
 
     def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = model(batch.state, batch.start)["logits"]
-        loss = nn.functional.cross_entropy(logits.float(), batch.labels)
-        return {"loss": loss, "logits": logits}
+        outputs = model(batch.state, batch.start)
+        return {"loss": self.task.loss(outputs, batch.targets), "outputs": outputs}
+
+    # -- the method's own saved format -----------------------------------------------------
+    def save(self, model: AdaptableModel, folder: Path) -> None:
+        """The trained stages' full state, as safetensors; the rest comes from the source."""
+        folder.mkdir(parents=True, exist_ok=True)
+        state = stage_state(model, trained_groups(model))
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+        tmp = folder / (WEIGHTS + ".tmp")
+        save_file(state, str(tmp))
+        match_umask(tmp)  # before the rename, so the final name never has the 0600 mode
+        tmp.replace(folder / WEIGHTS)
+
+    @classmethod
+    def restore(cls, model: AdaptableModel, folder: Path) -> None:
+        """Load what `save` wrote, checked against the model: every stage it holds must be
+        complete, and every tensor must exist in the model with the same shape (a mismatch
+        would otherwise be a bare RuntimeError from torch)."""
+        path = folder / WEIGHTS
+        try:
+            weights = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise damaged(path, f"cannot be read ({err})") from None
+        expected = model.state_dict()
+        for key, tensor in weights.items():
+            if key not in expected:
+                raise damaged(path, f"holds tensor {key}, which the model does not have")
+            if tensor.shape != expected[key].shape:
+                shape, wanted = tuple(tensor.shape), tuple(expected[key].shape)
+                raise damaged(path, f"tensor {key} has shape {shape}, the model needs {wanted}")
+        stages = {key.split(".")[1] for key in weights}
+        missing = [k for k in expected if k.split(".")[1] in stages and k not in weights]
+        if missing:
+            raise damaged(path, f"lacks {len(missing)} tensors (e.g. {missing[0]})")
+        model.load_state_dict(weights, strict=False)
+
+
+def damaged(path: Path, problem: str) -> TsuikaError:
+    return TsuikaError(
+        f"{path}: {problem}; the run folder is damaged — re-run training or restore it from a copy"
+    )

@@ -14,6 +14,7 @@ from tsuika.config import Config
 from tsuika.errors import TsuikaError
 from tsuika.methods.base import Method, decay_groups, set_trainable
 from tsuika.models.base import AdaptableModel
+from tsuika.tasks.base import Task
 
 
 def frozen_groups(model: AdaptableModel, freeze: int | str | list[str]) -> set[int]:
@@ -42,8 +43,8 @@ def frozen_groups(model: AdaptableModel, freeze: int | str | list[str]) -> set[i
 class Finetune(Method):
     name = "finetune"
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, task: Task) -> None:
+        super().__init__(config, task)
         self.settings = config.finetune
 
     def _rates(self, model: AdaptableModel) -> dict[int, float]:
@@ -80,9 +81,8 @@ class Finetune(Method):
         start = order[:1] if self.settings.unfreeze_every else order
         set_trainable(model, set(start))
 
-    def cache_boundary(self, model: AdaptableModel) -> int:
-        """Groups below the shallowest one that ever trains never change: cacheable."""
-        return min(self._schedule(model))
+    def trainable_groups(self, model: AdaptableModel) -> set[int]:
+        return set(self._rates(model))
 
     def on_epoch_start(self, model: AdaptableModel, epoch: int) -> list[str]:
         """ULMFiT: after every `unfreeze_every` epochs, one more group (from the top) trains."""

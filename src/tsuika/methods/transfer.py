@@ -11,8 +11,11 @@ from tsuika.models.base import AdaptableModel
 class Transfer(Method):
     name = "transfer"
 
+    def trainable_groups(self, model: AdaptableModel) -> set[int]:
+        return {model.num_stages - 1}
+
     def prepare(self, model: AdaptableModel) -> None:
-        set_trainable(model, {model.num_stages - 1})
+        set_trainable(model, self.trainable_groups(model))
 
     def param_groups(self, model: AdaptableModel) -> list[dict]:
         train = self.config.train

@@ -13,7 +13,7 @@ import transformers
 
 from tsuika.config import HeadConfig
 from tsuika.errors import TsuikaError
-from tsuika.models.base import AdaptableModel, LayerGroup
+from tsuika.models.base import AdaptableModel, HeadBuilder, LayerGroup
 
 # `tsuika/__init__.py` sets HF_HUB_OFFLINE before transformers is first imported.
 transformers.utils.logging.set_verbosity_error()
@@ -56,7 +56,6 @@ BUNDLED: dict[str, BundledModel] = {
         _efficientnet_folder,
     ),
 }
-EXTERNAL = ("timm:", "torchvision:")
 REGISTERED: dict[str, object] = {}
 """Models registered from Python with `register_module` (name → ModuleRecipe)."""
 
@@ -88,11 +87,94 @@ def available_models() -> list[BundledModel]:
     return list(BUNDLED.values())
 
 
+@dataclass(frozen=True)
+class Request:
+    """What every source is asked for: the task's head, and how to build the model."""
+
+    new_head: HeadBuilder
+    head: HeadConfig
+    max_length: int = 128
+    pretrained: bool = True
+    """False: the same architecture at random initialisation (the from-scratch baseline)."""
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place models come from: which names it claims, their kind, how to build them."""
+
+    name: str
+    claims: Callable[[str], bool]
+    modality: Callable[[str], str]
+    build: Callable[[str, Request], AdaptableModel]
+
+
+def _build_bundled(name: str, request: Request) -> AdaptableModel:
+    if BUNDLED[name].modality == "image":
+        from tsuika.models.images import efficientnet_lite0
+
+        return efficientnet_lite0(request.new_head, request.head, request.pretrained)
+    return _build_folder(name, request)
+
+
+def _build_registered(name: str, request: Request) -> AdaptableModel:
+    from tsuika.models.images import module_model
+
+    return module_model(name, REGISTERED[name], request.new_head, request.head, request.pretrained)
+
+
+def _build_timm(name: str, request: Request) -> AdaptableModel:
+    from tsuika.models.images import timm_model
+
+    return timm_model(
+        name.removeprefix("timm:"),
+        request.weights,
+        request.new_head,
+        request.head,
+        request.pretrained,
+    )
+
+
+def _build_torchvision(name: str, request: Request) -> AdaptableModel:
+    from tsuika.models.images import torchvision_model
+
+    return torchvision_model(
+        name.removeprefix("torchvision:"),
+        request.weights,
+        request.new_head,
+        request.head,
+        request.pretrained,
+    )
+
+
+def _build_folder(name: str, request: Request) -> AdaptableModel:
+    from tsuika.models.text import load_text_model
+
+    source, folder = resolve_source(name)
+    return load_text_model(
+        folder, source, request.new_head, request.head, request.max_length, request.pretrained
+    )
+
+
+SOURCES: list[Source] = [
+    Source("registered", lambda n: n in REGISTERED, lambda n: "image", _build_registered),
+    Source("bundled", lambda n: n in BUNDLED, lambda n: BUNDLED[n].modality, _build_bundled),
+    Source("timm", lambda n: n.startswith("timm:"), lambda n: "image", _build_timm),
+    Source(
+        "torchvision", lambda n: n.startswith("torchvision:"), lambda n: "image", _build_torchvision
+    ),
+    Source("folder", lambda n: True, lambda n: "text", _build_folder),
+]
+"""Asked in order; the first that claims a name builds it (a local Hugging Face folder last)."""
+
+
+def source_of(name: str) -> Source:
+    return next(source for source in SOURCES if source.claims(name))
+
+
 def modality_of(name: str) -> str:
     """`text` or `image`, known from the name alone (so data can be checked first)."""
-    if name in BUNDLED:
-        return BUNDLED[name].modality
-    return "image" if name.startswith(EXTERNAL) or name in REGISTERED else "text"
+    return source_of(name).modality(name)
 
 
 def resolve_source(name: str) -> tuple[str, Path]:
@@ -109,59 +191,36 @@ def resolve_source(name: str) -> tuple[str, Path]:
     )
 
 
-def load_model(
-    name: str,
-    num_labels: int,
-    head: HeadConfig | None = None,
-    max_length: int = 128,
-    pretrained: bool = True,
-    weights: str | None = None,
-) -> AdaptableModel:
-    """Pretrained backbone + a new head for `num_labels`; `pretrained=False` gives the same
-    architecture at random initialisation (the from-scratch baseline)."""
-    from tsuika.models import images
-    from tsuika.models.text import load_text_model
-
-    head = head or HeadConfig()
-    if name in REGISTERED:
-        return images.module_model(name, REGISTERED[name], num_labels, head, pretrained)
-    if name == "efficientnet-lite0":
-        return images.efficientnet_lite0(num_labels, head, pretrained)
-    if name.startswith("timm:"):
-        return images.timm_model(name[5:], weights, num_labels, head, pretrained)
-    if name.startswith("torchvision:"):
-        return images.torchvision_model(name[12:], weights, num_labels, head, pretrained)
-    source, folder = resolve_source(name)
-    return load_text_model(folder, source, num_labels, head, max_length, pretrained)
+def load_model(name: str, request: Request) -> AdaptableModel:
+    """Pretrained backbone + the task's new head (or the same architecture at random
+    initialisation, with `request.pretrained=False`)."""
+    return source_of(name).build(name, request)
 
 
-def model_for(config, num_labels: int, pretrained: bool = True) -> AdaptableModel:
-    """The model a `Config` names, with a head for `num_labels`."""
-    return load_model(
-        config.model,
-        num_labels,
-        config.head,
-        config.train.max_length,
-        pretrained=pretrained,
-        weights=config.model_weights,
+def model_for(config, new_head: HeadBuilder, pretrained: bool = True) -> AdaptableModel:
+    """The model a `Config` names, ending in `new_head`."""
+    request = Request(
+        new_head, config.head, config.train.max_length, pretrained, config.model_weights
     )
+    return load_model(config.model, request)
 
 
-def model_from_spec(spec: dict, pretrained: bool = True) -> AdaptableModel:
+def model_from_spec(spec: dict, new_head: HeadBuilder, pretrained: bool = True) -> AdaptableModel:
     """Rebuild the architecture recorded in a run folder's metadata."""
-    return load_model(
-        spec["source"],
-        spec["num_labels"],
+    request = Request(
+        new_head,
         HeadConfig(**spec["head"]),
         spec.get("max_length", 128),
         pretrained,
         spec.get("weights"),
     )
+    return load_model(spec["source"], request)
 
 
 __all__ = [
     "AdaptableModel",
     "LayerGroup",
+    "Request",
     "available_models",
     "load_model",
     "modality_of",

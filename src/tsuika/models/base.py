@@ -13,6 +13,7 @@ any contiguous span, so a cache of `forward(batch, 0, b)` feeds `forward(cached,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 
 State = dict[str, torch.Tensor]
+HeadBuilder = Callable[[int], nn.Module]
+"""Feature width → the new head (the task's): the last stage of every model."""
 
 
 @dataclass

@@ -5,30 +5,53 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tsuika.config import HeadConfig
 from tsuika.models.base import State
 
 
 class Head(nn.Module):
-    """features [B, width] → logits [B, classes]; linear, or a one-hidden-layer MLP."""
+    """features [B, width] → {key: [B, outputs]}; linear, or a one-hidden-layer MLP."""
 
     def __init__(
-        self, width: int, classes: int, kind: str = "linear", hidden: int = 256, dropout: float = 0
+        self,
+        width: int,
+        outputs: int,
+        kind: str = "linear",
+        hidden: int = 256,
+        dropout: float = 0,
+        key: str = "logits",
     ) -> None:
         super().__init__()
         if kind == "linear":
-            layers: list[nn.Module] = [nn.Dropout(dropout), nn.Linear(width, classes)]
+            layers: list[nn.Module] = [nn.Dropout(dropout), nn.Linear(width, outputs)]
         else:
             layers = [
                 nn.Dropout(dropout),
                 nn.Linear(width, hidden),
                 nn.GELU(),
                 nn.Dropout(dropout),
-                nn.Linear(hidden, classes),
+                nn.Linear(hidden, outputs),
             ]
         self.net = nn.Sequential(*layers)
+        self.key = key
 
     def forward(self, state: State) -> State:
-        return {"logits": self.net(state["features"])}
+        return {self.key: self.net(state["features"])}
+
+
+class MultiHead(nn.Module):
+    """One `Head` per target on the same features; their outputs concatenated under `key`
+    ([B, Σ outputs]), in the order of `sizes`."""
+
+    def __init__(self, width: int, sizes: list[int], config: HeadConfig, key: str = "logits"):
+        super().__init__()
+        self.heads = nn.ModuleList(
+            Head(width, size, config.type, config.hidden, config.dropout, key) for size in sizes
+        )
+        self.key = key
+
+    def forward(self, state: State) -> State:
+        return {self.key: torch.cat([head(state)[self.key] for head in self.heads], dim=-1)}
 
 
 class TokenPooler(nn.Module):

@@ -18,8 +18,8 @@ from torchvision.transforms import v2
 
 from tsuika.config import AugmentConfig, HeadConfig
 from tsuika.errors import TsuikaError
-from tsuika.models.base import AdaptableModel, State
-from tsuika.models.heads import GlobalPooler, Head
+from tsuika.models.base import AdaptableModel, HeadBuilder, State
+from tsuika.models.heads import GlobalPooler
 
 
 def channels_last(batch: torch.Tensor) -> torch.Tensor:
@@ -71,9 +71,14 @@ class ImagePreprocess:
         return 1
 
     def collate(self, items: list[State]) -> State:
-        return {
-            "pixels": channels_last(torch.stack([self.eval_transform(i["image"]) for i in items]))
-        }
+        return self._batch(items, self.eval_transform)
+
+    @staticmethod
+    def _batch(items: list[State], transform) -> State:
+        """Transformed images as `pixels`; every other key an item carries, stacked."""
+        batch = {k: torch.stack([i[k] for i in items]) for k in items[0] if k != "image"}
+        batch["pixels"] = channels_last(torch.stack([transform(i["image"]) for i in items]))
+        return batch
 
     def augmented(self, augment: AugmentConfig):
         """A training collate with random augmentation (torch RNG: seeded and resumable)."""
@@ -101,7 +106,7 @@ class ImagePreprocess:
         transform = v2.Compose([*steps, self.finish])
 
         def collate(items: list[State]) -> State:
-            return {"pixels": channels_last(torch.stack([transform(i["image"]) for i in items]))}
+            return self._batch(items, transform)
 
         return collate
 
@@ -154,7 +159,7 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def efficientnet_lite0(num_classes: int, head: HeadConfig, pretrained: bool) -> AdaptableModel:
+def efficientnet_lite0(new_head: HeadBuilder, head: HeadConfig, pretrained: bool) -> AdaptableModel:
     """Stem → 7 stages of MBConv blocks → head conv → pooler → new head (1280 → classes)."""
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -179,19 +184,16 @@ def efficientnet_lite0(num_classes: int, head: HeadConfig, pretrained: bool) -> 
     stages += [
         ("head_conv", Sequence(net._conv_head, net._bn1, nn.ReLU6())),
         ("pooler", GlobalPooler()),
-        ("head", Head(1280, num_classes, head.type, head.hidden, head.dropout)),
+        ("head", new_head(1280)),
     ]
     spec = ImageSpec(size=224, crop_pct=0.875, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    return AdaptableModel(
-        stages, _spec("efficientnet-lite0", num_classes, head, spec), ImagePreprocess(spec)
-    )
+    return AdaptableModel(stages, _spec("efficientnet-lite0", head, spec), ImagePreprocess(spec))
 
 
-def _spec(source: str, num_classes: int, head: HeadConfig, image: ImageSpec, **extra) -> dict:
+def _spec(source: str, head: HeadConfig, image: ImageSpec, **extra) -> dict:
     return {
         "family": "image",
         "source": source,
-        "num_labels": num_classes,
         "head": head.model_dump(),
         "image": asdict(image),
         **extra,
@@ -219,7 +221,7 @@ class TimmPool(nn.Module):
 
 
 def timm_model(
-    name: str, weights: str | None, num_classes: int, head: HeadConfig, pretrained: bool
+    name: str, weights: str | None, new_head: HeadBuilder, head: HeadConfig, pretrained: bool
 ) -> AdaptableModel:
     """`timm:<name>`: features → timm's pre-logits pooling → new head. One backbone group
     (timm models have no common staged forward)."""
@@ -252,12 +254,12 @@ def timm_model(
     stages = [
         ("features", TimmFeatures(net)),
         ("pooler", TimmPool(net)),
-        ("head", Head(width, num_classes, head.type, head.hidden, head.dropout)),
+        ("head", new_head(width)),
     ]
     weights_path = str(Path(weights).resolve()) if weights else None
     return AdaptableModel(
         stages,
-        _spec(f"timm:{name}", num_classes, head, spec, weights=weights_path),
+        _spec(f"timm:{name}", head, spec, weights=weights_path),
         ImagePreprocess(spec),
     )
 
@@ -285,7 +287,7 @@ def _drop_last_linear(net: nn.Module) -> int:
 
 
 def torchvision_model(
-    name: str, weights: str | None, num_classes: int, head: HeadConfig, pretrained: bool
+    name: str, weights: str | None, new_head: HeadBuilder, head: HeadConfig, pretrained: bool
 ) -> AdaptableModel:
     """`torchvision:<name>`: the network up to its pooled features → new head. The input
     spec is read from torchvision's weights metadata (no download)."""
@@ -311,12 +313,12 @@ def torchvision_model(
     )
     stages = [
         ("features", TorchvisionFeatures(net)),
-        ("head", Head(width, num_classes, head.type, head.hidden, head.dropout)),
+        ("head", new_head(width)),
     ]
     weights_path = str(Path(weights).resolve()) if weights else None
     return AdaptableModel(
         stages,
-        _spec(f"torchvision:{name}", num_classes, head, spec, weights=weights_path),
+        _spec(f"torchvision:{name}", head, spec, weights=weights_path),
         ImagePreprocess(spec),
     )
 
@@ -334,7 +336,7 @@ class ModuleRecipe:
 
 
 def module_model(
-    name: str, recipe: ModuleRecipe, num_classes: int, head: HeadConfig, pretrained: bool
+    name: str, recipe: ModuleRecipe, new_head: HeadBuilder, head: HeadConfig, pretrained: bool
 ) -> AdaptableModel:
     net = recipe.build(pretrained)
     classifier = net.get_submodule(recipe.classifier)
@@ -347,8 +349,6 @@ def module_model(
         )
     stages += [
         ("pooler", GlobalPooler()),
-        ("head", Head(classifier.in_features, num_classes, head.type, head.hidden, head.dropout)),
+        ("head", new_head(classifier.in_features)),
     ]
-    return AdaptableModel(
-        stages, _spec(name, num_classes, head, recipe.spec), ImagePreprocess(recipe.spec)
-    )
+    return AdaptableModel(stages, _spec(name, head, recipe.spec), ImagePreprocess(recipe.spec))

@@ -17,8 +17,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from tsuika.config import HeadConfig
 from tsuika.errors import TsuikaError
-from tsuika.models.base import AdaptableModel, State
-from tsuika.models.heads import Head, TokenPooler
+from tsuika.models.base import AdaptableModel, HeadBuilder, State
+from tsuika.models.heads import TokenPooler
 
 # Encoders whose blocks take (hidden_states, attention_mask) and nothing else that matters.
 STAGED_FAMILIES = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
@@ -45,12 +45,15 @@ class TextPreprocess:
         return int(item["input_ids"].shape[0])
 
     def collate(self, items: list[State]) -> State:
-        """Pad to the longest item of the batch; attention_mask marks real tokens."""
+        """Pad to the longest item of the batch; attention_mask marks real tokens. Every key
+        is kept with its own dtype (token ids, and whatever else an item carries)."""
         longest = max(self.length(item) for item in items)
         batch = {}
         for key in items[0]:
             fill = self.pad_id if key == "input_ids" else 0
-            batch[key] = torch.full((len(items), longest), fill, dtype=torch.long)
+            first = items[0][key]
+            shape = (len(items), longest, *first.shape[1:])
+            batch[key] = torch.full(shape, fill, dtype=first.dtype)
             for row, item in enumerate(items):
                 batch[key][row, : len(item[key])] = item[key]
         batch["attention_mask"] = torch.zeros((len(items), longest), dtype=torch.long)
@@ -155,7 +158,7 @@ def _check_folder(folder: Path) -> None:
 def load_text_model(
     folder: Path,
     source: str,
-    num_labels: int,
+    new_head: HeadBuilder,
     head: HeadConfig,
     max_length: int,
     pretrained: bool = True,
@@ -181,7 +184,6 @@ def load_text_model(
         mode = head.pooling
     width = config.hidden_size
     pooler = TokenPooler(mode, normalize)
-    new_head = Head(width, num_labels, head.type, head.hidden, head.dropout)
 
     if config.model_type in STAGED_FAMILIES:
         stages: list[tuple[str, nn.Module]] = [("embeddings", EmbeddingStage(encoder.embeddings))]
@@ -191,12 +193,11 @@ def load_text_model(
         ]
     else:
         stages = [("encoder", EncoderStage(encoder))]
-    stages += [("pooler", pooler), ("head", new_head)]
+    stages += [("pooler", pooler), ("head", new_head(width))]
 
     spec = {
         "family": "text",
         "source": source,
-        "num_labels": num_labels,
         "head": head.model_dump(),
         "max_length": max_length,
         "pooling": mode,

@@ -34,14 +34,14 @@ class LoopState:
     micro: int = 0
     """Micro-batches of `epoch` already done."""
     step: int = 0
-    best_accuracy: float = -1.0
+    best_score: float | None = None
+    """The task's selection metric at the best epoch so far (None: no epoch yet)."""
     best_loss: float = 0.0
     best_epoch: int = 0
     patience_left: int | None = None
     history: list[dict] = field(default_factory=list)
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    """The task's additive training statistics of the epoch so far."""
     finished: bool = False
 
 

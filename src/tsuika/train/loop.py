@@ -1,10 +1,11 @@
-"""The one training loop. Methods differ only in `prepare`, `param_groups`, `step` (and the
-optional `on_epoch_start`); the loop never asks which method it runs.
+"""The one training loop. The method says what trains and gives each step's loss; the task
+turns outputs into metric sums and names the metric that selects the best epoch. The loop
+never asks which method or task it runs.
 
 Per optimizer step: micro-batches (gradient accumulation) → clip → AdamW → warmup/decay
-schedule. Per epoch: validation, early stopping on validation accuracy (ties: lower loss),
-a checkpoint. With several processes (Accelerate/DDP), every global batch is split across
-them, so the result matches one process with the same global batch size.
+schedule. Per epoch: validation, early stopping on the task's selection metric (ties: lower
+validation loss), a checkpoint. With several processes (Accelerate/DDP), every global batch
+is split across them, so the result matches one process with the same global batch size.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import torch
 from accelerate import Accelerator
 
 from tsuika.config import TrainConfig
-from tsuika.methods.base import Method
+from tsuika.feed import Feed
+from tsuika.feed.batches import training_batches
+from tsuika.methods.base import Method, stage_state
 from tsuika.models.base import AdaptableModel
-from tsuika.train.batches import sorted_batches, training_batches
 from tsuika.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
-from tsuika.train.feed import Feed
 from tsuika.train.progress import Progress
 from tsuika.train.schedule import lr_multiplier
 
@@ -33,41 +34,20 @@ from tsuika.train.schedule import lr_multiplier
 class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_accuracy: float = 0.0
+    best_score: float = 0.0
+    """The task's selection metric on validation at the best epoch."""
     stopped_early: bool = False
     steps: int = 0
     seconds: float = 0.0
 
 
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, feed: Feed, batch_size: int = 128) -> torch.Tensor:
-    """Class probabilities [N, C] in the feed's order (batches run length-sorted)."""
-    was_training = model.training
-    model.eval()
-    lengths = feed.lengths or [1] * len(feed)
-    probs: list[torch.Tensor | None] = [None] * len(feed)
-    device = next(model.parameters()).device
-    for batch in feed.batches(sorted_batches(lengths, batch_size)):
-        logits = model(batch.to(device).state, feed.start)["logits"].float().cpu()
-        for index, row in zip(batch.indices, logits.softmax(-1), strict=True):
-            probs[index] = row
-    model.train(was_training)
-    return torch.stack(probs)
-
-
-def _val_scores(model: torch.nn.Module, val: Feed) -> tuple[float, float]:
-    probs = predict_probs(model, val)
-    loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), val.labels).item()
-    accuracy = (probs.argmax(-1) == val.labels).float().mean().item()
-    return accuracy, loss
-
-
 def _group_state(model: AdaptableModel, groups: list[int]) -> dict[str, torch.Tensor]:
-    state = {}
-    for index in groups:
-        for key, value in model.stages[index].state_dict().items():
-            state[f"stages.{index}.{key}"] = value.detach().clone()
-    return state
+    return {k: v.detach().clone() for k, v in stage_state(model, set(groups)).items()}
+
+
+def _add(totals: dict[str, float], sums: dict[str, float]) -> None:
+    for key, value in sums.items():
+        totals[key] = totals.get(key, 0.0) + value
 
 
 class Loop:
@@ -84,6 +64,7 @@ class Loop:
         checkpoints: Path | None,
     ) -> None:
         self.model, self.method, self.train_feed, self.val = model, method, train, val
+        self.task = method.task
         self.config, self.seed, self.checkpoints = config, seed, checkpoints
         # Mixed precision is applied with torch.autocast below, not through Accelerator:
         # Accelerate's state is per process, so a second run in the same Python session with
@@ -157,9 +138,9 @@ class Loop:
         for micro in range(state.micro, len(order)):
             batch = self.train_feed.batch(self._shard(order[micro])).to(self.accelerator.device)
             # DDP averages gradients over processes; weighting each process's mean loss by
-            # its share of the global batch makes that the global batch mean even when the
-            # last batch does not split evenly.
-            share = len(batch.indices) * world / len(order[micro])
+            # its share of the global batch's units makes that the global batch mean even
+            # when the last batch does not split evenly.
+            share = batch.weight * world / self.train_feed.weight(order[micro])
             stepping = (micro + 1) % config.grad_accum == 0 or micro + 1 == len(order)
             sync = contextlib.nullcontext() if stepping else self.accelerator.no_sync(self.wrapped)
             autocast = torch.autocast(
@@ -168,44 +149,38 @@ class Loop:
             with sync, autocast:
                 out = self.method.step(self.wrapped, batch)
                 self.accelerator.backward(out["loss"] * share / config.grad_accum)
-            state.loss_sum += out["loss"].item() * len(batch.indices)
-            state.correct += (out["logits"].argmax(-1) == batch.labels).sum().item()
-            state.seen += len(batch.indices)
+            _add(state.sums, self.task.sums(out["outputs"], batch.targets, out["loss"]))
             state.micro = micro + 1
             if stepping:
                 self._optimizer_step()
                 every = config.checkpoint_every
                 if every and state.step % every == 0 and state.micro < len(order):
                     self.save()
-        val_accuracy, val_loss = _val_scores(self.wrapped, self.val)
-        record = {
-            "epoch": epoch,
-            "step": state.step,
-            "train_loss": state.loss_sum / max(1, state.seen),
-            "train_accuracy": state.correct / max(1, state.seen),
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "lr": self.optimizer.param_groups[0]["lr"],
-        }
+        trained = self.task.summarize(state.sums)
+        validated = self.task.evaluate(self.wrapped, self.val)
+        record = {"epoch": epoch, "step": state.step}
+        record |= {f"train_{k}": v for k, v in trained.items()}
+        record |= {f"val_{k}": v for k, v in validated.items()}
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
         if events:
             record["events"] = events
         return record
 
     def end_epoch(self, record: dict) -> None:
         """Record the epoch, keep the best weights, decide on early stopping."""
-        state = self.state
+        state, task = self.state, self.task
         state.history.append(record)
-        key = (record["val_accuracy"], -record["val_loss"])
-        if key > (state.best_accuracy, -state.best_loss) or state.best_epoch == 0:
-            state.best_accuracy, state.best_loss = key[0], -key[1]
+        score, loss = record[f"val_{task.selection}"], record["val_loss"]
+        tie = score == state.best_score and loss < state.best_loss
+        if state.best_score is None or task.better(score, state.best_score) or tie:
+            state.best_score, state.best_loss = score, loss
             state.best_epoch = record["epoch"]
             self.best = _group_state(self.model, self.saved_groups)
             state.patience_left = self.config.patience
         elif state.patience_left is not None:
             state.patience_left -= 1
         stop = state.patience_left is not None and state.patience_left <= 0
-        state.epoch, state.micro = record["epoch"] + 1, 0
-        state.loss_sum, state.correct, state.seen = 0.0, 0, 0
+        state.epoch, state.micro, state.sums = record["epoch"] + 1, 0, {}
         state.finished = stop or record["epoch"] >= self.config.epochs
 
 
@@ -245,13 +220,14 @@ def fit(
         if log and loop.accelerator.is_main_process:
             log(state.history)
         if task is not None:
-            progress.advance(task, info=f"val acc {record['val_accuracy']:.3f}")
+            selection = method.task.selection
+            progress.advance(task, info=f"val {selection} {record[f'val_{selection}']:.3f}")
     model.load_state_dict(loop.best, strict=False)
     last = state.history[-1]["epoch"] if state.history else 0
     return FitResult(
         history=state.history,
         best_epoch=state.best_epoch,
-        best_val_accuracy=state.best_accuracy,
+        best_score=state.best_score if state.best_score is not None else 0.0,
         stopped_early=bool(
             state.patience_left is not None and state.patience_left <= 0 and last < config.epochs
         ),

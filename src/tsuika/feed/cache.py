@@ -9,15 +9,16 @@ read through a memory map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tsuika.feed import Feed, collate_states, split_states
+from tsuika.feed.batches import sorted_batches
 from tsuika.models.base import AdaptableModel, State
-from tsuika.train.batches import sorted_batches
-from tsuika.train.feed import Feed, collate_states, split_states
-from tsuika.train.progress import Progress
 
 
 class DiskStore:
@@ -111,19 +112,26 @@ class ActivationCache:
         return self.items[i]
 
 
+@dataclass
+class CacheSettings:
+    """How precomputed activations are kept (from `train.cache*`), and how progress shows."""
+
+    mode: str = "auto"
+    """`auto` (memory, spilling to disk above the limit), `memory`, `disk`, `off`."""
+    memory_limit_mb: int = 2048
+    folder: Path | None = None
+    """Where spilled activations go (one sub-folder per cached feed)."""
+    batch_size: int = 64
+    progress: Callable[[str, int], Callable[[int], None]] | None = None
+    """`progress(label, total)` → `advance(n)`, or None for silence."""
+
+
 @torch.no_grad()
 def cache_boundary(
-    model: AdaptableModel,
-    feed: Feed,
-    boundary: int,
-    batch_size: int,
-    mode: str = "auto",
-    memory_limit_mb: int = 2048,
-    spill_dir: Path | None = None,
-    progress: Progress | None = None,
-    label: str = "caching",
+    model: AdaptableModel, feed: Feed, boundary: int, settings: CacheSettings, name: str
 ) -> Feed:
-    """Run stages [feed.start, boundary) once over `feed` and return a feed at `boundary`.
+    """Run stages [feed.start, boundary) once over `feed` and return a feed at `boundary`
+    (targets, lengths and units unchanged).
 
     Batches go in length-sorted order (least padding); results are stored by input index, so
     the order of the examples is unchanged.
@@ -131,19 +139,20 @@ def cache_boundary(
     was_training = model.training
     model.eval()
     lengths = feed.lengths or [1] * len(feed)
-    cache = ActivationCache(len(feed), memory_limit_mb * 2**20, spill_dir, mode)
-    order = sorted_batches(lengths, batch_size)
-    task = progress.task(label, total=len(feed)) if progress else None
+    spill = settings.folder / name if settings.folder else None
+    cache = ActivationCache(len(feed), settings.memory_limit_mb * 2**20, spill, settings.mode)
+    order = sorted_batches(lengths, settings.batch_size)
+    advance = settings.progress(f"caching {name}", len(feed)) if settings.progress else None
     device = next(model.parameters()).device
     for batch in feed.batches(order):
         state = model(batch.to(device).state, feed.start, boundary)
         state = {key: value.cpu() for key, value in state.items()}
         for index, item in zip(batch.indices, split_states(state), strict=True):
             cache.put(index, item)
-        if task is not None:
-            progress.advance(task, len(batch.indices))
+        if advance is not None:
+            advance(len(batch.indices))
     cache.finish()
     model.train(was_training)
     # Keep the input lengths: training batches are bucketed by them, cached or not, so a
     # cached run sees exactly the batches an uncached run would.
-    return Feed(cache, feed.labels, boundary, collate_states, feed.lengths)
+    return feed.at(cache, boundary, collate_states)

@@ -1,0 +1,153 @@
+"""A `Feed` is examples ready for the model at some stage: raw inputs (start 0) or cached
+activations at a frozen boundary (start b), with their targets. The loop, the methods and the
+tasks only ever see feeds and batches.
+
+Targets are a dict of tensors (one label column, several, a number, later token ids or a
+teacher's logits): every key a feed is given travels with its batches, cached or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from tsuika.feed.batches import sorted_batches
+from tsuika.models.base import AdaptableModel, State
+
+Collate = Callable[[list[State]], State]
+Targets = dict[str, torch.Tensor]
+
+
+def collate_states(items: list[State]) -> State:
+    """Stack per-example tensors; ragged ones (token activations) are zero-padded along dim 0,
+    which also pads `attention_mask` with zeros."""
+    batch = {}
+    for key in items[0]:
+        tensors = [item[key] for item in items]
+        if all(t.shape == tensors[0].shape for t in tensors):
+            batch[key] = torch.stack(tensors)
+            if batch[key].dim() == 4:  # cached feature maps: keep the fast NHWC layout
+                batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
+        else:
+            batch[key] = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)
+    return batch
+
+
+def split_states(state: State) -> list[State]:
+    """Inverse of `collate_states`: a batch → per-example tensors, padding trimmed by
+    `attention_mask` so cached token activations cost only real tokens."""
+    size = next(iter(state.values())).shape[0]
+    lengths = state["attention_mask"].sum(1).tolist() if "attention_mask" in state else None
+    width = state["attention_mask"].shape[1] if lengths else None
+    items = []
+    for row in range(size):
+        item = {}
+        for key, tensor in state.items():
+            value = tensor[row]
+            if lengths and value.dim() >= 1 and value.shape[0] == width:
+                value = value[: int(lengths[row])]
+            item[key] = value.detach().clone()
+        items.append(item)
+    return items
+
+
+@dataclass
+class Batch:
+    state: State
+    start: int
+    targets: Targets
+    indices: list[int]
+    weight: float
+    """Units of loss in this batch (examples; tokens for token-level tasks): losses are
+    averaged per unit, so accumulation and data-parallel shards are weighted by this."""
+
+    def to(self, device: torch.device) -> Batch:
+        """The batch on `device` (a no-op on CPU): feeds live in host memory."""
+        if device.type == "cpu":
+            return self
+        state = {k: v.to(device, non_blocking=True) for k, v in self.state.items()}
+        targets = {k: v.to(device, non_blocking=True) for k, v in self.targets.items()}
+        return Batch(state, self.start, targets, self.indices, self.weight)
+
+
+@dataclass
+class Feed:
+    items: list[State] | object  # a list, or an ActivationCache (indexable, len())
+    targets: Targets
+    start: int
+    collate: Collate
+    lengths: list[int] | None = None
+    """Token lengths when the items are ragged (used for sorting and bucketing)."""
+    units: list[float] | None = None
+    """Loss units per example (None: one each)."""
+    augmented: bool = False
+    """Random augmentation in `collate`: each pass differs, so never cache this feed."""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def weight(self, indices: list[int]) -> float:
+        """Loss units of these examples, known without collating them."""
+        if self.units is None:
+            return float(len(indices))
+        return float(sum(self.units[i] for i in indices))
+
+    def batch(self, indices: list[int]) -> Batch:
+        state = self.collate([self.items[i] for i in indices])
+        targets = {key: value[indices] for key, value in self.targets.items()}
+        return Batch(state, self.start, targets, indices, self.weight(indices))
+
+    def batches(self, order: list[list[int]]) -> Iterator[Batch]:
+        for indices in order:
+            yield self.batch(indices)
+
+    def at(self, items: object, start: int, collate: Collate) -> Feed:
+        """The same examples and targets, entering the model at `start` (a cached feed)."""
+        return Feed(items, self.targets, start, collate, self.lengths, self.units)
+
+
+def input_feed(
+    model: AdaptableModel, inputs: list, targets: Targets | None = None, augment=None
+) -> Feed:
+    """Raw inputs, encoded once (tokenised / decoded), entering the model at stage 0.
+    With an active `augment` (images), batches are randomly augmented on every pass."""
+    preprocess = model.preprocess
+    items = preprocess.encode(inputs)
+    ragged = getattr(preprocess, "ragged", True)
+    lengths = [preprocess.length(item) for item in items] if ragged else None
+    targets = targets or {}
+    if augment is not None and augment.active:
+        collate = preprocess.augmented(augment)
+        return Feed(items, targets, 0, collate, lengths, augmented=True)
+    return Feed(items, targets, 0, preprocess.collate, lengths)
+
+
+@torch.no_grad()
+def run_model(
+    model: torch.nn.Module, feed: Feed, batch_size: int = 128
+) -> Iterator[tuple[State, Batch]]:
+    """Eval-mode outputs, batch by batch, in length-sorted order (least padding); each with
+    its batch, whose `indices` say where the rows belong. Outputs are on the CPU, float32."""
+    was_training = model.training
+    model.eval()
+    lengths = feed.lengths or [1] * len(feed)
+    device = next(model.parameters()).device
+    try:
+        for batch in feed.batches(sorted_batches(lengths, batch_size)):
+            outputs = model(batch.to(device).state, feed.start)
+            yield {k: v.float().cpu() for k, v in outputs.items()}, batch
+    finally:
+        model.train(was_training)
+
+
+def gather_outputs(model: torch.nn.Module, feed: Feed, batch_size: int = 128) -> State:
+    """Every output of the model over `feed`, rows in the feed's order."""
+    rows: dict[str, list[torch.Tensor | None]] = {}
+    for outputs, batch in run_model(model, feed, batch_size):
+        for key, value in outputs.items():
+            column = rows.setdefault(key, [None] * len(feed))
+            for index, row in zip(batch.indices, value, strict=True):
+                column[index] = row
+    return {key: torch.stack(column) for key, column in rows.items()}

@@ -1,0 +1,45 @@
+"""Tasks: what is learned and how it is judged; each is one module, registered here."""
+
+from __future__ import annotations
+
+from tsuika.config import Config
+from tsuika.errors import TsuikaError
+from tsuika.tasks.base import Task
+from tsuika.tasks.classify import Classify, MultiTask
+from tsuika.tasks.regression import Regression
+
+TASKS: dict[str, type[Task]] = {
+    "classify": Classify,
+    "multi-task": MultiTask,
+    "regression": Regression,
+}
+
+
+def task_name(config: Config) -> str:
+    """The configured task; `auto` is classify, or multi-task for several label columns."""
+    if config.task != "auto":
+        return config.task
+    column = config.data.label_column
+    return "multi-task" if isinstance(column, list) and len(column) > 1 else "classify"
+
+
+def task_for(config: Config, modality: str | None = None) -> Task:
+    """A new task for `config`; an unknown name or a model kind the task cannot adapt is an
+    error naming what fits."""
+    name = task_name(config)
+    if name not in TASKS:
+        raise TsuikaError(f"unknown task `{name}`; tasks are {', '.join(TASKS)} (or auto)")
+    cls = TASKS[name]
+    if modality is not None and modality not in cls.modalities:
+        raise TsuikaError(
+            f"task `{name}` adapts {' or '.join(sorted(cls.modalities))} models, and "
+            f"`{config.model}` is a {modality} model"
+        )
+    return cls.from_config(config)
+
+
+def task_from_meta(meta: dict) -> Task:
+    return TASKS[meta["name"]].from_meta(meta)
+
+
+__all__ = ["TASKS", "Classify", "MultiTask", "Regression", "Task", "task_for", "task_from_meta"]

@@ -1,0 +1,159 @@
+"""The task contract: what is learned and how it is judged.
+
+A task reads targets from the data (`learn`, `encode`), builds the head the model ends in,
+gives the training loss from the model's outputs, turns outputs into additive metric sums
+(so validation is one pass, and data-parallel shards can be summed) and sums into metrics,
+names the metric that selects the best epoch and its direction, turns outputs into
+predictions, and provides its own cheap baseline. The loop, the methods and the summary call
+only these; none of them knows what a label is.
+
+Predictions and truth are dicts of numpy arrays keyed by target column, one row per example.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from tsuika.config import Config, HeadConfig
+from tsuika.data.splits import Examples
+from tsuika.feed import Feed, run_model
+from tsuika.models.base import State
+
+Arrays = dict[str, np.ndarray]
+
+
+class Task:
+    name: ClassVar[str] = "task"
+    modalities: ClassVar[frozenset[str]] = frozenset({"text", "image"})
+    """The kinds of model this task can adapt."""
+    selection: ClassVar[str]
+    """The validation metric that picks the best epoch and drives early stopping."""
+    higher_is_better: ClassVar[bool]
+    shown: ClassVar[tuple[str, ...]]
+    """Test metrics in the results table, most important first."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = list(columns)
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: Config) -> Task:
+        column = config.data.label_column
+        return cls(column if isinstance(column, list) else [column])
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Task:
+        """Rebuild the task a run was trained with from `to_meta()` (validated by the caller)."""
+        raise NotImplementedError
+
+    def to_meta(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def meta_problem(cls, meta: dict[str, Any]) -> str | None:
+        """What is wrong with a `to_meta()` dict read from a file (it may come from anyone),
+        or None."""
+        raise NotImplementedError
+
+    # -- data ------------------------------------------------------------------------------
+    def learn(self, pool: Examples) -> None:
+        """Read what the targets are from the training pool (label sets, value checks)."""
+
+    def encode(self, raw: Examples, problems: list[str] | None = None) -> Examples:
+        """Raw target strings → numbers. An unusable target is an error, or — with a
+        `problems` list (images: skip and count) — its example is left out and named."""
+        raise NotImplementedError
+
+    def fit(self, train: Examples) -> None:
+        """Statistics of the training split (e.g. target mean and spread)."""
+
+    def strata(self, examples: Examples) -> list[int] | None:
+        """Class of each example for stratified splits and `data.k`; None: no classes."""
+        return None
+
+    def targets(self, examples: Examples) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def truth(self, examples: Examples) -> Arrays:
+        return {c: np.asarray(examples.targets[c]) for c in self.columns}
+
+    # -- model -----------------------------------------------------------------------------
+    def head(self, width: int, config: HeadConfig) -> nn.Module:
+        """The new head: features [B, width] → this task's outputs."""
+        raise NotImplementedError
+
+    # -- training and validation -----------------------------------------------------------
+    def loss(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss per example of the batch (a scalar)."""
+        raise NotImplementedError
+
+    def sums(
+        self,
+        outputs: State,
+        targets: dict[str, torch.Tensor],
+        loss: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """Additive statistics of a batch: `summarize` of their totals gives the metrics.
+        `loss`, the batch's mean loss when the caller already has it (a training step), is
+        used rather than computed again."""
+        raise NotImplementedError
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        """Metrics (including `loss` and `selection`) from summed statistics."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, feed: Feed) -> dict[str, float]:
+        """Metrics of `model` over a whole feed, in one eval-mode pass."""
+        totals: dict[str, float] = {}
+        for outputs, batch in run_model(model, feed):
+            for key, value in self.sums(outputs, batch.targets).items():
+                totals[key] = totals.get(key, 0.0) + value
+        return self.summarize(totals)
+
+    def better(self, a: float, b: float) -> bool:
+        """Is selection value `a` strictly better than `b`?"""
+        return a > b if self.higher_is_better else a < b
+
+    # -- predictions and test metrics ------------------------------------------------------
+    def predictions(self, outputs: State) -> Arrays:
+        """Gathered outputs → predicted targets per column."""
+        raise NotImplementedError
+
+    def test_metrics(self, truth: Arrays, predicted: Arrays) -> dict[str, float]:
+        raise NotImplementedError
+
+    def per_example(self, truth: Arrays, predicted: Arrays) -> np.ndarray:
+        """One value per example whose mean, through `from_mean`, is the selection metric:
+        what the paired bootstrap resamples."""
+        raise NotImplementedError
+
+    def from_mean(self, mean: np.ndarray) -> np.ndarray:
+        return mean
+
+    def describe(self, predicted: Arrays, row: int, outputs: State | None = None) -> str:
+        """One prediction in words, for `tsuika predict`."""
+        raise NotImplementedError
+
+    def decoded(self, predicted: Arrays) -> list:
+        """Predictions as Python values: one label / number, or a dict for several columns."""
+        raise NotImplementedError
+
+    # -- baselines and words ---------------------------------------------------------------
+    def constant_baseline(self, train: Examples, n: int) -> tuple[str, Arrays, dict[str, Any]]:
+        """The cheapest honest baseline: (name, predictions for n examples, details)."""
+        raise NotImplementedError
+
+    def gain_number(self, gain: float) -> str:
+        """A difference in the selection metric as a signed number in `gain_unit`s."""
+        raise NotImplementedError
+
+    gain_unit: ClassVar[str] = ""
+
+    def gain_words(self, gain: float) -> str:
+        """A gain in the selection metric (positive: better), in words (`+9.6 accuracy
+        points`)."""
+        return f"{self.gain_number(gain)} {self.gain_unit}"

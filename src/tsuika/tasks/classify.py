@@ -1,0 +1,244 @@
+"""Classification: one label column (`classify`) or several (`multi-task`), one head each on a
+shared body. Multi-task learning (Caruana 1997): the losses are summed with per-column
+weights, metrics are reported per column, and the best epoch is chosen on their mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+
+from tsuika.config import Config, HeadConfig
+from tsuika.data.splits import Examples, check_classes, encode_labels, label_names
+from tsuika.errors import TsuikaError
+from tsuika.models.base import State
+from tsuika.models.heads import Head, MultiHead
+from tsuika.tasks.base import Arrays, Task
+
+
+class Classify(Task):
+    name = "classify"
+    selection = "accuracy"
+    higher_is_better = True
+    shown = ("accuracy", "macro_f1")
+
+    def __init__(
+        self,
+        columns: list[str],
+        labels: dict[str, list[str]] | None = None,
+        weights: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__(columns)
+        self.labels = labels or {}
+        """Column → its class names; index i of a column's logits is class `labels[col][i]`."""
+        unknown = sorted(set(weights or {}) - set(columns))
+        if unknown:
+            raise TsuikaError(
+                f"multitask.weights names `{unknown[0]}`, which is not a label column "
+                f"({', '.join(columns)})"
+            )
+        self.weights = {c: float((weights or {}).get(c, 1.0)) for c in columns}
+
+    @classmethod
+    def from_config(cls, config: Config) -> Classify:
+        column = config.data.label_column
+        columns = column if isinstance(column, list) else [column]
+        if not columns or len(set(columns)) != len(columns):
+            raise TsuikaError("data.label_column: give one column, or several different ones")
+        return cls(columns, weights=config.multitask.weights)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Classify:
+        labels = meta["labels"]
+        return cls(list(labels), labels, meta.get("weights"))
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"name": self.name, "labels": self.labels, "weights": self.weights}
+
+    @classmethod
+    def meta_problem(cls, meta: dict[str, Any]) -> str | None:
+        labels = meta.get("labels")
+        if not isinstance(labels, dict) or not labels:
+            return "`labels` is not an object of label columns"
+        for column, names in labels.items():
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                return f"`labels.{column}` is not a list of strings"
+            if len(names) < 2 or len(set(names)) != len(names):
+                return f"`labels.{column}` needs at least two different labels"
+        weights = meta.get("weights", {})
+        if not isinstance(weights, dict) or not all(
+            isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
+            for w in weights.values()
+        ):
+            return "`weights` is not an object of finite numbers"
+        if set(weights) - set(labels):
+            return "`weights` names a column without labels"
+        return None
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(self.labels[c]) for c in self.columns]
+
+    # -- data ------------------------------------------------------------------------------
+    def learn(self, pool: Examples) -> None:
+        for column in self.columns:
+            names = label_names(pool.targets[column])
+            check_classes(names, f"{pool.source} (column `{column}`)")
+            self.labels[column] = names
+
+    def encode(self, raw: Examples, problems: list[str] | None = None) -> Examples:
+        if problems is not None:  # images: an example of an unknown class is skipped
+            raw = raw.subset(self._known(raw, problems))
+        lines = raw.lines or [0] * len(raw)
+        targets = {
+            c: encode_labels(raw.targets[c], self.labels[c], raw.source, lines)
+            for c in self.columns
+        }
+        return Examples(raw.inputs, targets, raw.source, raw.lines)
+
+    def _known(self, raw: Examples, problems: list[str]) -> list[int]:
+        keep = list(range(len(raw)))
+        for column in self.columns:
+            known = set(self.labels[column])
+            values = raw.targets[column]
+            for label in sorted({values[i] for i in keep} - known):
+                count = sum(1 for i in keep if values[i] == label)
+                problems.append(
+                    f"{raw.source}: class `{label}` does not occur in training "
+                    f"({count} images left out)"
+                )
+            keep = [i for i in keep if values[i] in known]
+        return keep
+
+    def fit(self, train: Examples) -> None:
+        for column in self.columns:
+            present = label_names([self.labels[column][i] for i in train.targets[column]])
+            check_classes(present, f"{train.source} (training split, column `{column}`)")
+
+    def strata(self, examples: Examples) -> list[int]:
+        return examples.targets[self.columns[0]]
+
+    def targets(self, examples: Examples) -> dict[str, torch.Tensor]:
+        return {c: torch.tensor(examples.targets[c], dtype=torch.long) for c in self.columns}
+
+    # -- model -----------------------------------------------------------------------------
+    def head(self, width: int, config: HeadConfig) -> nn.Module:
+        if len(self.columns) == 1:
+            return Head(width, self.sizes[0], config.type, config.hidden, config.dropout)
+        return MultiHead(width, self.sizes, config)
+
+    def split_logits(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[B, Σ classes] → column → [B, classes of that column]."""
+        return dict(zip(self.columns, logits.split(self.sizes, dim=-1), strict=True))
+
+    # -- training and validation -----------------------------------------------------------
+    def _losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-example weighted sum of the columns' cross-entropies, [B]."""
+        total = 0
+        for column, logits in self.split_logits(outputs["logits"].float()).items():
+            loss = nn.functional.cross_entropy(logits, targets[column], reduction="none")
+            total = total + self.weights[column] * loss
+        return total
+
+    def loss(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._losses(outputs, targets).mean()
+
+    def sums(
+        self,
+        outputs: State,
+        targets: dict[str, torch.Tensor],
+        loss: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        with torch.no_grad():
+            n = len(targets[self.columns[0]])
+            total = loss.detach() * n if loss is not None else self._losses(outputs, targets).sum()
+            sums = {"n": float(n), "loss": total.item()}
+            for column, logits in self.split_logits(outputs["logits"]).items():
+                correct = (logits.argmax(-1) == targets[column]).sum().item()
+                sums[f"correct/{column}"] = float(correct)
+        return sums
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        n = max(sums.get("n", 0.0), 1.0)
+        metrics = {"loss": sums.get("loss", 0.0) / n}
+        per_column = {c: sums.get(f"correct/{c}", 0.0) / n for c in self.columns}
+        metrics["accuracy"] = float(np.mean(list(per_column.values())))
+        if len(self.columns) > 1:
+            metrics.update({f"accuracy/{c}": value for c, value in per_column.items()})
+        return metrics
+
+    # -- predictions -----------------------------------------------------------------------
+    def probabilities(self, outputs: State) -> Arrays:
+        return {
+            c: logits.float().softmax(-1).numpy()
+            for c, logits in self.split_logits(outputs["logits"]).items()
+        }
+
+    def predictions(self, outputs: State) -> Arrays:
+        return {c: p.argmax(-1) for c, p in self.probabilities(outputs).items()}
+
+    def test_metrics(self, truth: Arrays, predicted: Arrays) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for c in self.columns:
+            metrics[f"accuracy/{c}"] = float((truth[c] == predicted[c]).mean())
+            metrics[f"macro_f1/{c}"] = float(
+                f1_score(truth[c], predicted[c], average="macro", zero_division=0)
+            )
+        mean = {m: float(np.mean([metrics[f"{m}/{c}"] for c in self.columns])) for m in self.shown}
+        return mean if len(self.columns) == 1 else {**mean, **metrics}
+
+    def per_example(self, truth: Arrays, predicted: Arrays) -> np.ndarray:
+        """Fraction of columns right per example: its mean is the mean accuracy."""
+        return np.mean([truth[c] == predicted[c] for c in self.columns], axis=0).astype(float)
+
+    def decoded(self, predicted: Arrays) -> list:
+        n = len(predicted[self.columns[0]])
+        rows = [{c: self.labels[c][int(predicted[c][i])] for c in self.columns} for i in range(n)]
+        return [row[self.columns[0]] for row in rows] if len(self.columns) == 1 else rows
+
+    def describe(self, predicted: Arrays, row: int, outputs: State | None = None) -> str:
+        if len(self.columns) == 1 and outputs is not None:
+            column = self.columns[0]
+            probs = self.probabilities(outputs)[column][row]
+            best = int(probs.argmax())
+            return f"{self.labels[column][best]}\t{probs[best]:.3f}"
+        return "\t".join(f"{c}={self.labels[c][int(predicted[c][row])]}" for c in self.columns)
+
+    # -- baselines and words ---------------------------------------------------------------
+    def constant_baseline(self, train: Examples, n: int) -> tuple[str, Arrays, dict[str, Any]]:
+        """Always the most frequent training class of each column (ties: the lowest index)."""
+        predicted, chosen = {}, {}
+        for column in self.columns:
+            counts = Counter(train.targets[column])
+            label = max(sorted(counts), key=lambda k: counts[k])
+            predicted[column] = np.full(n, label)
+            chosen[column] = self.labels[column][label]
+        details = {"label": chosen[self.columns[0]]} if len(self.columns) == 1 else chosen
+        return "majority", predicted, details
+
+    gain_unit = "accuracy points"
+
+    def gain_number(self, gain: float) -> str:
+        return f"{100 * gain:+.1f}"
+
+
+class MultiTask(Classify):
+    """`classify` with several label columns, named for what it is."""
+
+    name = "multi-task"
+
+    @classmethod
+    def from_config(cls, config: Config) -> MultiTask:
+        task = super().from_config(config)
+        if len(task.columns) < 2:
+            raise TsuikaError(
+                "task: multi-task needs several label columns, e.g. "
+                "data.label_column=[topic, sentiment]"
+            )
+        return task

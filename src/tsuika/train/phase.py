@@ -1,0 +1,114 @@
+"""One phase of a run (the adaptation, or a from-scratch baseline): feeds → precompute what
+stays fixed → fit → outputs on the test split. Everything here is shared by every phase."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tsuika.config import Config
+from tsuika.console import warn
+from tsuika.data.splits import Splits
+from tsuika.feed import Feed, gather_outputs, input_feed
+from tsuika.feed.cache import CacheSettings
+from tsuika.methods.base import Method
+from tsuika.models.base import AdaptableModel
+from tsuika.tasks.base import Arrays
+from tsuika.train.loop import FitResult, fit
+from tsuika.train.metrics_log import MetricsLog
+from tsuika.train.progress import Progress
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class PhaseResult:
+    fit: FitResult
+    predicted: Arrays
+    """The task's predictions on the test split."""
+    timings: dict[str, float]
+
+
+def progress_bars(progress: Progress, phase: str):
+    """`CacheSettings.progress` on rich progress bars."""
+
+    def bar(label: str, total: int):
+        task = progress.task(f"{phase}: {label}", total)
+        return lambda n: progress.advance(task, n)
+
+    return bar
+
+
+def run_phase(
+    model: AdaptableModel,
+    method: Method,
+    splits: Splits,
+    config: Config,
+    progress: Progress,
+    log: MetricsLog,
+    phase: str,
+    run_path: Path | None = None,
+    resume: bool = False,
+) -> PhaseResult:
+    """Precompute, fit and predict the test split, for a model already on its device and
+    `method.prepare`d. Checkpoints go to `<run>/checkpoints/<phase>`; `resume` continues
+    from the newest one."""
+    task, settings = method.task, config.train
+    rank = os.environ.get("RANK", "0")
+    cache = CacheSettings(
+        mode=settings.cache,
+        memory_limit_mb=settings.cache_memory_mb,
+        folder=run_path / "cache" / phase / f"rank{rank}" if run_path else None,
+        batch_size=max(64, settings.batch_size),
+        progress=progress_bars(progress, phase),
+    )
+    train_feed = input_feed(
+        model, splits.train.inputs, task.targets(splits.train), config.data.augment
+    )
+    val_feed = input_feed(model, splits.val.inputs, task.targets(splits.val))
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if train_feed.augmented and settings.cache != "off" and method.cache_boundary(model) > 0:
+        # Augmented inputs differ every epoch: cached activations would be stale. The training
+        # data runs through the frozen prefix each time; validation (not augmented) is cached.
+        warn(
+            f"{phase}: augmentation is on, so training activations are recomputed every "
+            "epoch (feature cache used for validation only)"
+        )
+    train_feed = method.precompute(model, train_feed, cache, "train")
+    val_feed = method.precompute(model, val_feed, cache, "val")
+    if train_feed.start or val_feed.start:
+        timings["cache"] = time.perf_counter() - started
+
+    result = fit(
+        model,
+        method,
+        train_feed,
+        val_feed,
+        settings,
+        config.seed,
+        log.writer(phase),
+        progress,
+        phase,
+        run_path / "checkpoints" / phase if run_path else None,
+        resume,
+    )
+    timings["fit"] = result.seconds
+    started = time.perf_counter()
+    predicted = task.predictions(gather_outputs(model, _test_inputs(model, splits, task)))
+    timings["test"] = time.perf_counter() - started
+    return PhaseResult(result, predicted, timings)
+
+
+def _test_inputs(model: AdaptableModel, splits: Splits, task) -> Feed:
+    return input_feed(model, splits.test.inputs, task.targets(splits.test))
