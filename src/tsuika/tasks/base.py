@@ -87,9 +87,24 @@ class Task:
         raise NotImplementedError
 
     # -- training and validation -----------------------------------------------------------
-    def loss(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean loss per example of the batch (a scalar)."""
+    def losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of every example of the batch, [B]."""
         raise NotImplementedError
+
+    def loss(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss per example of the batch (a scalar): what a training step minimises."""
+        return self.losses(outputs, targets).mean()
+
+    def loss_sum(
+        self,
+        outputs: State,
+        targets: dict[str, torch.Tensor],
+        loss: torch.Tensor | None = None,
+    ) -> float:
+        """The batch's summed loss; from its mean `loss` when a training step already has it."""
+        n = len(next(iter(targets.values())))
+        total = loss.detach() * n if loss is not None else self.losses(outputs, targets).sum()
+        return total.item()
 
     def sums(
         self,

@@ -138,16 +138,13 @@ class Classify(Task):
         return dict(zip(self.columns, logits.split(self.sizes, dim=-1), strict=True))
 
     # -- training and validation -----------------------------------------------------------
-    def _losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    def losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-example weighted sum of the columns' cross-entropies, [B]."""
         total = 0
         for column, logits in self.split_logits(outputs["logits"].float()).items():
             loss = nn.functional.cross_entropy(logits, targets[column], reduction="none")
             total = total + self.weights[column] * loss
         return total
-
-    def loss(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._losses(outputs, targets).mean()
 
     def sums(
         self,
@@ -157,8 +154,7 @@ class Classify(Task):
     ) -> dict[str, float]:
         with torch.no_grad():
             n = len(targets[self.columns[0]])
-            total = loss.detach() * n if loss is not None else self._losses(outputs, targets).sum()
-            sums = {"n": float(n), "loss": total.item()}
+            sums = {"n": float(n), "loss": self.loss_sum(outputs, targets, loss)}
             for column, logits in self.split_logits(outputs["logits"]).items():
                 correct = (logits.argmax(-1) == targets[column]).sum().item()
                 sums[f"correct/{column}"] = float(correct)

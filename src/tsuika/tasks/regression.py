@@ -122,7 +122,7 @@ class Regression(Task):
         return outputs["prediction"].float().squeeze(-1) * self.std + self.mean
 
     # -- training and validation -----------------------------------------------------------
-    def _losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    def losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         scaled = outputs["prediction"].float().squeeze(-1)
         wanted = (targets[self.column].float() - self.mean) / self.std
         if self.loss_name == "huber":
@@ -130,9 +130,6 @@ class Regression(Task):
                 scaled, wanted, delta=self.huber_delta, reduction="none"
             )
         return nn.functional.mse_loss(scaled, wanted, reduction="none")
-
-    def loss(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._losses(outputs, targets).mean()
 
     def sums(
         self,
@@ -143,12 +140,9 @@ class Regression(Task):
         with torch.no_grad():
             truth = targets[self.column].double()
             error = self.value(outputs).double() - truth
-            total = loss.detach() * len(truth) if loss is not None else None
-            if total is None:
-                total = self._losses(outputs, targets).sum()
             return {
                 "n": float(len(truth)),
-                "loss": total.item(),
+                "loss": self.loss_sum(outputs, targets, loss),
                 "squared": (error**2).sum().item(),
                 "absolute": error.abs().sum().item(),
                 "y": truth.sum().item(),
