@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tsuika-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,9 +21,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tsuika demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
+
+# The report's browser test needs headless Chromium: Debian's package, installed when missing
+# and possible (root with apt); otherwise that test is skipped and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ echo "installing chromium (Debian) for the report's browser test"; \
+		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		    chromium; } >/dev/null 2>&1 || \
+		  echo "chromium could not be installed (needs root and apt): the browser test is skipped"; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports

@@ -630,7 +630,7 @@ def test_disk_cache_spills_to_the_run_folder_while_training(base_config, monkeyp
 
     monkeypatch.setattr(DiskStore, "finish", finish)
     run = finetune_run(base_config, train={"epochs": 1, "cache": "disk"}, freeze=2)
-    assert seen == [["attention_mask.bin", "hidden.bin"]] * 2  # train and validation
+    assert seen == [["attention_mask.bin", "hidden.bin"]] * 3  # train, validation and test
     assert not (run.path / "cache").exists()
 
 

@@ -70,13 +70,21 @@ def test_multitask_fine_class_and_coarse_group_on_fashion(fashion_tables, tmp_pa
     assert summary["task"] == "multi-task"
     assert summary["data"]["test"] == 300
     test, majority = summary["test"], summary["baselines"]["majority"]
-    print("multi-task:", test, majority)
+    classical = summary["baselines"]["classical"]
+    print("multi-task:", test, majority, classical, summary["timings"])
     # Measured 2026-11-25: label 0.810, group 0.983 (majority: 0.1 and 0.5), test n=300.
     assert test["accuracy/label"] > 0.7
     assert test["accuracy/group"] > 0.9
     assert test["accuracy/group"] > test["accuracy/label"]  # the coarse task is easier
     assert majority["accuracy/label"] == pytest.approx(0.1)  # 30 test images per class
-    assert summary["gain"]["baseline"] == "majority" and summary["gain"]["low"] > 0
+    assert majority["gain"]["low"] > 0
+    # Fashion-MNIST is a task pixels alone do well on: logistic regression on 32×32 pixels
+    # measured 0.810 / 0.973 (2026-11-29), as good as the pretrained features on the fine
+    # classes. It is the strongest baseline, and the gain over it is not clear (+0.5 points,
+    # 95% CI −2.5 to +3.5): the report must say so rather than claim the gain over majority.
+    assert classical["accuracy/label"] > 0.7
+    assert summary["gain"]["baseline"] == "classical"
+    assert summary["gain"]["gain"] < majority["gain"]["gain"]
 
 
 @pytest.mark.integration
@@ -85,9 +93,15 @@ def test_regression_of_ink_coverage_on_fashion(fashion_tables, tmp_path) -> None
     summary = run.summary
     assert summary["task"] == "regression"
     test, mean = summary["test"], summary["baselines"]["mean"]
-    print("regression:", test, mean)
+    ridge = summary["baselines"]["classical"]
+    print("regression:", test, mean, ridge, summary["timings"])
     # Measured 2026-11-25: R² 0.715, RMSE 0.096 against the training mean's 0.181 (test n=300).
     assert test["r2"] > 0.5
     assert test["rmse"] < 0.75 * mean["rmse"]
-    assert summary["gain"]["baseline"] == "mean" and summary["gain"]["low"] > 0
-    assert "beats predicting the training mean" in summary["verdicts"]["transfer"]["text"]
+    assert mean["gain"]["low"] > 0
+    # Ink coverage is a count of bright pixels, which ridge regression on 32×32 pixels nearly
+    # reads off: measured RMSE 0.060, R² 0.888 (2026-11-29) against the pretrained features'
+    # 0.096. The strongest baseline wins, and the verdict must name negative transfer.
+    assert ridge["rmse"] < test["rmse"]
+    assert summary["gain"]["baseline"] == "classical" and summary["gain"]["high"] < 0
+    assert summary["verdicts"]["transfer"]["text"].startswith("NEGATIVE TRANSFER")

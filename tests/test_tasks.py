@@ -48,8 +48,13 @@ def test_regression_fits_a_planted_linear_target(colours: Path, tmp_path: Path) 
     assert summary["test"]["rmse"] < 0.05
     mean = summary["baselines"]["mean"]
     assert mean["r2"] < 0.05  # the training mean explains (almost) nothing of the test set
-    assert summary["gain"]["baseline"] == "mean" and summary["gain"]["low"] > 0
-    assert "beats predicting the training mean" in summary["verdicts"]["transfer"]["text"]
+    assert mean["gain"]["low"] > 0
+    # The target is linear in the channel means, so ridge regression on pixels fits it too:
+    # the verdict is judged against whichever of the two did better.
+    ridge = summary["baselines"]["classical"]
+    assert ridge["r2"] > 0.9
+    best = "classical" if ridge["rmse"] < mean["rmse"] else "mean"
+    assert summary["gain"]["baseline"] == best
     lines = (run.path / "metrics.jsonl").read_text().splitlines()
     assert '"val_rmse"' in lines[0] and '"val_r2"' in lines[0]
 

@@ -165,8 +165,8 @@ def test_summary_compares_with_training_from_scratch(learnt_run):
     summary = learnt_run.summary
     scratch = summary["baselines"]["scratch"]
     assert scratch["epochs"] == 2
-    gain = summary["gain"]
-    assert gain["baseline"] == "scratch" and gain["metric"] == "accuracy"
+    gain = scratch["gain"]
+    assert summary["gain"]["metric"] == "accuracy"
     assert gain["low"] <= gain["gain"] <= gain["high"]
     # Pretrained features beat two epochs from scratch, and the interval excludes zero.
     # measured 2026-11-25: gain 0.200 (0.917 vs 0.717), 95% CI 0.067 to 0.317.
@@ -176,9 +176,10 @@ def test_summary_compares_with_training_from_scratch(learnt_run):
     assert gain["gain"] == pytest.approx(summary["test"]["accuracy"] - scratch["accuracy"])
     phases = [json.loads(line)["phase"] for line in (learnt_run.path / "metrics.jsonl").open()]
     assert phases == ["transfer"] * summary["training"]["epochs_run"] + ["scratch"] * 2
-    verdict = summary["verdicts"]["transfer"]
-    assert "scratch" in verdict["text"]
-    assert verdict["negative_transfer"] is (gain["gain"] <= 0)
-    assert verdict["negative_transfer"] is False
-    assert verdict["text"].startswith("transfer beats training from scratch by +")
-    assert "accuracy points (95% CI +" in verdict["text"]
+    # The verdict is judged against the strongest baseline: on vocabulary-separable toy data
+    # that is TF-IDF + logistic regression (measured 1.0), not the weak from-scratch model.
+    verdict, versus = summary["verdicts"]["transfer"], summary["gain"]["baseline"]
+    strongest = max(summary["baselines"].items(), key=lambda item: item[1]["accuracy"])
+    assert versus == strongest[0] == "classical"
+    assert summary["baselines"]["classical"]["title"] in verdict["text"]
+    assert verdict["negative_transfer"] is (summary["gain"]["gain"] <= 0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,19 @@ from tsuika.console import warn
 from tsuika.data.reading import load_splits
 from tsuika.data.splits import Splits
 from tsuika.errors import RunInterrupted, TsuikaError
-from tsuika.evaluate.baselines import run_baselines
+from tsuika.evaluate.baselines import (
+    AdaptedRun,
+    FrozenFeatures,
+    run_baselines,
+    wanted_baselines,
+)
+from tsuika.evaluate.records import test_records, write_records
 from tsuika.evaluate.summary import build_summary
 from tsuika.methods import method_class
 from tsuika.methods.base import Method
 from tsuika.models import modality_of, model_for
 from tsuika.models.base import AdaptableModel
+from tsuika.report import PREDICTIONS, REPORT, write_report
 from tsuika.run import Run, load
 from tsuika.runs import create_run_dir, save_model, write_atomic
 from tsuika.tasks import task_for
@@ -29,6 +38,7 @@ from tsuika.train.distributed import barrier, is_main_process, training_device
 from tsuika.train.metrics_log import MetricsLog
 from tsuika.train.phase import run_phase, seed_everything
 from tsuika.train.progress import Progress
+from tsuika.train.tracking import Tracker, check_tracking, open_tracker
 
 __all__ = ["Run", "load", "train"]
 
@@ -60,6 +70,7 @@ def train(
         config = resumable_config(Path(resume), config, overrides)
     else:
         config = as_config(config, overrides)
+    check_tracking(config)  # a missing tracker package fails before any folder is written
     seed_everything(config.seed)
     modality = modality_of(config.model)
     task = task_for(config, modality)
@@ -82,7 +93,10 @@ def train(
         path = Path(config.output) / str(config.name)
     barrier()
     try:
-        return _train_in(path, config, task, method, splits, model, resume is not None, started)
+        with tracked(config, path, resume is not None) as tracker:
+            return _train_in(
+                path, config, task, method, splits, model, resume is not None, started, tracker
+            )
     except KeyboardInterrupt:
         raise RunInterrupted(path) from None
 
@@ -106,6 +120,19 @@ def read_data(config: Config, modality: str, task: Task) -> Splits:
     return splits
 
 
+@contextlib.contextmanager
+def tracked(config: Config, path: Path, resuming: bool) -> Iterator[Tracker | None]:
+    """The run's tracker (main process only); a run stopped by an error or Ctrl-C is
+    recorded as failed or killed there before the exception goes on."""
+    tracker = open_tracker(config, path, resuming) if is_main_process() else None
+    try:
+        yield tracker
+    except BaseException as error:
+        if tracker is not None:
+            tracker.fail(interrupted=isinstance(error, KeyboardInterrupt))
+        raise
+
+
 def _train_in(
     path: Path,
     config: Config,
@@ -115,31 +142,70 @@ def _train_in(
     model: AdaptableModel,
     resuming: bool,
     started: float,
+    tracker: Tracker | None,
 ) -> Run:
+    """Train, run the baselines, write the summary, predictions and report."""
     main = is_main_process()
-    log = MetricsLog(path / "metrics.jsonl" if main else None)
+    log = MetricsLog(path / "metrics.jsonl" if main else None, tracker.log if tracker else None)
+    wanted = wanted_baselines(config, task, method, model)
+    frozen = FrozenFeatures() if "probe" in wanted else None
     with Progress(config.progress and main) as progress:
         phase = run_phase(
-            model, method, splits, config, progress, log, config.method, path, resuming
+            model, method, splits, config, progress, log, config.method, path, resuming, frozen
         )
         if main:
             save_model(path / "model", model, task, method, config.model)
-        baselines, baseline_timings = run_baselines(
-            config, task, splits, progress, log, path, resuming
+        baselines = run_baselines(
+            config,
+            task,
+            splits,
+            modality_of(config.model),
+            wanted,
+            frozen,
+            AdaptedRun(method, model, phase),
+            progress,
+            log,
+            path,
+            resuming,
         )
 
     summary = build_summary(
         config, task, splits, model, phase.fit, phase.predicted, baselines, path
     )
-    timings = {**phase.timings, **baseline_timings, "total": time.perf_counter() - started}
-    summary["timings"] = timings
+    summary["timings"] = {
+        **phase.timings,
+        "baselines": sum(b.seconds for b in baselines),
+        "total": time.perf_counter() - started,
+    }
+    summary["memory"] = peak_memory()
     if main:
         write_atomic(path / "summary.json", json.dumps(summary, indent=2))
+        records = test_records(
+            task, splits.test, phase.outputs, phase.predicted, baselines, phase.test_lengths
+        )
+        write_records(path / PREDICTIONS, records)
+        write_report(path)
         # The run is complete: activation caches and resume points are no longer needed.
         shutil.rmtree(path / "cache", ignore_errors=True)
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
+        if tracker is not None:
+            files = [path / name for name in ("summary.json", "config.yaml", REPORT)]
+            tracker.finish(summary, files)
     barrier()
     return Run(path, model, task, summary, config.data)
+
+
+def peak_memory() -> dict[str, float]:
+    """The process's peak resident memory so far (MB; on Linux `ru_maxrss` is in kB), and the
+    accelerator's peak allocation when there is one."""
+    import resource
+
+    import torch
+
+    memory = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        memory["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return memory
 
 
 def resumable_config(path: Path, config: object, overrides: dict[str, Any]) -> Config:

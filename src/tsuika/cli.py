@@ -22,7 +22,8 @@ out = Console()
 
 
 def results_table(summary: dict) -> Table:
-    """Adapted model versus its baselines on the test split, in the task's metrics."""
+    """Adapted model versus its baselines on the test split, in the task's metrics, with the
+    gain over each baseline and its interval."""
     test = summary["test"]
     metrics = [m for m in ("accuracy", "macro_f1", "rmse", "mae", "r2") if m in test]
     table = Table(
@@ -32,28 +33,55 @@ def results_table(summary: dict) -> Table:
     table.add_column("model")
     for metric in metrics:
         table.add_column(METRIC_NAMES.get(metric, metric), justify="right")
-    table.add_row(summary["method"], *(f"{test[m]:.3f}" for m in metrics))
-    for name, values in summary.get("baselines", {}).items():
-        table.add_row(BASELINE_ROWS.get(name, name), *(f"{values[m]:.3f}" for m in metrics))
+    table.add_column("gain of the run (95% CI)", justify="right")
+    table.add_column("seconds", justify="right")
+    timings = summary.get("timings", {})
+    adapted = sum(v for k, v in timings.items() if k not in ("baselines", "total"))
+    table.add_row(
+        f"[bold]{summary['method']}[/bold]",
+        *(f"{test[m]:.3f}" for m in metrics),
+        "",
+        f"{adapted:.1f}" if timings else "",
+    )
+    scale = 100 if "accuracy" in summary["selection"]["metric"] else 1
+    for values in summary.get("baselines", {}).values():
+        gain = values.get("gain", {})
+        table.add_row(
+            escape(values.get("title", "")),
+            *(f"{values[m]:.3f}" for m in metrics),
+            _gain_text(gain, scale),
+            f"{values.get('seconds', 0.0):.1f}",
+        )
     return table
 
 
+def _gain_text(gain: dict, scale: float) -> str:
+    if not gain:
+        return ""
+    digits = ".1f" if scale == 100 else ".3g"
+    return (
+        f"{scale * gain['gain']:+{digits}} "
+        f"[{scale * gain['low']:+{digits}}, {scale * gain['high']:+{digits}}]"
+    )
+
+
 METRIC_NAMES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "R²"}
-BASELINE_ROWS = {
-    "majority": "majority class",
-    "mean": "training mean",
-    "scratch": "from scratch (random init)",
-}
 
 
 def print_summary(summary: dict) -> None:
     out.print(results_table(summary))
     for verdict in summary.get("verdicts", {}).values():
-        out.print(f"• {verdict['text']}")
+        out.print(f"• {escape(verdict['text'])}")
     timings = summary.get("timings", {})
     if timings:
-        out.print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    out.print(f"run folder: {summary['run']}")
+        total = timings.get("total", 0.0)
+        parts = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total")
+        share = 100 * timings.get("baselines", 0.0) / total if total else 0.0
+        out.print(f"time: {parts}; total {total:.1f}s (baselines {share:.1f} % of the run)")
+    out.print(f"run folder: {escape(summary['run'])}")
+    report = Path(summary["run"]) / "report.html"
+    if report.is_file():
+        out.print(f"report: {escape(str(report))}")
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -182,6 +210,44 @@ def predict(
 
 
 @app.command()
+def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
+    """Rebuild a run's report.html from its folder (no model is loaded)."""
+    from tsuika.report import write_report
+
+    out.print(f"report: {escape(str(write_report(run)))}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="two or more run folders")],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="HTML file (default: beside the first run)")
+    ] = None,
+) -> None:
+    """Several runs side by side: one table here and one HTML report."""
+    from tsuika.report.compare import write_comparison
+
+    path, rows = write_comparison(list(runs), out_file)
+    metric = METRIC_NAMES.get(rows[0]["metric"], rows[0]["metric"])
+    table = Table("run", "method", "model", "test", "95% CI", "vs best (paired)", "seconds")
+    for row in rows:
+        low, high = row["interval"] or (float("nan"), float("nan"))
+        versus = row.get("versus_best")
+        table.add_row(
+            escape(row["run"]),
+            escape(row["method"]),
+            escape(row["model"]),
+            f"{row['score']:.3f}",
+            f"[{low:.3f}, {high:.3f}]",
+            "best" if row["best"] else _gain_text(versus or {}, row["scale"]),
+            f"{row['seconds']:.1f}",
+        )
+    table.title = f"test {metric}"
+    out.print(table)
+    out.print(f"comparison: {escape(str(path))}")
+
+
+@app.command()
 def models() -> None:
     """List the bundled models (any local Hugging Face folder works too)."""
     from tsuika.models import available_models
@@ -205,17 +271,13 @@ def demo(
     if images:
         banner = (
             "efficientnet-lite0 (ImageNet) → Fashion-MNIST, 50 images per class, transfer "
-            "learning vs majority class and training from scratch (3 epochs)"
+            "learning vs the majority class and logistic regression on pixels"
         )
-        settings = dict(
-            model="efficientnet-lite0",
-            data={"train": "bundled:fashion", "k": 50},
-            baselines={"scratch_epochs": 3},
-        )
+        settings = dict(model="efficientnet-lite0", data={"train": "bundled:fashion", "k": 50})
     else:
         banner = (
             "minilm-l6 → movie-review polarity, 256 examples per class, transfer "
-            "learning vs majority class and training from scratch"
+            "learning vs the majority class and TF-IDF + logistic regression"
         )
         settings = dict(model="minilm-l6", data={"train": "bundled:reviews", "k": 256})
     out.print(f"[bold]tsuika demo{' --images' if images else ''}[/bold]: {banner}")

@@ -137,12 +137,23 @@ class MultiTaskConfig(Section):
 
 
 class BaselineConfig(Section):
+    """What the adapted model is compared with. The defaults are cheap (a few percent of a
+    run): they answer "was the pretrained model worth its cost?" without a second training."""
+
     majority: bool = True
-    scratch: bool = True
-    """Train the same architecture from random initialisation on the same data and budget."""
+    """The task's constant prediction (majority class, training mean)."""
+    classical: bool = True
+    """A model without pretraining, as practitioners check first: TF-IDF word and character
+    n-grams + logistic regression (text), logistic regression on downsampled pixels (images)."""
+    probe: bool | Literal["auto"] = "auto"
+    """A linear probe on the frozen pretrained model's pooled features; `auto`: for methods
+    that change the pretrained weights (for `transfer` the probe is the run itself)."""
+    scratch: bool = False
+    """Also train the same architecture from random initialisation on the same data."""
     scratch_lr: float = Field(3e-4, gt=0)
-    scratch_epochs: int = Field(10, ge=1)
-    """The from-scratch budget: epochs over the same training data (early stopping applies)."""
+    scratch_epochs: int | None = Field(None, ge=1)
+    """The from-scratch budget in epochs; null: matched to the adapted run's compute
+    (forward-pass FLOPs, training counted as 3×), at least one epoch."""
     bootstrap: int = Field(1000, ge=100)
 
 
@@ -164,6 +175,9 @@ class Config(Section):
     head: HeadConfig = HeadConfig()
     train: TrainConfig = TrainConfig()
     baselines: BaselineConfig = BaselineConfig()
+    track: Literal["none", "tensorboard", "mlflow"] = "none"
+    """Experiment tracking through Accelerate's trackers, in local file stores: TensorBoard
+    event files in `<run>/tensorboard`, or an MLflow file store in `<output>/mlruns`."""
     output: str = "runs"
     """Parent folder of run folders; a new run never overwrites an existing folder."""
     name: str | None = None

@@ -158,7 +158,7 @@ def _meta_problem(meta: Any) -> str | None:
     return f"`task`: {problem}" if problem else None
 
 
-def _read_meta(path: Path) -> dict:
+def read_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:  # ValueError covers bad JSON and bad UTF-8
@@ -179,7 +179,7 @@ def load_model_folder(folder: Path) -> tuple[AdaptableModel, Task, dict]:
             f"{folder} is not a tsuika run model (needs meta.json and {WEIGHTS}); "
             "give the run folder that `tsuika train` printed"
         )
-    meta = _read_meta(meta_path)
+    meta = read_meta(meta_path)
     task = task_from_meta(meta["task"])
     head = HeadConfig(**meta["model"]["head"])
     model = models.model_from_spec(meta["model"], lambda width: task.head(width, head))

@@ -259,7 +259,8 @@ def read_image_examples(
         except ValueError as err:
             problems.append(f"{file}: {err}")
     targets = {column: [values[i] for i in kept] for column, values in listing.targets.items()}
-    return Examples(images, targets, path)
+    names = [str(listing.paths[i]) for i in kept]
+    return Examples(images, targets, path, names=names)
 
 
 def decode_for_prediction(path: Path, max_pixels: int) -> torch.Tensor:

@@ -27,6 +27,9 @@ class Examples:
     targets: dict[str, list] = field(default_factory=dict)
     source: str = ""
     lines: list[int] = field(default_factory=list)
+    """Line of each example in its table (text), for error messages."""
+    names: list[str] = field(default_factory=list)
+    """Where each example came from when it is a file (images: its path), for reports."""
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -37,6 +40,7 @@ class Examples:
             {key: [values[i] for i in indices] for key, values in self.targets.items()},
             self.source,
             [self.lines[i] for i in indices] if self.lines else [],
+            [self.names[i] for i in indices] if self.names else [],
         )
 
 

@@ -1,9 +1,15 @@
-"""Baselines every summary carries: the task's constant prediction (majority class, training
-mean), and the same architecture trained from scratch on the same data."""
+"""The baselines a run is compared with. By default they are cheap, a few percent of the run:
+the task's constant prediction (majority class, training mean); a classical model without
+pretraining (TF-IDF or pixels + a linear model), which is how practitioners check that a
+pretrained network is worth its cost; and, when the method changes the pretrained weights, a
+linear probe on the frozen model's features, taken from the run's own cache before training.
+The same architecture trained from scratch is available (`baselines.scratch`) with a budget
+matched to the adapted run's compute."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +17,145 @@ import torch
 
 from tsuika.config import Config, build_config
 from tsuika.data.splits import Splits
+from tsuika.evaluate.budget import adapted_flops, matched_epochs, stage_flops
+from tsuika.evaluate.classical import classical_features
+from tsuika.feed import gather_outputs
 from tsuika.methods import Finetune
+from tsuika.methods.base import Method
 from tsuika.models import model_for
-from tsuika.tasks.base import Task
+from tsuika.models.base import AdaptableModel
+from tsuika.tasks.base import Arrays, Task
+from tsuika.tasks.linear import FeatureSplits, in_training_span
 from tsuika.train.distributed import training_device
 from tsuika.train.metrics_log import MetricsLog
-from tsuika.train.phase import run_phase, seed_everything
+from tsuika.train.phase import Feeds, PhaseResult, run_phase, seed_everything
 from tsuika.train.progress import Progress
 
 
-def scratch_config(config: Config) -> Config:
+@dataclass
+class Baseline:
+    name: str
+    """Key in the summary: `majority`/`mean`, `classical`, `probe`, `scratch`."""
+    title: str
+    """What it is, in words, for tables and verdicts."""
+    predicted: Arrays
+    """Its predictions on the test split."""
+    seconds: float
+    pretrained: bool
+    """Whether it uses the pretrained weights (the probe) or not."""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def wanted_baselines(
+    config: Config, task: Task, method: Method, model: AdaptableModel
+) -> list[str]:
+    """The baselines to run, in the task's order. The probe's `auto` means: when training
+    touches more than the head (for a head-only method the probe is the run itself)."""
+    settings = config.baselines
+    probe = settings.probe
+    if probe == "auto":
+        head = f"stages.{model.num_stages - 1}."
+        probe = any(not n.startswith(head) for n in method.trainable_parameters(model))
+    chosen = {
+        "constant": settings.majority,
+        "classical": settings.classical,
+        "probe": probe,
+        "scratch": settings.scratch,
+    }
+    return [name for name in task.baselines if chosen.get(name)]
+
+
+class FrozenFeatures:
+    """A `BeforeFit` hook: the pooled features of the pretrained model on every split, from the
+    run's own feeds (so the frozen prefix's cached activations are reused, never recomputed)."""
+
+    def __init__(self) -> None:
+        self.features: FeatureSplits | None = None
+        self.seconds = 0.0
+
+    def __call__(self, model: AdaptableModel, feeds: Feeds) -> None:
+        started = time.perf_counter()
+        stop = model.num_stages - 1  # everything but the (new) head
+        self.features = tuple(  # type: ignore[assignment]
+            gather_outputs(model, feeds[split], stop=stop)["features"].numpy()
+            for split in ("train", "val", "test")
+        )
+        self.seconds = time.perf_counter() - started
+
+
+def standardised(features: FeatureSplits) -> FeatureSplits:
+    """Dense features scaled by the training split's mean and spread (what a linear probe
+    needs for one regularisation grid to suit every model's feature scale)."""
+    train = features[0]
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return tuple((x - mean) / std for x in features)  # type: ignore[return-value]
+
+
+@dataclass
+class AdaptedRun:
+    """What the adapted run did, for a from-scratch budget matched to it."""
+
+    method: Method
+    model: AdaptableModel
+    phase: PhaseResult
+
+
+def run_baselines(
+    config: Config,
+    task: Task,
+    splits: Splits,
+    modality: str,
+    names: list[str],
+    frozen: FrozenFeatures | None,
+    adapted: AdaptedRun,
+    progress: Progress,
+    log: MetricsLog,
+    path: Path | None = None,
+    resume: bool = False,
+) -> list[Baseline]:
+    """Each wanted baseline, fitted on the training split (validation for its settings) and
+    scored on the test split."""
+    baselines = []
+    for name in names:
+        started = time.perf_counter()
+        if name == "constant":
+            key, predicted, details = task.constant_baseline(splits.train, len(splits.test))
+            title, pretrained = CONSTANT_TITLES.get(key, key), False
+        elif name == "classical":
+            features, described = classical_features(modality, splits)
+            features = in_training_span(features)
+            predicted, details = task.linear_baseline(features, splits.train, splits.val)
+            key, title, pretrained = name, f"{task.linear_model} on {described}", False
+        elif name == "probe":
+            if frozen is None or frozen.features is None:
+                continue
+            started -= frozen.seconds  # the features were taken before training
+            features = in_training_span(standardised(frozen.features))
+            predicted, details = task.linear_baseline(features, splits.train, splits.val)
+            key, pretrained = name, True
+            title = f"linear probe: {task.linear_model} on the frozen model's features"
+        elif name == "scratch":
+            key, pretrained = name, False
+            predicted, details = _scratch(
+                config, task, splits, adapted, progress, log, path, resume
+            )
+            title = f"same architecture from scratch ({details['epochs']} epochs)"
+        else:
+            continue
+        seconds = time.perf_counter() - started
+        baselines.append(Baseline(key, title, predicted, seconds, pretrained, details))
+    return baselines
+
+
+CONSTANT_TITLES = {"majority": "majority class", "mean": "training mean"}
+
+
+def scratch_config(config: Config, epochs: int) -> Config:
     tree = config.model_dump()
     tree["train"].update(
         lr=config.baselines.scratch_lr,
         backbone_lr=config.baselines.scratch_lr,
-        epochs=config.baselines.scratch_epochs,
+        epochs=epochs,
         cache="off",
     )
     tree["method"] = "finetune"
@@ -47,35 +177,42 @@ def standard_batchnorm_momentum(model: torch.nn.Module) -> None:
             module.momentum = 0.1
 
 
-def run_baselines(
+def _scratch(
     config: Config,
     task: Task,
     splits: Splits,
+    adapted: AdaptedRun,
     progress: Progress,
     log: MetricsLog,
-    path: Path | None = None,
-    resume: bool = False,
-) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
-    """Each baseline's `predicted` test targets and its details; and the seconds taken."""
-    baselines: dict[str, dict[str, Any]] = {}
-    timings: dict[str, float] = {}
-    if config.baselines.majority:
-        name, predicted, details = task.constant_baseline(splits.train, len(splits.test))
-        baselines[name] = {**details, "predicted": predicted}
-    if config.baselines.scratch:
-        started = time.perf_counter()
-        seed_everything(config.seed)
-        scratch = scratch_config(config)
-        model = model_for(config, lambda width: task.head(width, config.head), pretrained=False)
-        standard_batchnorm_momentum(model)
-        model.to(training_device())
-        method = Finetune(scratch, task)
-        method.prepare(model)
-        phase = run_phase(model, method, splits, scratch, progress, log, "scratch", path, resume)
-        baselines["scratch"] = {
-            "epochs": len(phase.fit.history),
-            "best_epoch": phase.fit.best_epoch,
-            "predicted": phase.predicted,
-        }
-        timings["scratch"] = time.perf_counter() - started
-    return baselines, timings
+    path: Path | None,
+    resume: bool,
+) -> tuple[Arrays, dict[str, Any]]:
+    """The same architecture from random initialisation, every parameter training; unless
+    `baselines.scratch_epochs` is set, for as many epochs as fit in the adapted run's FLOPs."""
+    seed_everything(config.seed)
+    model = model_for(config, lambda width: task.head(width, config.head), pretrained=False)
+    standard_batchnorm_momentum(model)
+    model.to(training_device())
+    epochs, details = config.baselines.scratch_epochs, {}
+    if epochs is None:
+        flops = stage_flops(model, splits.train.inputs)
+        n_train, n_val = len(splits.train), len(splits.val)
+        budget = adapted_flops(
+            flops,
+            adapted.method.cache_boundary(adapted.model),
+            adapted.phase.cached,
+            n_train,
+            n_val,
+            len(adapted.phase.fit.history),
+        )
+        epochs = matched_epochs(flops, budget, n_train, n_val, config.train.epochs)
+        details["budget"] = f"matched to the adapted run: {budget / 1e12:.3g} TFLOP"
+    scratch = scratch_config(config, epochs)
+    method = Finetune(scratch, task)
+    method.prepare(model)
+    phase = run_phase(model, method, splits, scratch, progress, log, "scratch", path, resume)
+    details |= {"epochs": len(phase.fit.history), "best_epoch": phase.fit.best_epoch}
+    return phase.predicted, details
+
+
+__all__ = ["AdaptedRun", "Baseline", "FrozenFeatures", "run_baselines", "wanted_baselines"]

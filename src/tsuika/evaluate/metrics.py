@@ -31,3 +31,17 @@ def paired_bootstrap(
     low, high = np.percentile(gains, [2.5, 97.5])
     gain = sign * (from_mean(np.asarray(a.mean())) - from_mean(np.asarray(b.mean())))
     return {"gain": float(gain), "low": float(low), "high": float(high)}
+
+
+def bootstrap_interval(
+    per_example: np.ndarray,
+    from_mean: Callable[[np.ndarray], np.ndarray] = lambda m: m,
+    samples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95% percentile interval of one system's metric, resampling its test examples."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(per_example, float)
+    draws = rng.integers(0, len(values), size=(samples, len(values)))
+    low, high = np.percentile(from_mean(values[draws].mean(axis=1)), [2.5, 97.5])
+    return float(low), float(high)

@@ -1,4 +1,6 @@
-"""The run summary: test metrics, baselines, the gain over the baseline and the verdicts."""
+"""The run summary: test metrics, every baseline with the gain over it, the verdicts, what
+trained and the learning-rate plan (everything the report draws, so it can be rebuilt from
+the run folder alone)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any
 
 from tsuika.config import Config
 from tsuika.data.splits import Splits
+from tsuika.evaluate.baselines import Baseline
 from tsuika.evaluate.metrics import paired_bootstrap
 from tsuika.evaluate.verdicts import overfitting_verdict, transfer_verdict
 from tsuika.methods.base import trained_groups
@@ -16,12 +19,15 @@ from tsuika.train.distributed import world_size
 from tsuika.train.loop import FitResult
 
 
-def compared_baseline(baselines: dict[str, dict]) -> str | None:
-    """The baseline the verdict is judged against: from scratch when it ran (the question
-    "did pretraining help?"), else the task's constant prediction."""
-    if "scratch" in baselines:
-        return "scratch"
-    return next(iter(baselines), None)
+def strongest(baselines: dict[str, dict], task: Task) -> str | None:
+    """The baseline with the best test score in the selection metric (ties: the first):
+    what the verdict is judged against, so a gain is never claimed over a weak baseline
+    while a strong one beats the run."""
+    best = None
+    for name, values in baselines.items():
+        if best is None or task.better(values[task.selection], baselines[best][task.selection]):
+            best = name
+    return best
 
 
 def build_summary(
@@ -31,17 +37,16 @@ def build_summary(
     model: AdaptableModel,
     result: FitResult,
     predicted: Arrays,
-    baselines: dict[str, dict],
+    baselines: list[Baseline],
     path: Path,
 ) -> dict:
     truth = task.truth(splits.test)
-    trained = sorted(trained_groups(model))
-    groups = model.layer_groups()
     summary: dict[str, Any] = {
         "run": str(path),
         "model": config.model,
         "task": task.name,
         "method": config.method,
+        "modality": "image" if model.spec.get("family") == "image" else "text",
         "targets": task.to_meta(),
         "data": {
             "train": len(splits.train),
@@ -51,11 +56,7 @@ def build_summary(
             "skipped_files": len(splits.skipped),
             "skipped": splits.skipped,
         },
-        "parameters": {
-            "total": sum(p.numel() for p in model.parameters()),
-            "trained": sum(groups[i].size for i in trained),
-            "trained_groups": [groups[i].name for i in trained],
-        },
+        "parameters": parameters(model, result),
         "selection": {"metric": task.selection, "higher_is_better": task.higher_is_better},
         "test": task.test_metrics(truth, predicted),
         "training": {
@@ -65,26 +66,55 @@ def build_summary(
             "stopped_early": result.stopped_early,
             "optimizer_steps": result.steps,
             "processes": world_size(),
+            "schedule": result.schedule,
         },
-        "baselines": {
-            name: {
-                **{k: v for k, v in values.items() if k != "predicted"},
-                **task.test_metrics(truth, values["predicted"]),
-            }
-            for name, values in baselines.items()
-        },
+        "baselines": {},
         "verdicts": {"overfitting": overfitting_verdict(result.history, result.best_epoch, task)},
     }
-    versus = compared_baseline(baselines)
-    if versus is not None:
+    mine = task.per_example(truth, predicted)
+    for baseline in baselines:
         gain = paired_bootstrap(
-            task.per_example(truth, predicted),
-            task.per_example(truth, baselines[versus]["predicted"]),
+            mine,
+            task.per_example(truth, baseline.predicted),
             task.from_mean,
             task.higher_is_better,
             config.baselines.bootstrap,
             config.seed,
         )
-        summary["gain"] = {"baseline": versus, "metric": task.selection, **gain}
-        summary["verdicts"]["transfer"] = transfer_verdict(summary["gain"], config.method, task)
+        summary["baselines"][baseline.name] = {
+            "title": baseline.title,
+            "pretrained": baseline.pretrained,
+            "seconds": baseline.seconds,
+            **baseline.details,
+            **task.test_metrics(truth, baseline.predicted),
+            "gain": gain,
+        }
+    versus = strongest(summary["baselines"], task)
+    if versus is not None:
+        compared = summary["baselines"][versus]
+        summary["gain"] = {"baseline": versus, "metric": task.selection, **compared["gain"]}
+        summary["verdicts"]["transfer"] = transfer_verdict(
+            summary["gain"], config.method, task, compared["title"], compared["pretrained"]
+        )
     return summary
+
+
+def parameters(model: AdaptableModel, result: FitResult) -> dict[str, Any]:
+    """Totals and every layer group: its size, whether it trained, at what base rate."""
+    trained = trained_groups(model)
+    groups = model.layer_groups()
+    rates = result.schedule.get("rates", {})
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trained": sum(groups[i].size for i in trained),
+        "trained_groups": [groups[i].name for i in sorted(trained)],
+        "groups": [
+            {
+                "name": g.name,
+                "parameters": g.size,
+                "trained": g.index in trained,
+                "lr": rates.get(g.name),
+            }
+            for g in groups
+        ],
+    }

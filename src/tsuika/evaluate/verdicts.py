@@ -4,35 +4,37 @@ from __future__ import annotations
 
 from tsuika.tasks.base import Task
 
-BASELINE_NAMES = {
-    "majority": "the majority class",
-    "mean": "predicting the training mean",
-    "scratch": "training from scratch",
-}
 
-
-def transfer_verdict(gain: dict[str, float], method: str, task: Task) -> dict[str, object]:
-    """Negative transfer (Rosenstein et al. 2005; Wang et al. 2019): the adapted model is not
-    better than its baseline — the same architecture trained from scratch on the same data
-    when that ran, else the task's constant prediction — on the task's selection metric."""
-    versus = BASELINE_NAMES.get(gain["baseline"], gain["baseline"])
+def transfer_verdict(
+    gain: dict[str, float], method: str, task: Task, versus: str, pretrained: bool
+) -> dict[str, object]:
+    """Did adaptation help? Judged against the strongest baseline (`versus`, in words) on the
+    task's selection metric, with the paired bootstrap interval. A gain ≤ 0 is negative
+    transfer (Rosenstein et al. 2005; Wang et al. 2019): the run is no better than what needs
+    no adaptation — a model without pretraining or, when that is stronger, a linear probe on
+    the unchanged pretrained features (`pretrained`)."""
     words = task.gain_words(gain["gain"])
     interval = f"95% CI {task.gain_number(gain['low'])} to {task.gain_number(gain['high'])}"
     if gain["gain"] <= 0:
+        why = (
+            "changing the pretrained weights did worse than keeping them frozen"
+            if pretrained
+            else "the pretrained model did not pay for itself here"
+        )
         return {
             "negative_transfer": True,
-            "text": f"NEGATIVE TRANSFER: {method} is {words} versus {versus} ({interval}); "
-            "the pretrained weights did not help here.",
+            "text": f"NEGATIVE TRANSFER: {method} is {words} versus the strongest baseline, "
+            f"{versus} ({interval}); {why}.",
         }
     if gain["low"] <= 0:
         return {
             "negative_transfer": False,
-            "text": f"{method} is {words} over {versus}, but the interval includes zero "
-            f"({interval}): not a clear gain on this test set.",
+            "text": f"{method} is {words} over the strongest baseline, {versus}, but the "
+            f"interval includes zero ({interval}): not a clear gain on this test set.",
         }
     return {
         "negative_transfer": False,
-        "text": f"{method} beats {versus} by {words} ({interval}).",
+        "text": f"{method} beats the strongest baseline, {versus}, by {words} ({interval}).",
     }
 
 

@@ -126,26 +126,30 @@ def input_feed(
 
 @torch.no_grad()
 def run_model(
-    model: torch.nn.Module, feed: Feed, batch_size: int = 128
+    model: torch.nn.Module, feed: Feed, batch_size: int = 128, stop: int | None = None
 ) -> Iterator[tuple[State, Batch]]:
-    """Eval-mode outputs, batch by batch, in length-sorted order (least padding); each with
-    its batch, whose `indices` say where the rows belong. Outputs are on the CPU, float32."""
+    """Eval-mode outputs (of the stages before `stop`; default all), batch by batch, in
+    length-sorted order (least padding); each with its batch, whose `indices` say where the
+    rows belong. Outputs are on the CPU, float32."""
     was_training = model.training
     model.eval()
     lengths = feed.lengths or [1] * len(feed)
     device = next(model.parameters()).device
     try:
         for batch in feed.batches(sorted_batches(lengths, batch_size)):
-            outputs = model(batch.to(device).state, feed.start)
+            outputs = model(batch.to(device).state, feed.start, stop)
             yield {k: v.float().cpu() for k, v in outputs.items()}, batch
     finally:
         model.train(was_training)
 
 
-def gather_outputs(model: torch.nn.Module, feed: Feed, batch_size: int = 128) -> State:
-    """Every output of the model over `feed`, rows in the feed's order."""
+def gather_outputs(
+    model: torch.nn.Module, feed: Feed, batch_size: int = 128, stop: int | None = None
+) -> State:
+    """Every output of the model (of the stages before `stop`) over `feed`, rows in the
+    feed's order."""
     rows: dict[str, list[torch.Tensor | None]] = {}
-    for outputs, batch in run_model(model, feed, batch_size):
+    for outputs, batch in run_model(model, feed, batch_size, stop):
         for key, value in outputs.items():
             column = rows.setdefault(key, [None] * len(feed))
             for index, row in zip(batch.indices, value, strict=True):

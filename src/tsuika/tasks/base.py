@@ -22,6 +22,7 @@ from tsuika.config import Config, HeadConfig
 from tsuika.data.splits import Examples
 from tsuika.feed import Feed, run_model
 from tsuika.models.base import State
+from tsuika.tasks.linear import FeatureSplits
 
 Arrays = dict[str, np.ndarray]
 
@@ -167,6 +168,25 @@ class Task:
         raise NotImplementedError
 
     gain_unit: ClassVar[str] = ""
+
+    baselines: ClassVar[tuple[str, ...]] = ("constant", "classical", "probe", "scratch")
+    """The baselines this task can be compared with (`tsuika.evaluate.baselines` runs those
+    the config asks for): its constant prediction, a classical model without pretraining, a
+    linear probe on frozen features, the same architecture trained from scratch."""
+    linear_model: ClassVar[str] = "a linear model"
+    """What `linear_baseline` fits, in words (`logistic regression`)."""
+
+    def linear_baseline(
+        self, features: FeatureSplits, train: Examples, val: Examples
+    ) -> tuple[Arrays, dict[str, Any]]:
+        """Predictions on the test features of a linear model fitted on the training features
+        (regularisation chosen on validation), and its settings."""
+        raise NotImplementedError
+
+    def confidence(self, outputs: State) -> np.ndarray | None:
+        """How sure the model is of each prediction (classify: its top probability), [N];
+        None when the task has no such number."""
+        return None
 
     def gain_words(self, gain: float) -> str:
         """A gain in the selection metric (positive: better), in words (`+9.6 accuracy

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.linear_model import Ridge
 from torch import nn
 
 from tsuika.config import Config, HeadConfig
@@ -21,6 +22,10 @@ from tsuika.errors import TsuikaError
 from tsuika.models.base import State
 from tsuika.models.heads import Head
 from tsuika.tasks.base import Arrays, Task
+from tsuika.tasks.linear import FeatureSplits, fit_on_validation
+
+RIDGE_PENALTIES = (1000.0, 100.0, 10.0, 1.0, 0.1)
+"""Ridge's alpha, most regularised first."""
 
 
 class Regression(Task):
@@ -97,7 +102,7 @@ class Regression(Task):
                     "number (task: regression); fix the value or remove the row"
                 )
             values.append(value)
-        return Examples(raw.inputs, {self.column: values}, raw.source, raw.lines)
+        return Examples(raw.inputs, {self.column: values}, raw.source, raw.lines, raw.names)
 
     def fit(self, train: Examples) -> None:
         values = np.asarray(train.targets[self.column], dtype=np.float64)
@@ -192,6 +197,23 @@ class Regression(Task):
         return "mean", {self.column: np.full(n, mean)}, {"value": mean}
 
     gain_unit = "RMSE (positive: lower error)"
+    linear_model = "ridge regression"
+
+    def linear_baseline(
+        self, features: FeatureSplits, train: Examples, val: Examples
+    ) -> tuple[Arrays, dict[str, Any]]:
+        """Ridge regression; its penalty chosen on validation RMSE."""
+        x_train, x_val, x_test = features
+        model, alpha = fit_on_validation(
+            lambda a: Ridge(alpha=a),
+            RIDGE_PENALTIES,
+            x_train,
+            np.asarray(train.targets[self.column], float),
+            x_val,
+            np.asarray(val.targets[self.column], float),
+            lambda y, p: -float(np.sqrt(((y - p) ** 2).mean())),
+        )
+        return {self.column: model.predict(x_test).astype(np.float64)}, {"alpha": alpha}
 
     def gain_number(self, gain: float) -> str:
         return f"{gain:+.3g}"

@@ -39,6 +39,9 @@ class FitResult:
     stopped_early: bool = False
     steps: int = 0
     seconds: float = 0.0
+    schedule: dict = field(default_factory=dict)
+    """The learning-rate plan: `kind`, `total_steps`, `warmup_steps` and each optimizer
+    group's base rate by name (`rates`); with `lr_multiplier` it gives every step's rate."""
 
 
 def _group_state(model: AdaptableModel, groups: list[int]) -> dict[str, torch.Tensor]:
@@ -224,6 +227,9 @@ def fit(
             progress.advance(task, info=f"val {selection} {record[f'val_{selection}']:.3f}")
     model.load_state_dict(loop.best, strict=False)
     last = state.history[-1]["epoch"] if state.history else 0
+    rates: dict[str, float] = {}
+    for index, group in enumerate(loop.optimizer.param_groups):
+        rates.setdefault(str(group.get("name", f"group {index}")), group["base_lr"])
     return FitResult(
         history=state.history,
         best_epoch=state.best_epoch,
@@ -233,4 +239,10 @@ def fit(
         ),
         steps=state.step,
         seconds=time.perf_counter() - started,
+        schedule={
+            "kind": config.schedule,
+            "total_steps": loop.total_steps,
+            "warmup_steps": loop.warmup,
+            "rates": rates,
+        },
     )

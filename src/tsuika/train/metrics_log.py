@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -15,8 +16,10 @@ class MetricsLog:
     an epoch, and a finished phase's lines are never rewritten.
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, sink: Callable[[str, dict], None] | None = None) -> None:
         self.path = path
+        self.sink = sink
+        """Also receives every new record with its phase (experiment tracking)."""
         self.logged: dict[str, int] = {}
         """Last epoch written, per phase."""
         self.torn = False
@@ -46,5 +49,8 @@ class MetricsLog:
                 handle.flush()
                 os.fsync(handle.fileno())
             self.logged[phase] = new[-1]["epoch"]
+            if self.sink is not None:
+                for record in new:
+                    self.sink(phase, record)
 
         return write

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tsuika.data.splits import Splits
 from tsuika.feed import Feed, gather_outputs, input_feed
 from tsuika.feed.cache import CacheSettings
 from tsuika.methods.base import Method
-from tsuika.models.base import AdaptableModel
+from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Arrays
 from tsuika.train.loop import FitResult, fit
 from tsuika.train.metrics_log import MetricsLog
@@ -36,7 +37,20 @@ class PhaseResult:
     fit: FitResult
     predicted: Arrays
     """The task's predictions on the test split."""
+    outputs: State
+    """The model's outputs on the test split, rows in the split's order."""
     timings: dict[str, float]
+    cached: bool
+    """Whether the frozen prefix ran once (cached) rather than every epoch."""
+    test_lengths: list[int] | None
+    """Tokens of each test example (text models), what its cost scales with."""
+
+
+Feeds = dict[str, Feed]
+BeforeFit = Callable[[AdaptableModel, Feeds], None]
+"""Sees the model as it is before training (pretrained weights, new head) and the train,
+val and test feeds after `precompute`: e.g. to take a linear probe's features from the
+cached frozen prefix rather than running the network again."""
 
 
 def progress_bars(progress: Progress, phase: str):
@@ -59,10 +73,12 @@ def run_phase(
     phase: str,
     run_path: Path | None = None,
     resume: bool = False,
+    before_fit: BeforeFit | None = None,
 ) -> PhaseResult:
     """Precompute, fit and predict the test split, for a model already on its device and
     `method.prepare`d. Checkpoints go to `<run>/checkpoints/<phase>`; `resume` continues
-    from the newest one."""
+    from the newest one. The test split goes through the frozen prefix once too: its cached
+    activations serve `before_fit` and the final predictions alike."""
     task, settings = method.task, config.train
     rank = os.environ.get("RANK", "0")
     cache = CacheSettings(
@@ -76,6 +92,7 @@ def run_phase(
         model, splits.train.inputs, task.targets(splits.train), config.data.augment
     )
     val_feed = input_feed(model, splits.val.inputs, task.targets(splits.val))
+    test_feed = input_feed(model, splits.test.inputs, task.targets(splits.test))
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if train_feed.augmented and settings.cache != "off" and method.cache_boundary(model) > 0:
@@ -87,8 +104,12 @@ def run_phase(
         )
     train_feed = method.precompute(model, train_feed, cache, "train")
     val_feed = method.precompute(model, val_feed, cache, "val")
-    if train_feed.start or val_feed.start:
+    test_feed = method.precompute(model, test_feed, cache, "test")
+    cached = bool(train_feed.start or val_feed.start)
+    if cached:
         timings["cache"] = time.perf_counter() - started
+    if before_fit is not None:
+        before_fit(model, {"train": train_feed, "val": val_feed, "test": test_feed})
 
     result = fit(
         model,
@@ -105,10 +126,7 @@ def run_phase(
     )
     timings["fit"] = result.seconds
     started = time.perf_counter()
-    predicted = task.predictions(gather_outputs(model, _test_inputs(model, splits, task)))
+    outputs = gather_outputs(model, test_feed)
     timings["test"] = time.perf_counter() - started
-    return PhaseResult(result, predicted, timings)
-
-
-def _test_inputs(model: AdaptableModel, splits: Splits, task) -> Feed:
-    return input_feed(model, splits.test.inputs, task.targets(splits.test))
+    predicted = task.predictions(outputs)
+    return PhaseResult(result, predicted, outputs, timings, cached, test_feed.lengths)

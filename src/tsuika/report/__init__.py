@@ -1,0 +1,45 @@
+"""`report.html`: what happened in a run, as pictures — rebuilt from the run folder alone
+(`tsuika report RUN`), self-contained (no script, no network), and `tsuika compare` for
+several runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tsuika.report import sections
+from tsuika.report.files import PREDICTIONS, REPORT, RunFiles, read_run
+from tsuika.report.html import page
+from tsuika.report.task_sections import task_sections
+from tsuika.runs import write_atomic
+
+
+def build_report(run: RunFiles) -> str:
+    summary = run.summary
+    data = summary.get("data", {})
+    subtitle = (
+        f"{summary['model']} · {summary['method']} · {summary['task']} · train "
+        f"{data.get('train')} / validation {data.get('validation')} / test {data.get('test')} "
+        f"· {run.path}"
+    )
+    parts = [
+        sections.verdicts(run),
+        sections.versus_baselines(run),
+        sections.learning_curves(run),
+        sections.schedule(run),
+        sections.trained(run),
+        *task_sections(run),
+        sections.examples(run),
+        sections.cost(run),
+    ]
+    return page(f"tsuika run {run.name}", subtitle, parts)
+
+
+def write_report(path: str | Path) -> Path:
+    """Build `<run>/report.html` from the run's files (replacing an earlier one)."""
+    run = read_run(path)
+    target = run.path / REPORT
+    write_atomic(target, build_report(run))
+    return target
+
+
+__all__ = ["PREDICTIONS", "REPORT", "build_report", "read_run", "write_report"]

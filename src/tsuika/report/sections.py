@@ -1,0 +1,245 @@
+"""The sections every run's report has, whatever its task: verdicts, the baselines, learning
+curves, the learning-rate plan, what trained, the test examples to look at, time and memory.
+Task-specific sections come from `tsuika.report.task_sections`."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+from tsuika.report import charts
+from tsuika.report.files import RunFiles
+from tsuika.report.html import Raw, Section, chart, table, text
+
+METRIC_NAMES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "R²"}
+SHOWN_EXAMPLES = 10
+
+
+def metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
+
+
+def verdicts(run: RunFiles) -> Section:
+    items = []
+    for verdict in run.summary.get("verdicts", {}).values():
+        words = verdict.get("text", "")
+        kind = "neutral"
+        if words.split(":")[0].isupper():  # NEGATIVE TRANSFER: …, OVERFITTING: …
+            kind = "bad"
+        elif "not a clear gain" in words:
+            kind = "warn"
+        elif " beats " in words:
+            kind = "good"
+        items.append(f'<p class="verdict {kind}">{text(words)}</p>')
+    return Section("verdicts", "Verdicts", "".join(items) or "<p>No verdicts recorded.</p>")
+
+
+def versus_baselines(run: RunFiles) -> Section:
+    summary, task = run.summary, run.task
+    metric = summary["selection"]["metric"]
+    baselines = summary.get("baselines", {})
+    if not baselines:
+        return Section("baselines", "Against the baselines", "<p>No baselines ran.</p>")
+    scale = 100.0 if task.gain_unit == "accuracy points" else 1.0
+    svg = charts.versus_baselines(
+        list(baselines),
+        [b[metric] for b in baselines.values()],
+        [b["gain"] for b in baselines.values()],
+        metric_name(metric),
+        summary["method"],
+        summary["test"][metric],
+        scale,
+        task.gain_unit,
+    )
+    shown = [m for m in task.shown if m in summary["test"]]
+    rows = [[summary["method"], "the adapted model", *(summary["test"][m] for m in shown), "", ""]]
+    for name, values in baselines.items():
+        gain = values["gain"]
+        interval = (
+            f"{task.gain_number(gain['gain'])} "
+            f"[{task.gain_number(gain['low'])}, {task.gain_number(gain['high'])}]"
+        )
+        rows.append(
+            [
+                name,
+                values["title"],
+                *(values.get(m, "") for m in shown),
+                interval,
+                f"{values.get('seconds', 0.0):.2f}",
+            ]
+        )
+    headers = [
+        "",
+        "what",
+        *(metric_name(m) for m in shown),
+        f"gain of the run ({task.gain_unit}, 95% CI)",
+        "seconds",
+    ]
+    numeric = [False, False, *([True] * len(shown)), True, True]
+    versus = summary.get("gain", {}).get("baseline")
+    note = (
+        f"<p class='note'>Judged against the strongest baseline, <b>{text(versus)}</b>; "
+        "intervals are paired bootstrap 95% intervals over test examples.</p>"
+        if versus
+        else ""
+    )
+    body = chart("baselines", svg, f"test {metric_name(metric)}, n={summary['data']['test']}")
+    return Section(
+        "baselines",
+        "Against the baselines",
+        body + table(headers, rows, numeric, highlight=0) + note,
+    )
+
+
+def learning_curves(run: RunFiles) -> Section:
+    training = run.summary.get("training", {})
+    metric = run.summary["selection"]["metric"]
+    if not run.history:
+        return Section("curves", "Learning curves", "<p>No epochs recorded.</p>")
+    svg = charts.learning_curves(
+        run.history, metric, training.get("best_epoch", 0), training.get("stopped_early", False)
+    )
+    caption = (
+        f"best validation {metric_name(metric)} at epoch {training.get('best_epoch')} of "
+        f"{training.get('epochs_run')} (its weights were kept)"
+    )
+    return Section("curves", "Learning curves", chart("curves", svg, caption))
+
+
+def schedule(run: RunFiles) -> Section:
+    plan = run.summary.get("training", {}).get("schedule")
+    if not plan or not plan.get("rates"):
+        return Section("schedule", "Learning rate", "<p>No schedule recorded.</p>")
+    steps = run.summary["training"].get("optimizer_steps", 0)
+    svg = charts.lr_schedule(plan, steps)
+    caption = (
+        f"{plan['kind']} schedule, {plan['warmup_steps']} warmup steps of "
+        f"{plan['total_steps']} planned; {steps} taken"
+    )
+    return Section("schedule", "Learning rate", chart("schedule", svg, caption))
+
+
+def trained(run: RunFiles) -> Section:
+    parameters = run.summary.get("parameters", {})
+    total = parameters.get("total", 0) or 1
+    share = 100 * parameters.get("trained", 0) / total
+    rows = [
+        [
+            g["name"],
+            f"{g['parameters']:,}",
+            "yes" if g["trained"] else "frozen",
+            f"{g['lr']:.2e}" if g.get("lr") is not None else "",
+        ]
+        for g in parameters.get("groups", [])
+    ]
+    body = (
+        f"<p>{parameters.get('trained', 0):,} of {total:,} parameters trained "
+        f"(<b>{share:.2f} %</b>), method <b>{text(run.summary['method'])}</b>.</p>"
+        + table(
+            ["layer group", "parameters", "trained", "base rate"], rows, [False, True, False, True]
+        )
+    )
+    return Section("trained", "What trained", body)
+
+
+def _input_cell(record: dict, image: bool) -> object:
+    value = str(record.get("input", ""))
+    if image:
+        thumb = thumbnail(Path(value))
+        name = text(Path(value).name)
+        return Raw(f'<img class="thumb" alt="{name}" src="{thumb}"> {name}' if thumb else name)
+    return value if len(value) <= 300 else value[:300] + " …"
+
+
+def thumbnail(path: Path, size: int = 56) -> str | None:
+    """A small PNG of an image file as a `data:` URI (inside the page, no file link), or None
+    when the file is gone or unreadable."""
+    from PIL import Image
+
+    from tsuika.data.images import decode
+
+    try:
+        pixels = decode(path, 40_000_000)
+    except ValueError:
+        return None
+    image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def examples(run: RunFiles) -> Section:
+    """The test examples to read first: those the model is most confidently wrong about
+    (highest loss among the wrong ones), and, for text, the slowest (most tokens)."""
+    records = run.records
+    if not records:
+        return Section("examples", "Test examples", "<p>No predictions recorded.</p>")
+    image = run.summary.get("modality") == "image"
+    confident = "confidence" in records[0]
+    wrong = [r for r in records if r["score"] < 1] if confident else list(records)
+    worst = sorted(wrong, key=lambda r: -r["loss"])[:SHOWN_EXAMPLES]
+    headers = ["#", "input", "truth", "predicted", *(["confidence"] if confident else []), "loss"]
+    rows = [
+        [
+            r["index"],
+            _input_cell(r, image),
+            _shown(r["truth"]),
+            _shown(r["predicted"]),
+            *([r["confidence"]] if confident else []),
+            r["loss"],
+        ]
+        for r in worst
+    ]
+    numeric = [True, False, False, False, *([True] if confident else []), True]
+    title = "Most confidently wrong" if confident else "Largest errors"
+    body = f"<h3>{title}</h3>" + (table(headers, rows, numeric) if rows else "<p>None.</p>")
+    if not image:
+        slow = sorted(records, key=lambda r: -r.get("tokens", 0))[:SHOWN_EXAMPLES]
+        rows = [
+            [
+                r["index"],
+                r.get("tokens", ""),
+                _input_cell(r, False),
+                _shown(r["truth"]),
+                _shown(r["predicted"]),
+            ]
+            for r in slow
+        ]
+        body += (
+            "<h3>Slowest (most tokens)</h3><p class='note'>Cost grows with length; very long "
+            "inputs are truncated at <code>train.max_length</code>.</p>"
+            + table(
+                ["#", "tokens", "input", "truth", "predicted"],
+                rows,
+                [True, True, False, False, False],
+            )
+        )
+    return Section("examples", "Test examples", body)
+
+
+def cost(run: RunFiles) -> Section:
+    timings = run.summary.get("timings", {})
+    total = timings.get("total") or 0.0
+    rows = [
+        [name, f"{seconds:.1f}", f"{100 * seconds / total:.1f} %" if total else ""]
+        for name, seconds in timings.items()
+        if isinstance(seconds, int | float)
+    ]
+    memory = run.summary.get("memory", {})
+    lines = [f"peak resident memory {memory['peak_rss_mb']:.0f} MB"] if memory else []
+    if "peak_cuda_mb" in memory:
+        lines.append(f"peak GPU memory {memory['peak_cuda_mb']:.0f} MB")
+    body = table(["part", "seconds", "share of the run"], rows, [False, True, True])
+    if lines:
+        body += f"<p>{text('; '.join(lines))} (the process's peak while the run went).</p>"
+    return Section("cost", "Time and memory", body)
