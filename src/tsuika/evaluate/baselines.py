@@ -133,13 +133,13 @@ def run_baselines(
             features = in_training_span(standardised(frozen.features))
             predicted, details = task.linear_baseline(features, splits.train, splits.val)
             key, pretrained = name, True
-            title = f"linear probe: {task.linear_model} on the frozen model's features"
+            title = "linear probe on the frozen features"
         elif name == "scratch":
             key, pretrained = name, False
             predicted, details = _scratch(
                 config, task, splits, adapted, progress, log, path, resume
             )
-            title = f"same architecture from scratch ({details['epochs']} epochs)"
+            title = f"same network from scratch ({details['epochs']} epochs)"
         else:
             continue
         seconds = time.perf_counter() - started

@@ -22,7 +22,7 @@ def classical_features(modality: str, splits: Splits) -> tuple[FeatureSplits, st
     """Features of the three splits and what they are, in words."""
     if modality == "image":
         return pixel_features(splits), f"{PIXELS}×{PIXELS} pixels"
-    return tfidf_features(splits), "TF-IDF word + character n-grams"
+    return tfidf_features(splits), "TF-IDF n-grams"
 
 
 def tfidf_features(splits: Splits) -> FeatureSplits:

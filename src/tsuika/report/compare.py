@@ -15,7 +15,7 @@ from tsuika.errors import TsuikaError
 from tsuika.evaluate.metrics import bootstrap_interval, paired_bootstrap
 from tsuika.report import charts
 from tsuika.report.files import RunFiles, read_run
-from tsuika.report.html import Section, chart, page, table, text
+from tsuika.report.html import Section, chart, page, percent, table, text
 from tsuika.report.sections import metric_name
 from tsuika.runs import write_atomic
 
@@ -109,7 +109,7 @@ def build_comparison(runs: list[RunFiles], rows: list[dict[str, Any]]) -> str:
                     else "—"
                 ),
                 _gain(row["gain"], task),
-                f"{100 * row['trained_share']:.2f} %",
+                percent(row["trained_share"]),
                 f"{row['seconds']:.1f}",
                 f"{row['peak_mb']:.0f}" if row["peak_mb"] else "",
             ]

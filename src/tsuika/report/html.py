@@ -41,6 +41,12 @@ def text(value: object) -> str:
     return escape(str(value))
 
 
+def percent(share: float) -> str:
+    """A share as a percentage that stays readable when tiny (a head is 0.0034 % of a model)."""
+    value = 100 * share
+    return f"{value:.1f} %" if value >= 1 or value == 0 else f"{value:.2g} %"
+
+
 def chart(name: str, svg: str, caption: str = "") -> str:
     """A chart in a figure the browser test finds by `data-chart`."""
     tail = f"<figcaption>{text(caption)}</figcaption>" if caption else ""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tsuika.report import charts
 from tsuika.report.files import RunFiles
-from tsuika.report.html import Raw, Section, chart, table, text
+from tsuika.report.html import Raw, Section, chart, percent, table, text
 
 METRIC_NAMES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "R²"}
 SHOWN_EXAMPLES = 10
@@ -38,7 +38,8 @@ def verdicts(run: RunFiles) -> Section:
 def versus_baselines(run: RunFiles) -> Section:
     summary, task = run.summary, run.task
     metric = summary["selection"]["metric"]
-    baselines = summary.get("baselines", {})
+    # Runs from before per-baseline gains have no interval to draw: they are left out.
+    baselines = {n: b for n, b in summary.get("baselines", {}).items() if "gain" in b}
     if not baselines:
         return Section("baselines", "Against the baselines", "<p>No baselines ran.</p>")
     scale = 100.0 if task.gain_unit == "accuracy points" else 1.0
@@ -123,7 +124,7 @@ def schedule(run: RunFiles) -> Section:
 def trained(run: RunFiles) -> Section:
     parameters = run.summary.get("parameters", {})
     total = parameters.get("total", 0) or 1
-    share = 100 * parameters.get("trained", 0) / total
+    share = parameters.get("trained", 0) / total
     rows = [
         [
             g["name"],
@@ -135,7 +136,7 @@ def trained(run: RunFiles) -> Section:
     ]
     body = (
         f"<p>{parameters.get('trained', 0):,} of {total:,} parameters trained "
-        f"(<b>{share:.2f} %</b>), method <b>{text(run.summary['method'])}</b>.</p>"
+        f"(<b>{percent(share)}</b>), method <b>{text(run.summary['method'])}</b>.</p>"
         + table(
             ["layer group", "parameters", "trained", "base rate"], rows, [False, True, False, True]
         )

@@ -109,7 +109,10 @@ def run_phase(
     if cached:
         timings["cache"] = time.perf_counter() - started
     if before_fit is not None:
-        before_fit(model, {"train": train_feed, "val": val_feed, "test": test_feed})
+        # Augmented training batches differ every pass: the hook sees the plain images.
+        plain = input_feed(model, splits.train.inputs, task.targets(splits.train))
+        fixed = plain if train_feed.augmented else train_feed
+        before_fit(model, {"train": fixed, "val": val_feed, "test": test_feed})
 
     result = fit(
         model,
