@@ -51,7 +51,10 @@ def _config(cell: tuple[str, str, str], tiny_bert_dir: Path, tables, output: Pat
             "train": str(tables["text" if text else "image"]),
             "label_column": (TEXT_TARGETS if text else TARGETS)[task],
         },
-        "finetune": {"freeze": 1},  # a frozen prefix, so the cache has something to hold
+        # A frozen prefix, so the cache has something to hold: fine-tuning freezes the first
+        # group, adapters sit in the top group only.
+        "finetune": {"freeze": 1},
+        "adapter": {"blocks": 1, "lr": 0.01},
         "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "backbone_lr": 0.01},
         "baselines": {"scratch": False, "bootstrap": 100},
         "output": str(output),

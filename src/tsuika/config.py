@@ -125,6 +125,26 @@ class FinetuneConfig(Section):
     """Gradual unfreezing (ULMFiT): head only, then one more group every E epochs."""
 
 
+class AdapterConfig(Section):
+    """Parameter-efficient adapters through PEFT (`lora`, `dora`, `ia3`)."""
+
+    r: int = Field(8, ge=1)
+    """LoRA/DoRA rank of the update BA (Hu et al. 2021)."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA scaling: the update is (alpha / r) · BA."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the adapter's input (LoRA/DoRA)."""
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    """`all-linear`: every Linear (and, in image models, every plain Conv2d) inside the layer
+    groups; or name patterns matched against module names in the wrapped model
+    (`*query`, `*value`, `encoder.layer.*.output.dense`)."""
+    blocks: Literal["all"] | Annotated[int, Field(ge=1)] = "all"
+    """Adapters in every layer group, or only in the top N: everything below stays frozen
+    and its output is cached once."""
+    lr: float = Field(5e-4, gt=0)
+    """Learning rate of the adapter parameters (the head uses `train.lr`)."""
+
+
 class RegressionConfig(Section):
     loss: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(1.0, gt=0)
@@ -167,9 +187,11 @@ class Config(Section):
     """`classify`, `multi-task` (several label columns, one head each) or `regression`;
     `auto`: classify, or multi-task when `data.label_column` lists several columns."""
     method: str = "transfer"
-    """`transfer` or `finetune` (see `tsuika.methods`)."""
+    """`transfer`, `finetune`, or the PEFT adapters `lora`, `dora`, `ia3` (see
+    `tsuika.methods`)."""
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    adapter: AdapterConfig = AdapterConfig()
     regression: RegressionConfig = RegressionConfig()
     multitask: MultiTaskConfig = MultiTaskConfig()
     head: HeadConfig = HeadConfig()

@@ -27,8 +27,12 @@ def describe(config: Config) -> Table:
     for column in ("#", "group", "parameters", "trains", "lr", "note"):
         table.add_column(column, justify="right" if column in ("#", "parameters", "lr") else "left")
     for group in model.layer_groups():
-        trains = group.name in rates
+        trains = group.name in rates or group.trainable
+        rate = rates.get(group.name, rates.get("adapters"))
+        trainable = sum(p.numel() for p in group.parameters() if p.requires_grad)
         note = []
+        if trains and 0 < trainable < group.size:
+            note.append(f"adapters: {trainable:,} trainable")
         if group.index < boundary:
             note.append("cached (frozen prefix)")
         if group.name in unfreeze_at and unfreeze_at[group.name] > 1:
@@ -38,7 +42,7 @@ def describe(config: Config) -> Table:
             group.name,
             f"{group.size:,}",
             "yes" if trains else "no",
-            f"{rates[group.name]:.2e}" if trains else "",
+            f"{rate:.2e}" if trains and rate is not None else "",
             ", ".join(note),
         )
     return table

@@ -100,20 +100,26 @@ def build_summary(
 
 
 def parameters(model: AdaptableModel, result: FitResult) -> dict[str, Any]:
-    """Totals and every layer group: its size, whether it trained, at what base rate."""
+    """Totals and every layer group: its size, how much of it trained, at what base rate
+    (adapters: the adapters' rate, on the groups that hold them)."""
     trained = trained_groups(model)
     groups = model.layer_groups()
     rates = result.schedule.get("rates", {})
+
+    def trainable(group) -> int:
+        return sum(p.numel() for p in group.parameters() if p.requires_grad)
+
     return {
         "total": sum(p.numel() for p in model.parameters()),
-        "trained": sum(groups[i].size for i in trained),
+        "trained": sum(trainable(g) for g in groups),
         "trained_groups": [groups[i].name for i in sorted(trained)],
         "groups": [
             {
                 "name": g.name,
                 "parameters": g.size,
                 "trained": g.index in trained,
-                "lr": rates.get(g.name),
+                "trainable": trainable(g),
+                "lr": rates.get(g.name, rates.get("adapters") if g.index in trained else None),
             }
             for g in groups
         ],

@@ -1,11 +1,18 @@
 """Adaptation methods; each is one module, registered here by name."""
 
 from tsuika.errors import TsuikaError
+from tsuika.methods.adapters import IA3, Dora, Lora
 from tsuika.methods.base import Method
 from tsuika.methods.finetune import Finetune
 from tsuika.methods.transfer import Transfer
 
-METHODS: dict[str, type[Method]] = {"transfer": Transfer, "finetune": Finetune}
+METHODS: dict[str, type[Method]] = {
+    "transfer": Transfer,
+    "finetune": Finetune,
+    "lora": Lora,
+    "dora": Dora,
+    "ia3": IA3,
+}
 
 
 def method_class(name: str) -> type[Method]:
@@ -14,4 +21,4 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Finetune", "Method", "Transfer", "method_class"]
+__all__ = ["IA3", "METHODS", "Dora", "Finetune", "Lora", "Method", "Transfer", "method_class"]

@@ -118,12 +118,7 @@ class Method:
     def save(self, model: AdaptableModel, folder: Path) -> None:
         """The trained stages' full state, as safetensors; the rest comes from the source."""
         folder.mkdir(parents=True, exist_ok=True)
-        state = stage_state(model, trained_groups(model))
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-        tmp = folder / (WEIGHTS + ".tmp")
-        save_file(state, str(tmp))
-        match_umask(tmp)  # before the rename, so the final name never has the 0600 mode
-        tmp.replace(folder / WEIGHTS)
+        save_weights(stage_state(model, trained_groups(model)), folder)
 
     @classmethod
     def restore(cls, model: AdaptableModel, folder: Path) -> None:
@@ -147,6 +142,15 @@ class Method:
         if missing:
             raise damaged(path, f"lacks {len(missing)} tensors (e.g. {missing[0]})")
         model.load_state_dict(weights, strict=False)
+
+
+def save_weights(state: dict[str, torch.Tensor], folder: Path) -> None:
+    """`state` as `<folder>/weights.safetensors`, written atomically."""
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    tmp = folder / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    match_umask(tmp)  # before the rename, so the final name never has the 0600 mode
+    tmp.replace(folder / WEIGHTS)
 
 
 def damaged(path: Path, problem: str) -> TsuikaError:

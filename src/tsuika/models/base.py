@@ -55,12 +55,20 @@ class AdaptableModel(nn.Module):
         stages: list[tuple[str, nn.Module]],
         spec: dict[str, Any],
         preprocess: Any,
+        library: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.stage_names = [name for name, _ in stages]
         self.stages = nn.ModuleList(module for _, module in stages)
         self.spec = spec
         self.preprocess = preprocess
+        # The library's own network whose parts the stages run (a transformers model, a timm
+        # or torchvision network, a registered module): adapters are injected there, so saved
+        # names are the library's. Kept out of the module tree (`object.__setattr__`): its
+        # parameters are the stages' and must not appear twice in `state_dict()`.
+        object.__setattr__(self, "library", library)
+        object.__setattr__(self, "adapters", None)
+        """The PEFT model wrapping `library` once a method injected adapters."""
 
     @property
     def head(self) -> nn.Module:
@@ -97,10 +105,21 @@ class AdaptableModel(nn.Module):
 
     def train(self, mode: bool = True) -> AdaptableModel:
         """Train mode only for stages that train: frozen stages keep eval behaviour
-        (BatchNorm running statistics and dropout unchanged)."""
+        (BatchNorm running statistics and dropout unchanged), and so do frozen BatchNorm
+        layers inside a training stage."""
         super().train(mode)
         if mode:
             for group in self.layer_groups():
                 if not group.trainable:
                     group.module.eval()
+            # Within a training group, a normalisation layer whose own weights are frozen
+            # (adapters on a frozen base) keeps its running statistics too.
+            for module in self.modules():
+                params = list(module.parameters(recurse=False))
+                if (
+                    isinstance(module, nn.modules.batchnorm._BatchNorm)
+                    and params
+                    and not any(p.requires_grad for p in params)
+                ):
+                    module.eval()
         return self

@@ -187,7 +187,9 @@ def efficientnet_lite0(new_head: HeadBuilder, head: HeadConfig, pretrained: bool
         ("head", new_head(1280)),
     ]
     spec = ImageSpec(size=224, crop_pct=0.875, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    return AdaptableModel(stages, _spec("efficientnet-lite0", head, spec), ImagePreprocess(spec))
+    return AdaptableModel(
+        stages, _spec("efficientnet-lite0", head, spec), ImagePreprocess(spec), net
+    )
 
 
 def _spec(source: str, head: HeadConfig, image: ImageSpec, **extra) -> dict:
@@ -261,6 +263,7 @@ def timm_model(
         stages,
         _spec(f"timm:{name}", head, spec, weights=weights_path),
         ImagePreprocess(spec),
+        net,
     )
 
 
@@ -320,6 +323,7 @@ def torchvision_model(
         stages,
         _spec(f"torchvision:{name}", head, spec, weights=weights_path),
         ImagePreprocess(spec),
+        net,
     )
 
 
@@ -351,4 +355,4 @@ def module_model(
         ("pooler", GlobalPooler()),
         ("head", new_head(classifier.in_features)),
     ]
-    return AdaptableModel(stages, _spec(name, head, recipe.spec), ImagePreprocess(recipe.spec))
+    return AdaptableModel(stages, _spec(name, head, recipe.spec), ImagePreprocess(recipe.spec), net)

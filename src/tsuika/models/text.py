@@ -203,6 +203,6 @@ def load_text_model(
         "pooling": mode,
         "normalize": normalize,
     }
-    model = AdaptableModel(stages, spec, TextPreprocess(tokenizer, max_length))
+    model = AdaptableModel(stages, spec, TextPreprocess(tokenizer, max_length), encoder)
     # The HF pooler (if any) is unused by sentence embeddings: keep it out of every group.
     return model

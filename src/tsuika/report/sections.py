@@ -144,6 +144,13 @@ def trained(run: RunFiles) -> Section:
     return Section("trained", "What trained", body)
 
 
+def _trained_words(group: dict) -> str:
+    if not group["trained"]:
+        return "frozen"
+    trainable = group.get("trainable", group["parameters"])
+    return "yes" if trainable == group["parameters"] else f"{trainable:,} (adapters)"
+
+
 def _input_cell(record: dict, image: bool) -> object:
     value = str(record.get("input", ""))
     if image:

@@ -1,0 +1,184 @@
+"""Parameter-efficient adapters through PEFT: LoRA (Hu et al. 2021, arXiv:2106.09685: a frozen
+W plus a learned low-rank update (α/r)·BA), DoRA (Liu et al. 2024, arXiv:2402.09353: LoRA on
+the direction, a learned magnitude) and IA³ (Liu et al. 2022, arXiv:2205.05638: learned
+rescaling vectors). Nothing is hand-written: `peft` injects its layers into the library's own
+network (`model.library`), in place, so the stages run them and the saved adapter is a standard
+PEFT folder with the library's names — `PeftModel.from_pretrained(base, folder)` loads it
+without tsuika. The new head trains beside the adapters and is saved as safetensors."""
+
+from __future__ import annotations
+
+import warnings
+from fnmatch import fnmatch
+from pathlib import Path
+
+from peft import IA3Config, LoraConfig, PeftConfig, PeftModel, get_peft_model
+from torch import nn
+
+from tsuika.errors import TsuikaError
+from tsuika.methods.base import Method, damaged, save_weights, stage_state
+from tsuika.models.base import AdaptableModel
+
+ADAPTER = "adapter"
+"""The PEFT folder inside a run's `model/`."""
+
+
+def _stage_of(model: AdaptableModel) -> dict[int, int]:
+    """id(module) → index of the stage whose subtree holds it."""
+    owner: dict[int, int] = {}
+    for index, stage in enumerate(model.stages):
+        for module in stage.modules():
+            owner.setdefault(id(module), index)
+    return owner
+
+
+def _adaptable(module: nn.Module) -> bool:
+    """Layers every PEFT method here supports: Linear, and Conv2d without groups (a
+    depthwise convolution has too few weights per output for a low-rank update)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and module.groups == 1
+
+
+def adapter_targets(
+    model: AdaptableModel, patterns: str | list[str], blocks: str | int
+) -> list[str]:
+    """Names (in `model.library`) of the layers to adapt: those matching `patterns` (or every
+    adaptable layer for `all-linear`) whose parent lies inside a layer group — PEFT replaces a
+    layer on its parent, and a stage holding the layer itself would keep running the old one —
+    restricted to the top `blocks` groups that have any."""
+    if model.library is None:
+        raise TsuikaError(
+            f"{model.spec.get('source')}: adapters need the library's network; this model "
+            "source does not expose one (use finetune)"
+        )
+    owner = _stage_of(model)
+    head = model.num_stages - 1
+    found: dict[str, int] = {}
+    for name, module in model.library.named_modules():
+        if not name or not _adaptable(module):
+            continue
+        parent = model.library.get_submodule(name.rpartition(".")[0])
+        stage = owner.get(id(parent))
+        if stage is None or stage == head or owner.get(id(module)) != stage:
+            continue
+        if patterns != "all-linear" and not any(fnmatch(name, p) for p in patterns):
+            continue
+        found[name] = stage
+    stages = sorted(set(found.values()))
+    if blocks != "all":
+        stages = stages[-int(blocks) :]
+    chosen = [name for name, stage in found.items() if stage in stages]
+    if not chosen:
+        wanted = patterns if patterns == "all-linear" else ", ".join(patterns)
+        raise TsuikaError(
+            f"adapter.target_modules ({wanted}) matches no Linear or Conv2d layer inside the "
+            f"layer groups of {model.spec.get('source')}; see `tsuika inspect`"
+        )
+    return chosen
+
+
+class Adapters(Method):
+    """The contract, for any PEFT method that injects into layers: adapters and the head
+    train, everything else is frozen."""
+
+    name = "adapters"
+
+    def peft_config(self, targets: list[str]) -> PeftConfig:
+        raise NotImplementedError
+
+    def prepare(self, model: AdaptableModel) -> None:
+        if model.adapters is not None:
+            return  # idempotent: already injected
+        settings = self.config.adapter
+        targets = adapter_targets(model, settings.target_modules, settings.blocks)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        # get_peft_model freezes the library's own weights and injects trainable adapters in
+        # place; the stages hold the same parent modules, so they now run the adapters.
+        object.__setattr__(
+            model, "adapters", get_peft_model(model.library, self.peft_config(targets))
+        )
+        model.head.requires_grad_(True)
+
+    def trainable_parameters(self, model: AdaptableModel) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def trainable_groups(self, model: AdaptableModel) -> set[int]:
+        return {g.index for g in model.layer_groups() if g.trainable}
+
+    def param_groups(self, model: AdaptableModel) -> list[dict]:
+        train = self.config.train
+        head = set(map(id, model.head.parameters()))
+        adapters = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+        groups = [
+            {
+                "params": adapters,
+                "lr": self.config.adapter.lr,
+                "weight_decay": 0.0,
+                "name": "adapters",
+            }
+        ]
+        head_params = [p for p in model.head.parameters() if p.requires_grad]
+        decay = [p for p in head_params if p.dim() >= 2]
+        rest = [p for p in head_params if p.dim() < 2]
+        groups.append(
+            {"params": decay, "lr": train.lr, "weight_decay": train.weight_decay, "name": "head"}
+        )
+        if rest:
+            groups.append({"params": rest, "lr": train.lr, "weight_decay": 0.0, "name": "head"})
+        return groups
+
+    def save(self, model: AdaptableModel, folder: Path) -> None:
+        """A standard PEFT folder (`adapter/`), and the head as safetensors."""
+        folder.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model.adapters.save_pretrained(str(folder / ADAPTER))
+        save_weights(stage_state(model, {model.num_stages - 1}), folder)
+
+    @classmethod
+    def restore(cls, model: AdaptableModel, folder: Path) -> None:
+        adapter = folder / ADAPTER
+        if not (adapter / "adapter_config.json").is_file():
+            raise damaged(adapter, "is not a PEFT adapter folder (no adapter_config.json)")
+        if model.library is None:
+            raise damaged(folder, "names adapters, but its base model exposes no network")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                peft = PeftModel.from_pretrained(model.library, str(adapter))
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise damaged(adapter, f"cannot be loaded by PEFT ({err})") from None
+        object.__setattr__(model, "adapters", peft)
+        super().restore(model, folder)
+
+
+class Lora(Adapters):
+    name = "lora"
+    dora = False
+
+    def peft_config(self, targets: list[str]) -> PeftConfig:
+        settings = self.config.adapter
+        return LoraConfig(
+            r=settings.r,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            target_modules=targets,
+            use_dora=self.dora,
+        )
+
+
+class Dora(Lora):
+    name = "dora"
+    dora = True
+
+
+class IA3(Adapters):
+    """IA³ rescales activations: inputs of feed-forward layers, outputs of the others."""
+
+    name = "ia3"
+
+    def peft_config(self, targets: list[str]) -> PeftConfig:
+        feedforward = [t for t in targets if any(k in t for k in ("intermediate", "mlp", "fc1"))]
+        return IA3Config(target_modules=targets, feedforward_modules=feedforward)
