@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from browser import FLAGS, chromium  # noqa: E402
+from browser import FLAGS, chromium
 
-import tsuika  # noqa: E402
-from tsuika.report.compare import write_comparison  # noqa: E402
+import tsuika
+from tsuika.report.compare import write_comparison
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -25,9 +25,17 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def screenshot(page: Path, target: Path, height: int) -> None:
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
-            [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--screenshot={target}",
-             f"--window-size=1000,{height}", page.resolve().as_uri()],
-            check=True, capture_output=True, timeout=120,
+            [
+                chromium(),
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--screenshot={target}",
+                f"--window-size=1000,{height}",
+                page.resolve().as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
     print(f"wrote {target}")
 
@@ -38,7 +46,10 @@ def main() -> None:
     common = dict(model="minilm-l6", data=data, output=str(output), progress=False)
     transfer = tsuika.train(method="transfer", name="transfer", **common)
     finetune = tsuika.train(
-        method="finetune", name="finetune", finetune={"freeze": 4}, train={"epochs": 4},
+        method="finetune",
+        name="finetune",
+        finetune={"freeze": 4},
+        train={"epochs": 4},
         **common,
     )
     DOCS.mkdir(exist_ok=True)

@@ -119,7 +119,7 @@ def test_regression_on_text_through_the_cli(
         ({"task": "multi-task"}, "multi-task needs several label columns"),
         ({"task": "regression", "data": {"label_column": "score", "k": 4}}, "no classes"),
         ({"task": "translate"}, "unknown task `translate`"),
-        ({"method": "lora"}, "unknown method `lora`"),
+        ({"method": "qlora"}, "unknown method `qlora`"),
     ],
 )
 def test_task_mistakes_are_clear_errors(
