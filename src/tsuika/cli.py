@@ -43,26 +43,18 @@ def results_table(summary: dict) -> Table:
         "",
         f"{adapted:.1f}" if timings else "",
     )
-    scale = 100 if "accuracy" in summary["selection"]["metric"] else 1
+    from tsuika.tasks import task_from_meta
+
+    task = task_from_meta(summary["targets"])
     for values in summary.get("baselines", {}).values():
-        gain = values.get("gain", {})
+        gain = values.get("gain")
         table.add_row(
             escape(values.get("title", "")),
             *(f"{values[m]:.3f}" for m in metrics),
-            _gain_text(gain, scale),
+            task.gain_interval(gain) if gain else "",
             f"{values.get('seconds', 0.0):.1f}",
         )
     return table
-
-
-def _gain_text(gain: dict, scale: float) -> str:
-    if not gain:
-        return ""
-    digits = ".1f" if scale == 100 else ".3g"
-    return (
-        f"{scale * gain['gain']:+{digits}} "
-        f"[{scale * gain['low']:+{digits}}, {scale * gain['high']:+{digits}}]"
-    )
 
 
 METRIC_NAMES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "R²"}
@@ -232,14 +224,13 @@ def compare(
     table = Table("run", "method", "model", "test", "95% CI", "vs best (paired)", "seconds")
     for row in rows:
         low, high = row["interval"] or (float("nan"), float("nan"))
-        versus = row.get("versus_best")
         table.add_row(
             escape(row["run"]),
             escape(row["method"]),
             escape(row["model"]),
             f"{row['score']:.3f}",
             f"[{low:.3f}, {high:.3f}]",
-            "best" if row["best"] else _gain_text(versus or {}, row["scale"]),
+            row["versus"],
             f"{row['seconds']:.1f}",
         )
     table.title = f"test {metric}"

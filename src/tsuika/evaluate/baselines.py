@@ -25,7 +25,7 @@ from tsuika.methods.base import Method
 from tsuika.models import model_for
 from tsuika.models.base import AdaptableModel
 from tsuika.tasks.base import Arrays, Task
-from tsuika.tasks.linear import FeatureSplits, in_training_span
+from tsuika.tasks.linear import FeatureSplits, in_training_span, standardised
 from tsuika.train.distributed import training_device
 from tsuika.train.metrics_log import MetricsLog
 from tsuika.train.phase import Feeds, PhaseResult, run_phase, seed_everything
@@ -81,14 +81,6 @@ class FrozenFeatures:
             for split in ("train", "val", "test")
         )
         self.seconds = time.perf_counter() - started
-
-
-def standardised(features: FeatureSplits) -> FeatureSplits:
-    """Dense features scaled by the training split's mean and spread (what a linear probe
-    needs for one regularisation grid to suit every model's feature scale)."""
-    train = features[0]
-    mean, std = train.mean(0), train.std(0) + 1e-6
-    return tuple((x - mean) / std for x in features)  # type: ignore[return-value]
 
 
 @dataclass

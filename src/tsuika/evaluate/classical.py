@@ -11,7 +11,7 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from tsuika.data.splits import Splits
-from tsuika.tasks.linear import FeatureSplits
+from tsuika.tasks.linear import FeatureSplits, standardised
 
 PIXELS = 32
 """Side of the downsampled image: small enough for a linear model on a few hundred images,
@@ -54,9 +54,6 @@ def downsampled(images: list[torch.Tensor]) -> np.ndarray:
 
 def pixel_features(splits: Splits) -> FeatureSplits:
     """Downsampled pixels, standardised with the training split's mean and spread."""
-    train = downsampled(splits.train.inputs)
-    mean, std = train.mean(0), train.std(0) + 1e-6
-    return tuple(  # type: ignore[return-value]
-        (x - mean) / std
-        for x in (train, downsampled(splits.val.inputs), downsampled(splits.test.inputs))
+    return standardised(
+        tuple(downsampled(split.inputs) for split in (splits.train, splits.val, splits.test))
     )

@@ -16,7 +16,7 @@ from peft import IA3Config, LoraConfig, PeftConfig, PeftModel, get_peft_model
 from torch import nn
 
 from tsuika.errors import TsuikaError
-from tsuika.methods.base import Method, damaged, save_weights, stage_state
+from tsuika.methods.base import Method, damaged, decay_groups, save_weights, stage_state
 from tsuika.models.base import AdaptableModel
 
 ADAPTER = "adapter"
@@ -108,6 +108,7 @@ class Adapters(Method):
         return {g.index for g in model.layer_groups() if g.trainable}
 
     def param_groups(self, model: AdaptableModel) -> list[dict]:
+        """The adapters at `adapter.lr` without weight decay; the head as every method's."""
         train = self.config.train
         head = set(map(id, model.head.parameters()))
         adapters = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
@@ -119,15 +120,7 @@ class Adapters(Method):
                 "name": "adapters",
             }
         ]
-        head_params = [p for p in model.head.parameters() if p.requires_grad]
-        decay = [p for p in head_params if p.dim() >= 2]
-        rest = [p for p in head_params if p.dim() < 2]
-        groups.append(
-            {"params": decay, "lr": train.lr, "weight_decay": train.weight_decay, "name": "head"}
-        )
-        if rest:
-            groups.append({"params": rest, "lr": train.lr, "weight_decay": 0.0, "name": "head"})
-        return groups
+        return groups + decay_groups(model.head, train.lr, train.weight_decay, "head")
 
     def save(self, model: AdaptableModel, folder: Path) -> None:
         """A standard PEFT folder (`adapter/`), and the head as safetensors."""

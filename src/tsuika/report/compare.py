@@ -74,13 +74,14 @@ def comparison_rows(runs: list[RunFiles]) -> list[dict[str, Any]]:
             "verdicts": [v.get("text", "") for v in summary.get("verdicts", {}).values()],
             "best": run is best,
             "metric": metric,
-            "scale": 100.0 if task.gain_unit == "accuracy points" else 1.0,
+            "versus": "best" if run is best else "—",
         }
         if paired and run is not best:
             best_scores = np.array([r["score"] for r in best.records])
             row["versus_best"] = paired_bootstrap(
                 scores, best_scores, task.from_mean, task.higher_is_better
             )
+            row["versus"] = task.gain_interval(row["versus_best"])
         rows.append(row)
     return rows
 
@@ -92,7 +93,6 @@ def build_comparison(runs: list[RunFiles], rows: list[dict[str, Any]]) -> str:
     cells = []
     for row in rows:
         low, high = row["interval"] or (float("nan"), float("nan"))
-        versus = row.get("versus_best")
         cells.append(
             [
                 row["run"],
@@ -100,15 +100,10 @@ def build_comparison(runs: list[RunFiles], rows: list[dict[str, Any]]) -> str:
                 row["model"],
                 f"{row['score']:.3f}",
                 f"[{low:.3f}, {high:.3f}]",
-                "best"
-                if row["best"]
-                else (
-                    f"{task.gain_number(versus['gain'])} [{task.gain_number(versus['low'])}, "
-                    f"{task.gain_number(versus['high'])}]"
-                    if versus
-                    else "—"
-                ),
-                _gain(row["gain"], task),
+                row["versus"],
+                f"{task.gain_interval(row['gain'])} vs {row['gain']['baseline']}"
+                if row["gain"]
+                else "",
                 percent(row["trained_share"]),
                 f"{row['seconds']:.1f}",
                 f"{row['peak_mb']:.0f}" if row["peak_mb"] else "",
@@ -137,7 +132,7 @@ def build_comparison(runs: list[RunFiles], rows: list[dict[str, Any]]) -> str:
     note = (
         "<p class='note'>The runs share their test set: gains over the best run are paired "
         "bootstrap 95% intervals.</p>"
-        if shared_test_set(runs)
+        if any("versus_best" in row for row in rows)  # paired only on a shared test set
         else "<p class='note'>The runs were tested on different examples: their scores are not "
         "paired, and differences may come from the test sets.</p>"
     )
@@ -160,15 +155,6 @@ def build_comparison(runs: list[RunFiles], rows: list[dict[str, Any]]) -> str:
         ),
     ]
     return page("tsuika compare", " · ".join(r.name for r in runs), sections)
-
-
-def _gain(gain: dict | None, task) -> str:
-    if not gain:
-        return ""
-    return (
-        f"{task.gain_number(gain['gain'])} [{task.gain_number(gain['low'])}, "
-        f"{task.gain_number(gain['high'])}] vs {gain['baseline']}"
-    )
 
 
 def write_comparison(paths: list[str | Path], out: str | Path | None = None) -> tuple[Path, list]:

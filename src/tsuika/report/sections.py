@@ -42,7 +42,6 @@ def versus_baselines(run: RunFiles) -> Section:
     baselines = {n: b for n, b in summary.get("baselines", {}).items() if "gain" in b}
     if not baselines:
         return Section("baselines", "Against the baselines", "<p>No baselines ran.</p>")
-    scale = 100.0 if task.gain_unit == "accuracy points" else 1.0
     svg = charts.versus_baselines(
         list(baselines),
         [b[metric] for b in baselines.values()],
@@ -50,23 +49,18 @@ def versus_baselines(run: RunFiles) -> Section:
         metric_name(metric),
         summary["method"],
         summary["test"][metric],
-        scale,
+        task.gain_scale,
         task.gain_unit,
     )
     shown = [m for m in task.shown if m in summary["test"]]
     rows = [[summary["method"], "the adapted model", *(summary["test"][m] for m in shown), "", ""]]
     for name, values in baselines.items():
-        gain = values["gain"]
-        interval = (
-            f"{task.gain_number(gain['gain'])} "
-            f"[{task.gain_number(gain['low'])}, {task.gain_number(gain['high'])}]"
-        )
         rows.append(
             [
                 name,
                 values["title"],
                 *(values.get(m, "") for m in shown),
-                interval,
+                task.gain_interval(values["gain"]),
                 f"{values.get('seconds', 0.0):.2f}",
             ]
         )

@@ -168,6 +168,13 @@ class Task:
         raise NotImplementedError
 
     gain_unit: ClassVar[str] = ""
+    gain_scale: ClassVar[float] = 1.0
+    """A difference in the selection metric × this is in `gain_unit`s (accuracy: 100)."""
+
+    def gain_interval(self, gain: dict[str, float]) -> str:
+        """A paired-bootstrap gain and its interval: `+6.0 [+3.7, +8.5]`."""
+        numbers = [self.gain_number(gain[key]) for key in ("gain", "low", "high")]
+        return f"{numbers[0]} [{numbers[1]}, {numbers[2]}]"
 
     baselines: ClassVar[tuple[str, ...]] = ("constant", "classical", "probe", "scratch")
     """The baselines this task can be compared with (`tsuika.evaluate.baselines` runs those

@@ -225,6 +225,7 @@ class Classify(Task):
         return "majority", predicted, details
 
     gain_unit = "accuracy points"
+    gain_scale = 100.0
     linear_model = "logistic regression"
 
     def linear_baseline(
@@ -252,7 +253,7 @@ class Classify(Task):
         return self.probabilities(outputs)[self.columns[0]].max(-1)
 
     def gain_number(self, gain: float) -> str:
-        return f"{100 * gain:+.1f}"
+        return f"{self.gain_scale * gain:+.1f}"
 
 
 class MultiTask(Classify):

@@ -61,3 +61,11 @@ def in_training_span(features: FeatureSplits) -> FeatureSplits:
     _, values, basis = np.linalg.svd(centred, full_matrices=False)
     basis = basis[values > values[0] * 1e-6] if len(values) and values[0] > 0 else basis[:1]
     return tuple(x @ basis.T for x in features)  # type: ignore[return-value]
+
+
+def standardised(features: FeatureSplits) -> FeatureSplits:
+    """Dense features (pixels, a probe's pooled features) scaled by the training split's mean
+    and spread, so one regularisation grid suits every feature scale."""
+    train = features[0]
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return tuple((x - mean) / std for x in features)  # type: ignore[return-value]

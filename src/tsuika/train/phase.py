@@ -110,8 +110,9 @@ def run_phase(
         timings["cache"] = time.perf_counter() - started
     if before_fit is not None:
         # Augmented training batches differ every pass: the hook sees the plain images.
-        plain = input_feed(model, splits.train.inputs, task.targets(splits.train))
-        fixed = plain if train_feed.augmented else train_feed
+        fixed = train_feed
+        if train_feed.augmented:
+            fixed = input_feed(model, splits.train.inputs, task.targets(splits.train))
         before_fit(model, {"train": fixed, "val": val_feed, "test": test_feed})
 
     result = fit(
