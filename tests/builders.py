@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from helpers import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS
+from helpers import FILLER_WORDS, NEGATIVE_WORDS, POSITIVE_WORDS, sentiment_rows
 from PIL import Image
 from torch import nn
 
@@ -86,3 +86,64 @@ def colour_table(folder: Path, n: int = 120, seed: int = 0, size: int = 8) -> Pa
     table = folder / "images.csv"
     table.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return table
+
+
+# -- a tiny causal language model -------------------------------------------------------------
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""The ChatML template SmolLM2 and Qwen use (without a default system turn)."""
+LLAMA_SPECIAL = ["<unk>", "<pad>", "<s>", "<|im_start|>", "<|im_end|>"]
+LLAMA_WORDS = ["user", "assistant", "system", "pos", "neg", "say", "or", "answer", ":"]
+
+
+def tiny_llama_folder(folder: Path, chat: bool = True) -> Path:
+    """A 3-layer, width-32 Llama with tied embeddings and a word-level tokenizer (ChatML
+    template, `<|im_end|>` as end of sequence), saved as a Hugging Face folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = list(dict.fromkeys(LLAMA_SPECIAL + LLAMA_WORDS + POSITIVE_WORDS + NEGATIVE_WORDS))
+    words += [w for w in FILLER_WORDS if w not in words]
+    vocab = {word: index for index, word in enumerate(words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    if chat:
+        tokenizer.chat_template = CHATML
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def chat_rows(n: int = 24, seed: int = 0) -> list[dict]:
+    """Prompt → completion rows: a line of sentiment words → `pos` or `neg`."""
+    return [
+        {"prompt": f"say pos or neg : {text}", "completion": label}
+        for text, label in sentiment_rows(n, seed)
+    ]

@@ -76,3 +76,11 @@ def tiny_run(
     """One transfer run on the toy data (5 epochs), shared by the tests that only read it."""
     output = tmp_path_factory.mktemp("shared-runs")
     return tsuika.train(fast_config(tiny_bert_dir, tiny_csv, output, name="tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-layer, width-32 Llama (tied embeddings, ChatML template) as a Hugging Face folder."""
+    from builders import tiny_llama_folder
+
+    return tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))

@@ -16,7 +16,7 @@ from helpers import FILLER_WORDS, sentiment_rows
 import tsuika
 from tsuika.config import build_config
 from tsuika.data.splits import Examples, Splits
-from tsuika.evaluate.baselines import FrozenFeatures, wanted_baselines
+from tsuika.evaluate.baselines import BeforeTraining, wanted_baselines
 from tsuika.evaluate.budget import adapted_flops, matched_epochs, stage_flops
 from tsuika.evaluate.classical import classical_features
 from tsuika.evaluate.summary import strongest
@@ -213,7 +213,8 @@ def test_probe_features_from_the_cache_equal_a_live_pass(base_config):
     feed = input_feed(model, texts)
     cached = method.precompute(model, feed, CacheSettings(mode="memory"), "x")
     assert cached.start == 2
-    hook_cached, hook_live = FrozenFeatures(), FrozenFeatures()
+    hook_cached = BeforeTraining(task, features=True, outputs=False)
+    hook_live = BeforeTraining(task, features=True, outputs=False)
     hook_cached(model, {"train": cached, "val": cached, "test": cached})
     hook_live(model, {"train": feed, "val": feed, "test": feed})
     torch.testing.assert_close(

@@ -7,11 +7,12 @@ task registered in `METHODS` / `TASKS` gets the whole matrix."""
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from builders import TINY_CNN, colour_table, register_tiny_models, text_table
+from builders import TINY_CNN, chat_rows, colour_table, register_tiny_models, text_table
 
 import tsuika
 from tsuika.api import task_and_data
@@ -30,27 +31,35 @@ TARGETS = {  # task → its label column(s) in the synthetic tables
     "regression": "score",
 }
 TEXT_TARGETS = {**TARGETS, "multi-task": ["label", "topic"]}
-CELLS = list(itertools.product(METHODS, ["tiny-bert", "tiny-cnn"], TASKS))
+ENCODER_TASKS = [name for name, task in TASKS.items() if task.model_kind == "encoder"]
+LM_TASKS = [name for name, task in TASKS.items() if task.model_kind == "causal-lm"]
+CELLS = list(itertools.product(METHODS, ["tiny-bert", "tiny-cnn"], ENCODER_TASKS))
+CELLS += list(itertools.product(METHODS, ["tiny-llama"], LM_TASKS))
 
 
 @pytest.fixture(scope="module")
-def tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def tables(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir) -> dict[str, Path]:
     register_tiny_models()
     root = tmp_path_factory.mktemp("matrix")
-    return {"text": text_table(root / "text.csv", n=48), "image": colour_table(root / "img", 48)}
+    chat = root / "chat.jsonl"
+    chat.write_text("".join(json.dumps(row) + "\n" for row in chat_rows(48)))
+    return {
+        "text": text_table(root / "text.csv", n=48),
+        "image": colour_table(root / "img", 48),
+        "chat": chat,
+        "tiny-llama": tiny_llama_dir,
+    }
 
 
 def _config(cell: tuple[str, str, str], tiny_bert_dir: Path, tables, output: Path, **extra):
     method, model, task = cell
-    text = model == "tiny-bert"
+    kind = {"tiny-bert": "text", "tiny-cnn": "image", "tiny-llama": "chat"}[model]
+    source = {"tiny-bert": str(tiny_bert_dir), "tiny-cnn": TINY_CNN}
     tree = {
-        "model": str(tiny_bert_dir) if text else TINY_CNN,
+        "model": source.get(model) or str(tables[model]),
         "method": method,
         "task": task,
-        "data": {
-            "train": str(tables["text" if text else "image"]),
-            "label_column": (TEXT_TARGETS if text else TARGETS)[task],
-        },
+        "data": {"train": str(tables[kind])},
         # A frozen prefix, so the cache has something to hold: fine-tuning freezes the first
         # group, adapters sit in the top group only.
         "finetune": {"freeze": 1},
@@ -60,6 +69,8 @@ def _config(cell: tuple[str, str, str], tiny_bert_dir: Path, tables, output: Pat
         "output": str(output),
         "progress": False,
     }
+    if kind != "chat":
+        tree["data"]["label_column"] = (TEXT_TARGETS if kind == "text" else TARGETS)[task]
     for key, value in extra.items():
         tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
     return build_config(tree)
@@ -74,7 +85,7 @@ def test_only_declared_parameters_change(cell, tiny_bert_dir, tables, tmp_path) 
     config = _config(cell, tiny_bert_dir, tables, tmp_path)
     seed_everything(0)
     task, splits = task_and_data(config)
-    model = model_for(config, lambda width: task.head(width, config.head))
+    model = model_for(config, lambda width: task.head(width, config.head), kind=task.model_kind)
     method = METHODS[config.method](config, task)
     method.prepare(model)
     declared = method.trainable_parameters(model)
@@ -84,7 +95,8 @@ def test_only_declared_parameters_change(cell, tiny_bert_dir, tables, tmp_path) 
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed, "nothing trained"
     assert changed <= set(declared), sorted(changed - set(declared))[:3]
-    assert any(name.startswith(f"stages.{model.num_stages - 1}.") for name in changed)
+    if task.new_head:  # a new head always trains; a pretrained LM head only if declared
+        assert any(name.startswith(f"stages.{model.num_stages - 1}.") for name in changed)
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=_ids)
@@ -101,6 +113,8 @@ def test_save_then_load_reproduces_the_outputs(cell, tiny_bert_dir, tables, tmp_
 def _inputs(cell, tables) -> list[str]:
     if cell[1] == "tiny-bert":
         return ["a good film", "the dull plot was boring", "music"]
+    if cell[1] == "tiny-llama":
+        return ["say pos or neg : a good film", "say pos or neg : dull", "music"]
     return [str(tables["image"].parent / f"{i}.png") for i in range(3)]
 
 

@@ -19,7 +19,7 @@ from tsuika.data.splits import Splits
 from tsuika.errors import RunInterrupted, TsuikaError
 from tsuika.evaluate.baselines import (
     AdaptedRun,
-    FrozenFeatures,
+    BeforeTraining,
     run_baselines,
     wanted_baselines,
 )
@@ -76,7 +76,7 @@ def train(
     task = task_for(config, modality)
     method = method_class(config.method)(config, task)
     splits = read_data(config, modality, task)  # bad data fails before anything is written
-    model = model_for(config, lambda width: task.head(width, config.head))
+    model = model_for(config, lambda width: task.head(width, config.head), kind=task.model_kind)
     model.to(training_device())  # precompute on the accelerator too, not only train there
     method.prepare(model)  # once, on the device; a bad freeze setting fails before any folder
     main = is_main_process()
@@ -109,7 +109,7 @@ def task_and_data(config: Config) -> tuple[Task, Splits]:
 
 
 def read_data(config: Config, modality: str, task: Task) -> Splits:
-    splits = load_splits(config.data, modality, task.columns, task)
+    splits = load_splits(config.data, task.input_kind(modality), task.columns, task)
     if splits.skipped:
         shown = "\n  ".join(splits.skipped[:10])
         more = f"\n  … and {len(splits.skipped) - 10} more" if len(splits.skipped) > 10 else ""
@@ -148,10 +148,12 @@ def _train_in(
     main = is_main_process()
     log = MetricsLog(path / "metrics.jsonl" if main else None, tracker.log if tracker else None)
     wanted = wanted_baselines(config, task, method, model)
-    frozen = FrozenFeatures() if "probe" in wanted else None
+    before = None
+    if "probe" in wanted or "base" in wanted:
+        before = BeforeTraining(task, "probe" in wanted, "base" in wanted)
     with Progress(config.progress and main) as progress:
         phase = run_phase(
-            model, method, splits, config, progress, log, config.method, path, resuming, frozen
+            model, method, splits, config, progress, log, config.method, path, resuming, before
         )
         if main:
             save_model(path / "model", model, task, method, config.model)
@@ -161,7 +163,7 @@ def _train_in(
             splits,
             modality_of(config.model),
             wanted,
-            frozen,
+            before,
             AdaptedRun(method, model, phase),
             progress,
             log,
@@ -178,6 +180,14 @@ def _train_in(
         "total": time.perf_counter() - started,
     }
     summary["memory"] = peak_memory()
+    summary["disk"] = disk_usage(path / "model")
+    if phase.train_tokens and phase.fit.seconds > 0:
+        tokens = phase.train_tokens * len(phase.fit.history)
+        summary["throughput"] = {
+            "training_tokens": tokens,
+            # Fit time includes the per-epoch validation passes: a conservative figure.
+            "tokens_per_second": tokens / phase.fit.seconds,
+        }
     if main:
         write_atomic(path / "summary.json", json.dumps(summary, indent=2))
         records = test_records(
@@ -193,6 +203,19 @@ def _train_in(
             tracker.finish(summary, files)
     barrier()
     return Run(path, model, task, summary, config.data)
+
+
+def disk_usage(folder: Path) -> dict[str, int]:
+    """Bytes of the saved model (what the method wrote: trained groups, or an adapter) and,
+    for adapters, of the PEFT folder alone."""
+
+    def size(root: Path) -> int:
+        return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+    usage = {"model_bytes": size(folder)} if folder.is_dir() else {}
+    if (folder / "adapter").is_dir():
+        usage["adapter_bytes"] = size(folder / "adapter")
+    return usage
 
 
 def peak_memory() -> dict[str, float]:

@@ -145,6 +145,17 @@ class AdapterConfig(Section):
     """Learning rate of the adapter parameters (the head uses `train.lr`)."""
 
 
+class LanguageModelConfig(Section):
+    """`task: causal-lm`: how examples become tokens, and how the model answers."""
+
+    template: Literal["auto", "chat", "plain"] = "auto"
+    """`chat`: prompts (text, or `messages`) are formatted with the tokenizer's chat template,
+    as an instruction-tuned model expects; `plain`: prompt text then completion; `auto`: chat
+    when the tokenizer has a template."""
+    max_new_tokens: int = Field(32, ge=1)
+    """Tokens to generate for `predict` (and the default of `tsuika generate`)."""
+
+
 class RegressionConfig(Section):
     loss: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(1.0, gt=0)
@@ -174,6 +185,9 @@ class BaselineConfig(Section):
     scratch_epochs: int | None = Field(None, ge=1)
     """The from-scratch budget in epochs; null: matched to the adapted run's compute
     (forward-pass FLOPs, training counted as 3×), at least one epoch."""
+    base: bool = True
+    """Language models: the pretrained model before adaptation, on the same held-out prompts
+    (its exact-match score and loss)."""
     bootstrap: int = Field(1000, ge=100)
 
 
@@ -184,8 +198,9 @@ class Config(Section):
     model_weights: str | None = None
     """Local weights file (safetensors, or a tensors-only .pth) for timm:/torchvision: models."""
     task: str = "auto"
-    """`classify`, `multi-task` (several label columns, one head each) or `regression`;
-    `auto`: classify, or multi-task when `data.label_column` lists several columns."""
+    """`classify`, `multi-task` (several label columns, one head each), `regression`, or
+    `causal-lm` (prompt → completion with a causal language model); `auto`: classify, or
+    multi-task when `data.label_column` lists several columns."""
     method: str = "transfer"
     """`transfer`, `finetune`, or the PEFT adapters `lora`, `dora`, `ia3` (see
     `tsuika.methods`)."""
@@ -193,6 +208,7 @@ class Config(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     adapter: AdapterConfig = AdapterConfig()
     regression: RegressionConfig = RegressionConfig()
+    lm: LanguageModelConfig = LanguageModelConfig()
     multitask: MultiTaskConfig = MultiTaskConfig()
     head: HeadConfig = HeadConfig()
     train: TrainConfig = TrainConfig()

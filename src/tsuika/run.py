@@ -12,8 +12,9 @@ from tsuika.config import DataConfig, load_config
 from tsuika.data.images import decode_for_prediction
 from tsuika.data.reading import read_examples
 from tsuika.errors import TsuikaError
-from tsuika.feed import gather_outputs, input_feed
+from tsuika.feed import input_feed
 from tsuika.models.base import AdaptableModel, State
+from tsuika.models.causal import Decoding, generate
 from tsuika.runs import load_model_folder
 from tsuika.tasks.base import Arrays, Task
 from tsuika.tasks.classify import Classify
@@ -23,7 +24,10 @@ def read_inputs(model: AdaptableModel, inputs: list, data: DataConfig) -> list:
     """Texts stay texts (an empty one is refused); for image models, paths are decoded under
     the run's own `data.max_image_pixels` (a bad file is an error naming it)."""
     if model.spec.get("family") != "image":
+        chat = model.spec.get("family") == "causal-lm"
         for number, text in enumerate(inputs, start=1):
+            if chat and isinstance(text, list) and text:  # chat messages
+                continue
             if not isinstance(text, str) or not text.strip():
                 raise TsuikaError(f"text {number} to predict is empty; give non-empty texts")
         return list(inputs)
@@ -63,17 +67,29 @@ class Run:
         if isinstance(inputs, str):
             inputs = [inputs]
         feed = input_feed(self.model, read_inputs(self.model, list(inputs), self.data))
-        return gather_outputs(self.model, feed)
+        return self.task.gather(self.model, feed)
 
     def predicted(self, inputs: list) -> Arrays:
         return self.task.predictions(self.outputs(inputs))
 
     def predict(self, inputs: list) -> list:
-        """A label per input (classify), a dict of labels (multi-task) or a number
-        (regression)."""
+        """A label per input (classify), a dict of labels (multi-task), a number
+        (regression), or the greedy answer to each prompt (causal-lm)."""
+        if isinstance(inputs, str):
+            inputs = [inputs]
         if len(inputs) == 0:
             return []
-        return self.task.decoded(self.predicted(inputs))
+        return self.task.predict(self.model, read_inputs(self.model, list(inputs), self.data))
+
+    def generate(self, prompts: list, decoding: Decoding | None = None) -> list[str]:
+        """A causal-LM run's answer to each prompt (text, or chat messages): greedy by
+        default, sampled with `Decoding(sample=True, temperature=…, top_p=…, seed=…)`."""
+        if self.model.spec.get("family") != "causal-lm":
+            raise TsuikaError(f"a {self.task.name} run does not generate text; use predict")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = read_inputs(self.model, list(prompts), self.data)
+        return generate(self.model, prompts, decoding or Decoding())
 
     def predict_proba(self, inputs: list) -> np.ndarray:
         """Class probabilities [N, classes] of a single-column classification run."""
@@ -91,12 +107,14 @@ class Run:
             key = "image_column" if self.model.spec.get("family") == "image" else "text_column"
             settings = settings.model_copy(update={key: input_column})
         modality = "image" if self.model.spec.get("family") == "image" else "text"
+        kind = self.task.input_kind(modality)
         problems: list[str] = []
-        raw = read_examples(modality, str(data), "test", settings, self.task.columns, problems)
+        raw = read_examples(kind, str(data), "test", settings, self.task.columns, problems)
         if problems:
             raise TsuikaError(f"{problems[0]} (fix or remove the file to evaluate)")
         examples = self.task.encode(raw)
-        outputs = gather_outputs(self.model, input_feed(self.model, examples.inputs))
+        feed = input_feed(self.model, examples.inputs, self.task.targets(examples))
+        outputs = self.task.gather(self.model, feed)
         metrics = self.task.test_metrics(self.task.truth(examples), self.task.predictions(outputs))
         return {**metrics, "examples": len(examples)}
 

@@ -6,12 +6,18 @@ from __future__ import annotations
 from typing import Protocol
 
 from tsuika.config import DataConfig
+from tsuika.data.chat import read_chat_examples
 from tsuika.data.images import read_image_examples
 from tsuika.data.splits import Examples, Splits, assemble_splits
 from tsuika.data.text import read_text_examples
 from tsuika.errors import TsuikaError
 
-DEFAULT_DATA = {"text": "bundled:reviews", "image": "bundled:fashion"}
+DEFAULT_DATA = {
+    "text": "bundled:reviews",
+    "image": "bundled:fashion",
+    "chat": "bundled:instructions",
+}
+"""Data used when `data.train` is unset, by input kind (`chat`: prompt → completion)."""
 
 
 class TargetCodec(Protocol):
@@ -31,9 +37,12 @@ def read_examples(
     columns: list[str],
     problems: list[str],
 ) -> Examples:
-    """Raw examples of one file or folder: texts, or decoded images (bad ones in `problems`)."""
+    """Raw examples of one file or folder: texts, prompts with completions (`chat`), or
+    decoded images (bad ones in `problems`)."""
     if modality == "image":
         return read_image_examples(path, split, config, columns, problems)
+    if modality == "chat":
+        return read_chat_examples(path, split)
     return read_text_examples(path, split, config, columns)
 
 

@@ -42,18 +42,22 @@ class Table:
 
 
 def resolve(path: str, split: str = "train") -> Path:
-    """`bundled:reviews` → the packaged file for `split`; anything else is a path."""
+    """`bundled:reviews` → the packaged file for `split` (CSV, or JSONL for chat data);
+    anything else is a path."""
     if path.startswith("bundled:"):
         name = path.removeprefix("bundled:")
-        found = BUNDLED / name / f"{split}.csv"
-        if not found.is_file():
-            names = sorted(p.name for p in BUNDLED.iterdir() if (p / "train.csv").is_file())
-            raise TsuikaError(f"unknown bundled dataset `{name}`; available: {', '.join(names)}")
-        return found
+        for suffix in (".csv", ".jsonl"):
+            found = BUNDLED / name / f"{split}{suffix}"
+            if found.is_file():
+                return found
+        names = sorted(
+            p.name for p in BUNDLED.iterdir() if any(p.glob("train.csv")) or any(p.glob("*.jsonl"))
+        )
+        raise TsuikaError(f"unknown bundled dataset `{name}`; available: {', '.join(names)}")
     return Path(path).expanduser()
 
 
-def _decode(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     if not path.is_file():
         hint = " (it is a folder)" if path.is_dir() else ""
         raise TsuikaError(f"data file {path} not found{hint}; check the path")
@@ -87,7 +91,7 @@ def _json_line(path: Path, number: int, line: str) -> dict:
     return row
 
 
-def _json_records(path: Path, text: str) -> tuple[list[dict], list[int], list[str]]:
+def json_records(path: Path, text: str) -> tuple[list[dict], list[int], list[str]]:
     rows, lines = [], []
     # Only CR/LF end a line: `splitlines` would also split at U+2028 or U+0085, which JSON
     # strings may hold raw (raw CR and LF they may not).
@@ -104,7 +108,7 @@ def _records(path: Path, text: str) -> tuple[list[dict], list[int], list[str]]:
     """Parse rows as dicts; returns (rows, line numbers, column names)."""
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".json", ".ndjson"}:
-        return _json_records(path, text)
+        return json_records(path, text)
     # In TSV files quotes are text (a review may open with one), not quoting: with csv's
     # default quoting, a leading `"` would swallow the rows up to the next quote.
     tsv = suffix in {".tsv", ".tab"}
@@ -171,7 +175,7 @@ def _checked(path: Path, line: int, column: str, value: str) -> str:
     return value
 
 
-def _text(path: Path, line: int, column: str, value: object) -> str:
+def text_value(path: Path, line: int, column: str, value: object) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         raise TsuikaError(
             f"{path} line {line}: empty text in column `{column}`; "
@@ -211,12 +215,12 @@ def read_table(
     `input_key` is the setting that names the input column (`data.image_column` for a table
     of image paths), for the message when the column is missing."""
     path = Path(path)
-    rows, lines, columns = _records(path, _decode(path))
+    rows, lines, columns = _records(path, read_text_file(path))
     if not rows:
         raise TsuikaError(f"{path} has a header but no rows")
     _check_columns(path, columns, text_column, target_columns, input_key)
     texts = [
-        _text(path, line, text_column, row.get(text_column))
+        text_value(path, line, text_column, row.get(text_column))
         for row, line in zip(rows, lines, strict=True)
     ]
     targets = {

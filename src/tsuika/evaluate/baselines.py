@@ -23,7 +23,7 @@ from tsuika.feed import gather_outputs
 from tsuika.methods import Finetune
 from tsuika.methods.base import Method
 from tsuika.models import model_for
-from tsuika.models.base import AdaptableModel
+from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Arrays, Task
 from tsuika.tasks.linear import FeatureSplits, in_training_span, standardised
 from tsuika.train.distributed import training_device
@@ -61,25 +61,36 @@ def wanted_baselines(
         "classical": settings.classical,
         "probe": probe,
         "scratch": settings.scratch,
+        "base": settings.base,
     }
     return [name for name in task.baselines if chosen.get(name)]
 
 
-class FrozenFeatures:
-    """A `BeforeFit` hook: the pooled features of the pretrained model on every split, from the
-    run's own feeds (so the frozen prefix's cached activations are reused, never recomputed)."""
+class BeforeTraining:
+    """A `BeforeFit` hook: what the pretrained model gives before any training, from the run's
+    own feeds (so the frozen prefix's cached activations are reused, never recomputed) —
+    pooled features on every split for a linear probe (`features`), and the task's outputs
+    on validation and test for the base-model baseline (`outputs`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, task: Task, features: bool, outputs: bool) -> None:
+        self.task = task
+        self.want_features, self.want_outputs = features, outputs
         self.features: FeatureSplits | None = None
+        self.outputs: State | None = None
+        self.validation: dict[str, float] = {}
         self.seconds = 0.0
 
     def __call__(self, model: AdaptableModel, feeds: Feeds) -> None:
         started = time.perf_counter()
-        stop = model.num_stages - 1  # everything but the (new) head
-        self.features = tuple(  # type: ignore[assignment]
-            gather_outputs(model, feeds[split], stop=stop)["features"].numpy()
-            for split in ("train", "val", "test")
-        )
+        if self.want_features:
+            stop = model.num_stages - 1  # everything but the (new) head
+            self.features = tuple(  # type: ignore[assignment]
+                gather_outputs(model, feeds[split], stop=stop)["features"].numpy()
+                for split in ("train", "val", "test")
+            )
+        if self.want_outputs:
+            self.validation = self.task.evaluate(model, feeds["val"])
+            self.outputs = self.task.gather(model, feeds["test"])
         self.seconds = time.perf_counter() - started
 
 
@@ -98,7 +109,7 @@ def run_baselines(
     splits: Splits,
     modality: str,
     names: list[str],
-    frozen: FrozenFeatures | None,
+    before: BeforeTraining | None,
     adapted: AdaptedRun,
     progress: Progress,
     log: MetricsLog,
@@ -118,11 +129,19 @@ def run_baselines(
             features = in_training_span(features)
             predicted, details = task.linear_baseline(features, splits.train, splits.val)
             key, title, pretrained = name, f"{task.linear_model} on {described}", False
-        elif name == "probe":
-            if frozen is None or frozen.features is None:
+        elif name == "base":
+            if before is None or before.outputs is None:
                 continue
-            started -= frozen.seconds  # the features were taken before training
-            features = in_training_span(standardised(frozen.features))
+            started -= before.seconds  # computed before training
+            predicted = task.predictions(before.outputs)
+            details = {"validation": before.validation}
+            key, pretrained = name, True
+            title = "the pretrained model before adaptation"
+        elif name == "probe":
+            if before is None or before.features is None:
+                continue
+            started -= before.seconds  # the features were taken before training
+            features = in_training_span(standardised(before.features))
             predicted, details = task.linear_baseline(features, splits.train, splits.val)
             key, pretrained = name, True
             title = "linear probe on the frozen features"
@@ -182,7 +201,7 @@ def _scratch(
     """The same architecture from random initialisation, every parameter training; unless
     `baselines.scratch_epochs` is set, for as many epochs as fit in the adapted run's FLOPs."""
     seed_everything(config.seed)
-    model = model_for(config, lambda width: task.head(width, config.head), pretrained=False)
+    model = model_for(config, lambda width: task.head(width, config.head), False, task.model_kind)
     standard_batchnorm_momentum(model)
     model.to(training_device())
     epochs, details = config.baselines.scratch_epochs, {}
@@ -207,4 +226,4 @@ def _scratch(
     return phase.predicted, details
 
 
-__all__ = ["AdaptedRun", "Baseline", "FrozenFeatures", "run_baselines", "wanted_baselines"]
+__all__ = ["AdaptedRun", "Baseline", "BeforeTraining", "run_baselines", "wanted_baselines"]

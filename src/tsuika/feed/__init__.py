@@ -109,10 +109,15 @@ class Feed:
 
 
 def input_feed(
-    model: AdaptableModel, inputs: list, targets: Targets | None = None, augment=None
+    model: AdaptableModel,
+    inputs: list,
+    targets: Targets | None = None,
+    augment=None,
+    units: list[float] | None = None,
 ) -> Feed:
     """Raw inputs, encoded once (tokenised / decoded), entering the model at stage 0.
-    With an active `augment` (images), batches are randomly augmented on every pass."""
+    With an active `augment` (images), batches are randomly augmented on every pass;
+    `units` are the loss units of each example (tokens, for token-level tasks)."""
     preprocess = model.preprocess
     items = preprocess.encode(inputs)
     ragged = getattr(preprocess, "ragged", True)
@@ -120,8 +125,8 @@ def input_feed(
     targets = targets or {}
     if augment is not None and augment.active:
         collate = preprocess.augmented(augment)
-        return Feed(items, targets, 0, collate, lengths, augmented=True)
-    return Feed(items, targets, 0, preprocess.collate, lengths)
+        return Feed(items, targets, 0, collate, lengths, units, augmented=True)
+    return Feed(items, targets, 0, preprocess.collate, lengths, units)
 
 
 @torch.no_grad()
@@ -144,12 +149,19 @@ def run_model(
 
 
 def gather_outputs(
-    model: torch.nn.Module, feed: Feed, batch_size: int = 128, stop: int | None = None
+    model: torch.nn.Module,
+    feed: Feed,
+    batch_size: int = 128,
+    stop: int | None = None,
+    keep: Callable[[State, Targets], State] | None = None,
 ) -> State:
     """Every output of the model (of the stages before `stop`) over `feed`, rows in the
-    feed's order."""
+    feed's order; with `keep`, only what it keeps of each batch's outputs (given the
+    batch's targets)."""
     rows: dict[str, list[torch.Tensor | None]] = {}
     for outputs, batch in run_model(model, feed, batch_size, stop):
+        if keep is not None:
+            outputs = keep(outputs, batch.targets)
         for key, value in outputs.items():
             column = rows.setdefault(key, [None] * len(feed))
             for index, row in zip(batch.indices, value, strict=True):

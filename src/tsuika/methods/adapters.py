@@ -99,7 +99,7 @@ class Adapters(Method):
         object.__setattr__(
             model, "adapters", get_peft_model(model.library, self.peft_config(targets))
         )
-        model.head.requires_grad_(True)
+        model.head.requires_grad_(self.task.new_head)  # a pretrained LM head stays as it is
 
     def trainable_parameters(self, model: AdaptableModel) -> dict[str, nn.Parameter]:
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -123,12 +123,14 @@ class Adapters(Method):
         return groups + decay_groups(model.head, train.lr, train.weight_decay, "head")
 
     def save(self, model: AdaptableModel, folder: Path) -> None:
-        """A standard PEFT folder (`adapter/`), and the head as safetensors."""
+        """A standard PEFT folder (`adapter/`), and the new head (if any) as safetensors."""
         folder.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             model.adapters.save_pretrained(str(folder / ADAPTER))
-        save_weights(stage_state(model, {model.num_stages - 1}), folder)
+        head = model.num_stages - 1
+        trained = any(p.requires_grad for p in model.head.parameters())
+        save_weights(stage_state(model, {head} if trained else set()), folder)
 
     @classmethod
     def restore(cls, model: AdaptableModel, folder: Path) -> None:

@@ -52,7 +52,7 @@ class Finetune(Method):
         train, settings = self.config.train, self.settings
         frozen = frozen_groups(model, settings.freeze)
         groups = model.layer_groups()
-        rates = {groups[-1].index: train.lr}
+        rates = {groups[-1].index: train.lr if self.task.new_head else train.backbone_lr}
         depth = 0
         for group in reversed(groups[:-1]):
             if group.size == 0:

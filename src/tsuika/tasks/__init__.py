@@ -5,6 +5,7 @@ from __future__ import annotations
 from tsuika.config import Config
 from tsuika.errors import TsuikaError
 from tsuika.tasks.base import Task
+from tsuika.tasks.causal_lm import CausalLM
 from tsuika.tasks.classify import Classify, MultiTask
 from tsuika.tasks.regression import Regression
 
@@ -12,6 +13,7 @@ TASKS: dict[str, type[Task]] = {
     "classify": Classify,
     "multi-task": MultiTask,
     "regression": Regression,
+    "causal-lm": CausalLM,
 }
 
 
@@ -42,4 +44,13 @@ def task_from_meta(meta: dict) -> Task:
     return TASKS[meta["name"]].from_meta(meta)
 
 
-__all__ = ["TASKS", "Classify", "MultiTask", "Regression", "Task", "task_for", "task_from_meta"]
+__all__ = [
+    "TASKS",
+    "CausalLM",
+    "Classify",
+    "MultiTask",
+    "Regression",
+    "Task",
+    "task_for",
+    "task_from_meta",
+]

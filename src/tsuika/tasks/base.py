@@ -20,8 +20,8 @@ from torch import nn
 
 from tsuika.config import Config, HeadConfig
 from tsuika.data.splits import Examples
-from tsuika.feed import Feed, run_model
-from tsuika.models.base import State
+from tsuika.feed import Feed, gather_outputs, input_feed, run_model
+from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.linear import FeatureSplits
 
 Arrays = dict[str, np.ndarray]
@@ -36,6 +36,18 @@ class Task:
     higher_is_better: ClassVar[bool]
     shown: ClassVar[tuple[str, ...]]
     """Test metrics in the results table, most important first."""
+    model_kind: ClassVar[str] = "encoder"
+    """What the task adapts: an `encoder` whose pooled features feed a new head (`head`), or
+    a `causal-lm` that keeps its own pretrained LM head."""
+
+    @property
+    def new_head(self) -> bool:
+        """Whether the model ends in a new head of this task's (which trains at `train.lr`)
+        rather than a pretrained one (trained, if at all, like the rest of the network)."""
+        return self.model_kind == "encoder"
+
+    inference_batch: ClassVar[int] = 128
+    """Examples per batch when only predicting (validation, test)."""
 
     def __init__(self, columns: list[str]) -> None:
         self.columns = list(columns)
@@ -61,6 +73,11 @@ class Task:
         raise NotImplementedError
 
     # -- data ------------------------------------------------------------------------------
+    def input_kind(self, modality: str) -> str:
+        """How the data files are read: as the model's modality (`text` tables, `image`
+        folders), or `chat` (prompt → completion JSONL)."""
+        return modality
+
     def learn(self, pool: Examples) -> None:
         """Read what the targets are from the training pool (label sets, value checks)."""
 
@@ -81,6 +98,10 @@ class Task:
 
     def truth(self, examples: Examples) -> Arrays:
         return {c: np.asarray(examples.targets[c]) for c in self.columns}
+
+    def units(self, examples: Examples) -> list[float] | None:
+        """Loss units of each example (None: one each; tokens for token-level tasks)."""
+        return None
 
     # -- model -----------------------------------------------------------------------------
     def head(self, width: int, config: HeadConfig) -> nn.Module:
@@ -125,7 +146,7 @@ class Task:
     def evaluate(self, model: nn.Module, feed: Feed) -> dict[str, float]:
         """Metrics of `model` over a whole feed, in one eval-mode pass."""
         totals: dict[str, float] = {}
-        for outputs, batch in run_model(model, feed):
+        for outputs, batch in run_model(model, feed, self.inference_batch):
             for key, value in self.sums(outputs, batch.targets).items():
                 totals[key] = totals.get(key, 0.0) + value
         return self.summarize(totals)
@@ -135,6 +156,21 @@ class Task:
         return a > b if self.higher_is_better else a < b
 
     # -- predictions and test metrics ------------------------------------------------------
+    def kept(self, outputs: State, targets: dict[str, torch.Tensor]) -> State:
+        """What a gathered pass keeps of a batch's outputs (rows of one shape per split):
+        everything, unless the outputs are too large to hold for a whole split."""
+        return outputs
+
+    def gather(self, model: nn.Module, feed: Feed) -> State:
+        """The kept outputs of `model` over `feed`, rows in the feed's order."""
+        return gather_outputs(model, feed, self.inference_batch, keep=self.kept)
+
+    def predict(self, model: AdaptableModel, inputs: list) -> list:
+        """Predictions for raw inputs, as Python values (`decoded`)."""
+        if len(inputs) == 0:
+            return []
+        return self.decoded(self.predictions(self.gather(model, input_feed(model, inputs))))
+
     def predictions(self, outputs: State) -> Arrays:
         """Gathered outputs → predicted targets per column."""
         raise NotImplementedError

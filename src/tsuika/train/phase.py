@@ -15,12 +15,12 @@ import torch
 
 from tsuika.config import Config
 from tsuika.console import warn
-from tsuika.data.splits import Splits
-from tsuika.feed import Feed, gather_outputs, input_feed
+from tsuika.data.splits import Examples, Splits
+from tsuika.feed import Feed, input_feed
 from tsuika.feed.cache import CacheSettings
 from tsuika.methods.base import Method
 from tsuika.models.base import AdaptableModel, State
-from tsuika.tasks.base import Arrays
+from tsuika.tasks.base import Arrays, Task
 from tsuika.train.loop import FitResult, fit
 from tsuika.train.metrics_log import MetricsLog
 from tsuika.train.progress import Progress
@@ -44,6 +44,8 @@ class PhaseResult:
     """Whether the frozen prefix ran once (cached) rather than every epoch."""
     test_lengths: list[int] | None
     """Tokens of each test example (text models), what its cost scales with."""
+    train_tokens: int | None = None
+    """Tokens in one pass over the training split (text models)."""
 
 
 Feeds = dict[str, Feed]
@@ -61,6 +63,11 @@ def progress_bars(progress: Progress, phase: str):
         return lambda n: progress.advance(task, n)
 
     return bar
+
+
+def feed_of(model: AdaptableModel, task: Task, examples: Examples, augment=None) -> Feed:
+    """A split's inputs with the task's targets and loss units, at stage 0."""
+    return input_feed(model, examples.inputs, task.targets(examples), augment, task.units(examples))
 
 
 def run_phase(
@@ -88,11 +95,9 @@ def run_phase(
         batch_size=max(64, settings.batch_size),
         progress=progress_bars(progress, phase),
     )
-    train_feed = input_feed(
-        model, splits.train.inputs, task.targets(splits.train), config.data.augment
-    )
-    val_feed = input_feed(model, splits.val.inputs, task.targets(splits.val))
-    test_feed = input_feed(model, splits.test.inputs, task.targets(splits.test))
+    train_feed = feed_of(model, task, splits.train, config.data.augment)
+    val_feed = feed_of(model, task, splits.val)
+    test_feed = feed_of(model, task, splits.test)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if train_feed.augmented and settings.cache != "off" and method.cache_boundary(model) > 0:
@@ -112,7 +117,7 @@ def run_phase(
         # Augmented training batches differ every pass: the hook sees the plain images.
         fixed = train_feed
         if train_feed.augmented:
-            fixed = input_feed(model, splits.train.inputs, task.targets(splits.train))
+            fixed = feed_of(model, task, splits.train)
         before_fit(model, {"train": fixed, "val": val_feed, "test": test_feed})
 
     result = fit(
@@ -130,7 +135,8 @@ def run_phase(
     )
     timings["fit"] = result.seconds
     started = time.perf_counter()
-    outputs = gather_outputs(model, test_feed)
+    outputs = task.gather(model, test_feed)
     timings["test"] = time.perf_counter() - started
     predicted = task.predictions(outputs)
-    return PhaseResult(result, predicted, outputs, timings, cached, test_feed.lengths)
+    tokens = sum(train_feed.lengths) if train_feed.lengths else None
+    return PhaseResult(result, predicted, outputs, timings, cached, test_feed.lengths, tokens)

@@ -1,0 +1,77 @@
+"""Prompt → completion data for causal language models: JSONL rows with `prompt` and
+`completion` fields, or chat `messages` whose last turn is the assistant's answer (the formats
+TRL's SFTTrainer reads). Errors name the file, the line and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tsuika.data.splits import Examples
+from tsuika.data.tables import json_records, read_text_file, resolve, text_value
+from tsuika.errors import TsuikaError
+
+ROLES = {"system", "user", "assistant"}
+
+
+def _messages(path: Path, line: int, value: object, key: str) -> list[dict[str, str]]:
+    """A list of {"role", "content"} turns, checked."""
+    if not isinstance(value, list) or not value:
+        raise TsuikaError(
+            f'{path} line {line}: `{key}` must be a non-empty list of {{"role", "content"}} turns'
+        )
+    turns = []
+    for number, turn in enumerate(value, start=1):
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES:
+            raise TsuikaError(
+                f"{path} line {line}: turn {number} of `{key}` needs a role "
+                f"({', '.join(sorted(ROLES))}) and a content"
+            )
+        content = text_value(path, line, f"{key}[{number}].content", turn.get("content"))
+        turns.append({"role": turn["role"], "content": content})
+    return turns
+
+
+def _example(path: Path, line: int, row: dict) -> tuple[str | list[dict[str, str]], str]:
+    if "messages" in row:
+        turns = _messages(path, line, row["messages"], "messages")
+        if len(turns) < 2 or turns[-1]["role"] != "assistant":
+            raise TsuikaError(
+                f"{path} line {line}: `messages` must end with the assistant's answer after "
+                "at least one earlier turn (that answer is what the model learns)"
+            )
+        return turns[:-1], turns[-1]["content"]
+    if "prompt" not in row or "completion" not in row:
+        keys = ", ".join(sorted(row)) or "none"
+        raise TsuikaError(
+            f"{path} line {line}: needs `prompt` and `completion` fields, or `messages` "
+            f"(keys here: {keys})"
+        )
+    prompt = row["prompt"]
+    if isinstance(prompt, list):
+        prompt = _messages(path, line, prompt, "prompt")
+    else:
+        prompt = text_value(path, line, "prompt", prompt)
+    completion = row["completion"]
+    if isinstance(completion, list):  # conversational: one assistant turn
+        turns = _messages(path, line, completion, "completion")
+        completion = turns[-1]["content"]
+    return prompt, text_value(path, line, "completion", completion)
+
+
+def read_chat_examples(path: str, split: str) -> Examples:
+    """Prompts (text or chat turns) with their completions, one per JSONL line."""
+    file = resolve(path, split)
+    if file.suffix.lower() not in {".jsonl", ".json", ".ndjson"}:
+        raise TsuikaError(
+            f"{file}: a causal language model learns from JSONL (one object per line with "
+            "`prompt` and `completion`, or `messages`); convert the file to .jsonl"
+        )
+    rows, lines, _ = json_records(file, read_text_file(file))
+    if not rows:
+        raise TsuikaError(f"{file} has no rows")
+    prompts, completions = [], []
+    for row, line in zip(rows, lines, strict=True):
+        prompt, completion = _example(file, line, row)
+        prompts.append(prompt)
+        completions.append(completion)
+    return Examples(prompts, {"completion": completions}, str(file), lines)

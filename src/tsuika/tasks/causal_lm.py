@@ -1,0 +1,289 @@
+"""Prompt → completion with a causal language model (`task: causal-lm`).
+
+The loss is next-token cross-entropy on the completion's tokens only (the prompt is context,
+not something to learn), averaged per token. The score is **exact match under greedy
+decoding**, computed without generating: greedy decoding reproduces a completion exactly if
+and only if, fed the prompt and the completion so far, the model's most likely next token is
+the completion's next token at every position, end-of-sequence token included — which one
+teacher-forced pass shows. So validation and test cost one forward pass, and the number is the
+same one `tsuika generate` would give. Token accuracy and per-token loss (perplexity) are
+reported beside it; the baseline is the pretrained model before adaptation.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tsuika.config import Config, HeadConfig
+from tsuika.data.splits import Examples
+from tsuika.errors import TsuikaError
+from tsuika.models import resolve_source
+from tsuika.models.base import AdaptableModel, State
+from tsuika.models.causal import (
+    Decoding,
+    Tokens,
+    as_text,
+    chat_template,
+    example_tokens,
+    generate,
+    tokenizer_for,
+)
+from tsuika.tasks.base import Arrays, Task
+
+IGNORE = -100
+"""Label of a position that is not learned (prompt, padding), as in transformers."""
+
+
+def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at positions 0…T−2 and the tokens they predict, 1…T−1; `labels` may be
+    wider than the batch (padded to the longest example of the split)."""
+    length = logits.shape[1]
+    return logits[:, :-1].float(), labels[:, 1:length]
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every predicted position, [B, T−1] (0 where not learned)."""
+    predicting, wanted = shifted(logits, labels)
+    flat = nn.functional.cross_entropy(
+        predicting.reshape(-1, predicting.shape[-1]),
+        wanted.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    )
+    return flat.view(wanted.shape)
+
+
+class CausalLM(Task):
+    name = "causal-lm"
+    modalities = frozenset({"text"})
+    model_kind = "causal-lm"
+    selection = "exact_match"
+    higher_is_better = True
+    shown = ("exact_match", "token_accuracy", "loss")
+    baselines = ("base",)
+    inference_batch = 16
+    """Logits are [batch, tokens, vocabulary]: 16 × 80 × 49,152 floats is 250 MB."""
+    gain_unit = "exact-match points"
+    gain_scale = 100.0
+
+    def __init__(
+        self, source: str, template: str = "auto", max_length: int = 128, max_new_tokens: int = 32
+    ) -> None:
+        super().__init__(["completion"])
+        self.source = source
+        self.template = template
+        self.max_length = max_length
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_config(cls, config: Config) -> CausalLM:
+        return cls(
+            config.model, config.lm.template, config.train.max_length, config.lm.max_new_tokens
+        )
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> CausalLM:
+        return cls(meta["source"], meta["template"], meta["max_length"], meta["max_new_tokens"])
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "template": self.template,
+            "max_length": self.max_length,
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+    @classmethod
+    def meta_problem(cls, meta: dict[str, Any]) -> str | None:
+        if not isinstance(meta.get("source"), str) or not meta["source"]:
+            return "`source` is not a model name"
+        if meta.get("template") not in ("auto", "chat", "plain"):
+            return "`template` is not auto, chat or plain"
+        for key in ("max_length", "max_new_tokens"):
+            value = meta.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                return f"`{key}` is not a positive integer"
+        return None
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        _, folder = resolve_source(self.source)
+        return tokenizer_for(folder)
+
+    # -- data ------------------------------------------------------------------------------
+    def input_kind(self, modality: str) -> str:
+        return "chat"
+
+    def encode(self, raw: Examples, problems: list[str] | None = None) -> Examples:
+        """Prompts and completions → `Tokens` (the inputs); the texts stay as targets."""
+        chat = chat_template(self.tokenizer, self.template)
+        tokens = [
+            example_tokens(self.tokenizer, prompt, completion, chat, self.max_length)
+            for prompt, completion in zip(raw.inputs, raw.targets["completion"], strict=True)
+        ]
+        names = [as_text(prompt) for prompt in raw.inputs]
+        return Examples(tokens, dict(raw.targets), raw.source, raw.lines, names)
+
+    def fit(self, train: Examples) -> None:
+        if len(train) < 2:
+            raise TsuikaError(f"{train.source}: at least two training examples are needed")
+
+    def labels(self, examples: Examples) -> torch.Tensor:
+        """[N, longest] token ids to predict: the completion's, IGNORE elsewhere."""
+        tokens: list[Tokens] = examples.inputs
+        longest = max((len(t.ids) for t in tokens), default=1)
+        labels = torch.full((len(tokens), longest), IGNORE, dtype=torch.long)
+        for row, t in enumerate(tokens):
+            labels[row, t.prompt_tokens : len(t.ids)] = torch.tensor(t.ids[t.prompt_tokens :])
+        return labels
+
+    def targets(self, examples: Examples) -> dict[str, torch.Tensor]:
+        return {"labels": self.labels(examples)}
+
+    def units(self, examples: Examples) -> list[float]:
+        """Loss units are completion tokens: a batch's loss is its mean per token."""
+        return [float(len(t.ids) - t.prompt_tokens) for t in examples.inputs]
+
+    def truth(self, examples: Examples) -> Arrays:
+        return {"completion": self.labels(examples).numpy()}
+
+    # -- model -----------------------------------------------------------------------------
+    def head(self, width: int, config: HeadConfig) -> nn.Module:
+        raise TsuikaError("a causal language model keeps its own LM head")
+
+    # -- training and validation -----------------------------------------------------------
+    def losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss per completion token of each example, [B]."""
+        if "token_loss" in outputs:  # gathered outputs (see `kept`)
+            losses, learned = outputs["token_loss"], outputs["tokens"] != IGNORE
+        else:
+            losses = token_losses(outputs["logits"], targets["labels"])
+            learned = shifted(outputs["logits"], targets["labels"])[1] != IGNORE
+        return (losses * learned).sum(1) / learned.sum(1).clamp(min=1)
+
+    def loss(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over the batch's completion tokens (each token weighs the same)."""
+        labels = targets["labels"]
+        learned = shifted(outputs["logits"], labels)[1] != IGNORE
+        return token_losses(outputs["logits"], labels).sum() / learned.sum().clamp(min=1)
+
+    def sums(
+        self,
+        outputs: State,
+        targets: dict[str, torch.Tensor],
+        loss: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        with torch.no_grad():
+            predicting, wanted = shifted(outputs["logits"], targets["labels"])
+            learned = wanted != IGNORE
+            tokens = learned.sum().item()
+            if loss is None:
+                total = token_losses(outputs["logits"], targets["labels"]).sum().item()
+            else:
+                total = loss.detach().item() * tokens
+            right = (predicting.argmax(-1) == wanted) & learned
+            exact = (right.sum(1) == learned.sum(1)).sum().item()
+            return {
+                "n": float(len(wanted)),
+                "tokens": float(tokens),
+                "loss": total,
+                "correct_tokens": float(right.sum().item()),
+                "exact": float(exact),
+            }
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        tokens = max(sums.get("tokens", 0.0), 1.0)
+        loss = sums.get("loss", 0.0) / tokens
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "token_accuracy": sums.get("correct_tokens", 0.0) / tokens,
+            "exact_match": sums.get("exact", 0.0) / max(sums.get("n", 0.0), 1.0),
+        }
+
+    def kept(self, outputs: State, targets: dict[str, torch.Tensor]) -> State:
+        """What a gathered pass keeps of [B, T, vocabulary] logits: at every learned position
+        the greedy next token (IGNORE elsewhere) and its loss, [B, L−1] each, where L is the
+        width of the split's labels (so every batch's rows have one shape). Prompts alone
+        (no labels) keep the logits of the first answer token."""
+        if "labels" not in targets:
+            last = outputs["attention_mask"].sum(1).long() - 1
+            rows = torch.arange(len(last))
+            return {"next_token_logits": outputs["logits"][rows, last]}
+        predicting, wanted = shifted(outputs["logits"], targets["labels"])
+        learned = wanted != IGNORE
+        tokens = predicting.argmax(-1).masked_fill(~learned, IGNORE)
+        losses = token_losses(outputs["logits"], targets["labels"]) * learned
+        extra = targets["labels"].shape[1] - 1 - tokens.shape[1]
+        return {
+            "tokens": nn.functional.pad(tokens, (0, extra), value=IGNORE),
+            "token_loss": nn.functional.pad(losses, (0, extra)),
+        }
+
+    # -- predictions and test metrics ------------------------------------------------------
+    def predictions(self, outputs: State) -> Arrays:
+        """Greedy next tokens at the completion's positions (aligned with `truth`, whose
+        first column is never learned), and their losses."""
+        tokens, losses = outputs["tokens"].numpy(), outputs["token_loss"].numpy()
+        pad = np.full((len(tokens), 1), IGNORE)
+        return {
+            "completion": np.concatenate([pad, tokens], axis=1),
+            "loss": np.concatenate([np.zeros_like(pad, dtype=losses.dtype), losses], axis=1),
+        }
+
+    @staticmethod
+    def _aligned(truth: Arrays, predicted: Arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        wanted = truth["completion"]
+        width = wanted.shape[1]
+        guess = predicted["completion"][:, :width]
+        losses = predicted["loss"][:, :width]
+        if guess.shape[1] < width:  # gathered outputs stop at the longest example
+            extra = width - guess.shape[1]
+            guess = np.pad(guess, ((0, 0), (0, extra)), constant_values=IGNORE)
+            losses = np.pad(losses, ((0, 0), (0, extra)))
+        return wanted, guess, losses
+
+    def per_example(self, truth: Arrays, predicted: Arrays) -> np.ndarray:
+        wanted, guess, _ = self._aligned(truth, predicted)
+        learned = wanted != IGNORE
+        return np.all((guess == wanted) | ~learned, axis=1).astype(float)
+
+    def test_metrics(self, truth: Arrays, predicted: Arrays) -> dict[str, float]:
+        wanted, guess, losses = self._aligned(truth, predicted)
+        learned = wanted != IGNORE
+        tokens = max(int(learned.sum()), 1)
+        loss = float((losses * learned).sum() / tokens)
+        return {
+            "exact_match": float(self.per_example(truth, predicted).mean()),
+            "token_accuracy": float(((guess == wanted) & learned).sum() / tokens),
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+        }
+
+    def decoded(self, predicted: Arrays) -> list:
+        """The completion tokens as text. For predictions these are the greedy next tokens
+        given the true completion so far: equal to the generated answer when it is an exact
+        match, and up to its first wrong token otherwise."""
+        return [
+            self.tokenizer.decode(
+                [int(t) for t in row if t != IGNORE], skip_special_tokens=True
+            ).strip()
+            for row in predicted["completion"]
+        ]
+
+    def describe(self, predicted: Arrays, row: int, outputs: State | None = None) -> str:
+        return self.decoded({"completion": predicted["completion"][row : row + 1]})[0]
+
+    def predict(self, model: AdaptableModel, inputs: list) -> list:
+        """Generation: each prompt's greedy answer."""
+        return generate(model, inputs, Decoding(max_new_tokens=self.max_new_tokens))
+
+    def gain_number(self, gain: float) -> str:
+        return f"{self.gain_scale * gain:+.1f}"
