@@ -24,8 +24,11 @@ out = Console()
 def results_table(summary: dict) -> Table:
     """Adapted model versus its baselines on the test split, in the task's metrics, with the
     gain over each baseline and its interval."""
+    from tsuika.tasks import task_from_meta
+
+    task = task_from_meta(summary["targets"])
     test = summary["test"]
-    metrics = [m for m in ("accuracy", "macro_f1", "rmse", "mae", "r2") if m in test]
+    metrics = [m for m in task.shown if m in test]
     table = Table(
         title=f"{summary['method']} · {summary['task']} · {summary['model']} · "
         f"test n={summary['data']['test']}"
@@ -43,9 +46,6 @@ def results_table(summary: dict) -> Table:
         "",
         f"{adapted:.1f}" if timings else "",
     )
-    from tsuika.tasks import task_from_meta
-
-    task = task_from_meta(summary["targets"])
     for values in summary.get("baselines", {}).values():
         gain = values.get("gain")
         table.add_row(
@@ -57,7 +57,15 @@ def results_table(summary: dict) -> Table:
     return table
 
 
-METRIC_NAMES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "R²"}
+METRIC_NAMES = {
+    "macro_f1": "macro-F1",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "r2": "R²",
+    "exact_match": "exact match",
+    "token_accuracy": "token accuracy",
+    "loss": "loss per token",
+}
 
 
 def print_summary(summary: dict) -> None:
@@ -96,7 +104,12 @@ def train(
     model: Annotated[str | None, typer.Option(help="bundled name or local model folder")] = None,
     data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL")] = None,
     test: Annotated[str | None, typer.Option(help="test file (default: held out)")] = None,
-    method: Annotated[str | None, typer.Option(help="transfer | finetune")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="transfer | finetune | lora | dora | ia3 | prompt-tuning")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="classify | multi-task | regression | causal-lm")
+    ] = None,
     k: Annotated[int | None, typer.Option(help="examples per class to keep")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     output: Annotated[str | None, typer.Option(help="parent folder of runs")] = None,
@@ -110,7 +123,7 @@ def train(
     from tsuika.config import load_config, merge, parse_overrides, set_dotted
 
     if resume is not None:
-        if args or any(v is not None for v in (model, data, test, method, k, epochs, name)):
+        if args or any(v is not None for v in (model, data, test, method, task, k, epochs, name)):
             raise TsuikaError("--resume RUN takes no other config; the run's config.yaml is used")
         with reporting_interrupts():
             print_summary(train_api(resume=resume).summary)
@@ -120,6 +133,7 @@ def train(
     flags = {
         "model": model,
         "method": method,
+        "task": task,
         "data.train": data,
         "data.test": test,
         "data.k": k,
@@ -195,10 +209,60 @@ def predict(
     if not given:
         raise TsuikaError("nothing to predict: give texts or --file")
     loaded = load(run)
-    outputs = loaded.outputs(given)
-    predicted = loaded.task.predictions(outputs)
-    for row, item in enumerate(given):
-        typer.echo(f"{loaded.task.describe(predicted, row, outputs)}\t{item}")
+    for line, item in zip(loaded.describe(given), given, strict=True):
+        typer.echo(f"{line}\t{item}")
+
+
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Argument(help="run folder of a causal-lm run")],
+    prompts: Annotated[list[str] | None, typer.Argument(help="prompts")] = None,
+    file: Annotated[Path | None, typer.Option(help="JSONL with `prompt` (or `messages`)")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="default: the run's")] = None,
+    sample: Annotated[bool, typer.Option(help="sample instead of greedy decoding")] = False,
+    temperature: Annotated[float, typer.Option(help="with --sample")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling, with --sample")] = 1.0,
+    seed: Annotated[int, typer.Option(help="with --sample")] = 0,
+) -> None:
+    """Answer prompts with a causal-LM run: `tsuika generate RUN "prompt" ...` or --file."""
+    from tsuika.api import load
+    from tsuika.data.chat import read_prompts
+    from tsuika.models.causal import Decoding
+
+    given: list = list(prompts or [])
+    if file is not None:
+        given += read_prompts(file)
+    if not given:
+        raise TsuikaError("nothing to generate: give prompts or --file")
+    if not 0 < top_p <= 1 or temperature <= 0 or (max_new_tokens or 1) < 1:
+        raise TsuikaError("--top-p must be in (0, 1], --temperature and --max-new-tokens > 0")
+    loaded = load(run)
+    decoding = Decoding(
+        max_new_tokens or loaded.task.to_meta().get("max_new_tokens", 32),
+        sample,
+        temperature,
+        top_p,
+        seed,
+    )
+    for answer in loaded.generate(given, decoding):
+        typer.echo(answer)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    out_dir: Annotated[Path, typer.Option("--out", help="new folder to write")],
+    merge: Annotated[bool, typer.Option(help="merge adapters into the weights")] = True,
+) -> None:
+    """Write the adapted network as a plain Hugging Face folder (`--merge`: adapters merged
+    into the weights, loadable by transformers alone)."""
+    from tsuika.export import export_merged
+
+    if not merge:
+        raise TsuikaError(
+            "only --merge exports exist so far (the run's model/adapter is the PEFT folder)"
+        )
+    out.print(f"exported: {escape(str(export_merged(run, out_dir)))}")
 
 
 @app.command()

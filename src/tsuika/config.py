@@ -126,7 +126,7 @@ class FinetuneConfig(Section):
 
 
 class AdapterConfig(Section):
-    """Parameter-efficient adapters through PEFT (`lora`, `dora`, `ia3`)."""
+    """Parameter-efficient adapters through PEFT (`lora`, `dora`, `ia3`, `prompt-tuning`)."""
 
     r: int = Field(8, ge=1)
     """LoRA/DoRA rank of the update BA (Hu et al. 2021)."""
@@ -141,8 +141,12 @@ class AdapterConfig(Section):
     blocks: Literal["all"] | Annotated[int, Field(ge=1)] = "all"
     """Adapters in every layer group, or only in the top N: everything below stays frozen
     and its output is cached once."""
-    lr: float = Field(5e-4, gt=0)
-    """Learning rate of the adapter parameters (the head uses `train.lr`)."""
+    lr: float | None = Field(None, gt=0)
+    """Learning rate of the adapter parameters (the head uses `train.lr`); null: the
+    method's own default — 5e-4 for lora, dora and ia3, 3e-2 for prompt-tuning's
+    virtual tokens (Lester et al. 2021 train soft prompts at far higher rates)."""
+    virtual_tokens: int = Field(20, ge=1)
+    """prompt-tuning: learned vectors placed before every prompt (Lester et al. 2021)."""
 
 
 class LanguageModelConfig(Section):
@@ -202,8 +206,8 @@ class Config(Section):
     `causal-lm` (prompt → completion with a causal language model); `auto`: classify, or
     multi-task when `data.label_column` lists several columns."""
     method: str = "transfer"
-    """`transfer`, `finetune`, or the PEFT adapters `lora`, `dora`, `ia3` (see
-    `tsuika.methods`)."""
+    """`transfer`, `finetune`, or the PEFT methods `lora`, `dora`, `ia3` and (causal
+    language models) `prompt-tuning` (see `tsuika.methods`)."""
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     adapter: AdapterConfig = AdapterConfig()

@@ -81,6 +81,13 @@ class Run:
             return []
         return self.task.predict(self.model, read_inputs(self.model, list(inputs), self.data))
 
+    def describe(self, inputs: list) -> list[str]:
+        """One line per input, for `tsuika predict`: label and probability, labels per
+        column, a number, or the generated answer."""
+        return self.task.describe_inputs(
+            self.model, read_inputs(self.model, list(inputs), self.data)
+        )
+
     def generate(self, prompts: list, decoding: Decoding | None = None) -> list[str]:
         """A causal-LM run's answer to each prompt (text, or chat messages): greedy by
         default, sampled with `Decoding(sample=True, temperature=…, top_p=…, seed=…)`."""

@@ -75,3 +75,26 @@ def read_chat_examples(path: str, split: str) -> Examples:
         prompts.append(prompt)
         completions.append(completion)
     return Examples(prompts, {"completion": completions}, str(file), lines)
+
+
+def read_prompts(path: str | Path) -> list[str | list[dict[str, str]]]:
+    """Prompts to answer, one per JSONL line: `prompt` (text or turns) or `messages` (chat
+    turns; a final assistant turn, if any, is left out)."""
+    file = Path(path)
+    rows, lines, _ = json_records(file, read_text_file(file))
+    prompts: list[str | list[dict[str, str]]] = []
+    for row, line in zip(rows, lines, strict=True):
+        if "messages" in row:
+            turns = _messages(file, line, row["messages"], "messages")
+            prompts.append(turns[:-1] if turns[-1]["role"] == "assistant" else turns)
+        elif "prompt" in row:
+            value = row["prompt"]
+            if isinstance(value, list):
+                prompts.append(_messages(file, line, value, "prompt"))
+            else:
+                prompts.append(text_value(file, line, "prompt", value))
+        else:
+            raise TsuikaError(f"{file} line {line}: needs a `prompt` or `messages` field")
+    if not prompts:
+        raise TsuikaError(f"{file} has no prompts")
+    return prompts

@@ -4,6 +4,7 @@ from tsuika.errors import TsuikaError
 from tsuika.methods.adapters import IA3, Dora, Lora
 from tsuika.methods.base import Method
 from tsuika.methods.finetune import Finetune
+from tsuika.methods.prompt_tuning import PromptTuning
 from tsuika.methods.transfer import Transfer
 
 METHODS: dict[str, type[Method]] = {
@@ -12,6 +13,7 @@ METHODS: dict[str, type[Method]] = {
     "lora": Lora,
     "dora": Dora,
     "ia3": IA3,
+    "prompt-tuning": PromptTuning,
 }
 
 
@@ -21,4 +23,14 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["IA3", "METHODS", "Dora", "Finetune", "Lora", "Method", "Transfer", "method_class"]
+__all__ = [
+    "IA3",
+    "METHODS",
+    "Dora",
+    "Finetune",
+    "Lora",
+    "Method",
+    "PromptTuning",
+    "Transfer",
+    "method_class",
+]

@@ -83,6 +83,8 @@ class Adapters(Method):
     train, everything else is frozen."""
 
     name = "adapters"
+    default_lr = 5e-4
+    """`adapter.lr` when the config leaves it unset."""
 
     def peft_config(self, targets: list[str]) -> PeftConfig:
         raise NotImplementedError
@@ -115,7 +117,7 @@ class Adapters(Method):
         groups = [
             {
                 "params": adapters,
-                "lr": self.config.adapter.lr,
+                "lr": self.config.adapter.lr or self.default_lr,
                 "weight_decay": 0.0,
                 "name": "adapters",
             }

@@ -14,6 +14,7 @@ method is one module plus one line in `tsuika.methods.METHODS`.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -71,8 +72,15 @@ class Method:
     """Whole layer groups train or stay frozen; subclasses say which, and how fast."""
 
     name = "base"
+    model_kinds: frozenset[str] = frozenset({"encoder", "causal-lm"})
+    """The kinds of model (`Task.model_kind`) this method can adapt."""
 
     def __init__(self, config: Config, task: Task) -> None:
+        if task.model_kind not in self.model_kinds:
+            raise TsuikaError(
+                f"method {self.name} adapts {' or '.join(sorted(self.model_kinds))} models, "
+                f"and task {task.name} trains a {task.model_kind}"
+            )
         self.config = config
         self.task = task
 
@@ -105,6 +113,12 @@ class Method:
         if settings.mode == "off" or boundary <= feed.start or feed.augmented:
             return feed
         return cache_boundary(model, feed, boundary, settings, name)
+
+    def unadapted(self, model: AdaptableModel) -> contextlib.AbstractContextManager:
+        """A context in which the model, before training, computes as the pretrained one
+        (for baselines). Weights start as loaded and adapters start as the identity, so
+        this is usually nothing; a soft prompt must be left out."""
+        return contextlib.nullcontext()
 
     def on_epoch_start(self, model: AdaptableModel, epoch: int) -> list[str]:
         """Change what trains at an epoch boundary; returns events to log."""

@@ -18,6 +18,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,13 +205,28 @@ def causal_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
 
 
 class TokenEmbedding(nn.Module):
+    """Token ids → embeddings; with a soft prompt (prompt tuning), its learned vectors come
+    first, as PEFT's `PeftModelForCausalLM.forward` places them, and `virtual` says how many
+    positions the head drops again."""
+
     def __init__(self, embed_tokens: nn.Module) -> None:
         super().__init__()
         self.embed_tokens = embed_tokens
+        self.prompt: nn.Module | None = None
+        """Batch size → [B, n, width] virtual-token embeddings (`PeftModel.get_prompt`)."""
+        self.prompting = True
+        """False: run as the pretrained model (the soft prompt left out)."""
 
     def forward(self, state: State) -> State:
         hidden = self.embed_tokens(state["input_ids"])
-        return {"hidden": hidden, "attention_mask": state["attention_mask"]}
+        mask = state["attention_mask"]
+        if self.prompt is None or not self.prompting:
+            return {"hidden": hidden, "attention_mask": mask}
+        prompt = self.prompt(len(hidden)).to(hidden.dtype)
+        hidden = torch.cat([prompt, hidden], dim=1)
+        mask = torch.cat([mask.new_ones(len(mask), prompt.shape[1]), mask], dim=1)
+        virtual = torch.full((len(mask),), prompt.shape[1], device=mask.device)
+        return {"hidden": hidden, "attention_mask": mask, "virtual": virtual}
 
 
 class DecoderBlock(nn.Module):
@@ -231,7 +247,7 @@ class DecoderBlock(nn.Module):
             position_embeddings=self.rotary(hidden, positions),
         )
         hidden = out[0] if isinstance(out, tuple) else out
-        return {"hidden": hidden, "attention_mask": mask}
+        return {**state, "hidden": hidden}
 
 
 class WholeDecoder(nn.Module):
@@ -259,8 +275,11 @@ class LanguageModelHead(nn.Module):
             self.lm_head = lm_head
 
     def forward(self, state: State) -> State:
-        logits = self.lm_head(self.norm(state["hidden"]))
-        return {"logits": logits, "attention_mask": state["attention_mask"]}
+        hidden, mask = state["hidden"], state["attention_mask"]
+        if "virtual" in state:  # a soft prompt's positions predict nothing asked for
+            virtual = int(state["virtual"][0])
+            hidden, mask = hidden[:, virtual:], mask[:, virtual:]
+        return {"logits": self.lm_head(self.norm(hidden)), "attention_mask": mask}
 
 
 def load_causal_model(
@@ -352,14 +371,17 @@ def generate(
                 options |= {"temperature": decoding.temperature, "top_p": decoding.top_p}
             else:
                 options |= {"temperature": None, "top_p": None, "top_k": None}
-            generated = network.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=decoding.max_new_tokens,
-                pad_token_id=preprocess.pad_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **options,
-            )
+            with warnings.catch_warnings():
+                # PEFT's soft-prompt generate notes it ignores position ids; it sets its own.
+                warnings.filterwarnings("ignore", "Position ids are not supported")
+                generated = network.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=decoding.max_new_tokens,
+                    pad_token_id=preprocess.pad_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **options,
+                )
             for row in generated[:, longest:].cpu():
                 out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
     finally:

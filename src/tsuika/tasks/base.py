@@ -171,6 +171,12 @@ class Task:
             return []
         return self.decoded(self.predictions(self.gather(model, input_feed(model, inputs))))
 
+    def describe_inputs(self, model: AdaptableModel, inputs: list) -> list[str]:
+        """`describe` for every one of raw `inputs`."""
+        outputs = self.gather(model, input_feed(model, inputs))
+        predicted = self.predictions(outputs)
+        return [self.describe(predicted, row, outputs) for row in range(len(inputs))]
+
     def predictions(self, outputs: State) -> Arrays:
         """Gathered outputs → predicted targets per column."""
         raise NotImplementedError

@@ -285,5 +285,8 @@ class CausalLM(Task):
         """Generation: each prompt's greedy answer."""
         return generate(model, inputs, Decoding(max_new_tokens=self.max_new_tokens))
 
+    def describe_inputs(self, model: AdaptableModel, inputs: list) -> list[str]:
+        return [answer.replace("\n", " ") for answer in self.predict(model, inputs)]
+
     def gain_number(self, gain: float) -> str:
         return f"{self.gain_scale * gain:+.1f}"

@@ -44,8 +44,19 @@ class FitResult:
     group's base rate by name (`rates`); with `lr_multiplier` it gives every step's rate."""
 
 
-def _group_state(model: AdaptableModel, groups: list[int]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in stage_state(model, set(groups)).items()}
+def _trained_state(model: AdaptableModel, groups: list[int], names: set[str]) -> dict:
+    """A copy of what training can change in `groups`: the parameters named in `names` and
+    every buffer (BatchNorm statistics). Frozen weights inside a training group — the base
+    weights under adapters — are never copied: for LoRA on every block that would be the
+    whole network, at every best epoch and in every checkpoint."""
+    kept = {}
+    for key, value in stage_state(model, set(groups)).items():
+        if key in names:
+            kept[key] = value.detach().clone()
+    for key, value in model.named_buffers():
+        if key.startswith(tuple(f"stages.{i}." for i in groups)):
+            kept[key] = value.detach().clone()
+    return kept
 
 
 def _add(totals: dict[str, float], sums: dict[str, float]) -> None:
@@ -91,14 +102,18 @@ class Loop:
         self.warmup = int(config.warmup * self.total_steps)
         self.wrapped, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.state = LoopState(patience_left=config.patience)
-        self.best = _group_state(model, self.saved_groups)
+        self.saved_names = set(method.trainable_parameters(model))
+        self.best = self._copy()
 
     # -- checkpoints -------------------------------------------------------------------
+    def _copy(self) -> dict[str, torch.Tensor]:
+        return _trained_state(self.model, self.saved_groups, self.saved_names)
+
     def save(self) -> None:
         if self.checkpoints is None:
             return
         if self.accelerator.is_main_process:
-            weights = _group_state(self.model, self.saved_groups)
+            weights = self._copy()
             save_checkpoint(self.checkpoints, self.state, weights, self.best, self.optimizer)
         self.accelerator.wait_for_everyone()
 
@@ -178,7 +193,7 @@ class Loop:
         if state.best_score is None or task.better(score, state.best_score) or tie:
             state.best_score, state.best_loss = score, loss
             state.best_epoch = record["epoch"]
-            self.best = _group_state(self.model, self.saved_groups)
+            self.best = self._copy()
             state.patience_left = self.config.patience
         elif state.patience_left is not None:
             state.patience_left -= 1

@@ -118,7 +118,8 @@ def run_phase(
         fixed = train_feed
         if train_feed.augmented:
             fixed = feed_of(model, task, splits.train)
-        before_fit(model, {"train": fixed, "val": val_feed, "test": test_feed})
+        with method.unadapted(model):
+            before_fit(model, {"train": fixed, "val": val_feed, "test": test_feed})
 
     result = fit(
         model,
