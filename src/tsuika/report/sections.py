@@ -241,7 +241,19 @@ def cost(run: RunFiles) -> Section:
     lines = [f"peak resident memory {memory['peak_rss_mb']:.0f} MB"] if memory else []
     if "peak_cuda_mb" in memory:
         lines.append(f"peak GPU memory {memory['peak_cuda_mb']:.0f} MB")
+    disk = run.summary.get("disk", {})
+    if "model_bytes" in disk:
+        lines.append(f"saved model {disk['model_bytes'] / 2**20:.2f} MB")
+    if "adapter_bytes" in disk:
+        lines.append(f"of which the PEFT adapter {disk['adapter_bytes'] / 2**20:.2f} MB")
+    throughput = run.summary.get("throughput", {})
+    if "tokens_per_second" in throughput:
+        lines.append(f"training {throughput['tokens_per_second']:.0f} tokens/s")
     body = table(["part", "seconds", "share of the run"], rows, [False, True, True])
     if lines:
-        body += f"<p>{text('; '.join(lines))} (the process's peak while the run went).</p>"
+        body += (
+            f"<p>{text('; '.join(lines))}.</p><p class='note'>Memory: the process's peak "
+            "while the run went; tokens/s: every input token of the training batches over "
+            "the fit time, validation passes included.</p>"
+        )
     return Section("cost", "Time and memory", body)

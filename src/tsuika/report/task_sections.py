@@ -78,10 +78,48 @@ def regression(run: RunFiles) -> list[Section]:
     return [Section("errors", "Errors", body)]
 
 
+def answers(run: RunFiles) -> list[Section]:
+    """A language model's answers against the base model's: how many it fixed and broke,
+    and examples of each (answers shown as the greedy next tokens given the true answer so
+    far: the generated answer when right, up to its first wrong token otherwise)."""
+    records = [r for r in run.records if "base" in r.get("baselines", {})]
+    if not records:
+        return []
+    base_right = [r["baselines"]["base"] == r["truth"] for r in records]
+    right = [r["score"] >= 1 for r in records]
+    groups = {
+        "fixed (base wrong, adapted right)": [],
+        "broken (base right, adapted wrong)": [],
+    }
+    counts = {"both right": 0, "both wrong": 0}
+    for record, was, now in zip(records, base_right, right, strict=True):
+        if now and not was:
+            groups["fixed (base wrong, adapted right)"].append(record)
+        elif was and not now:
+            groups["broken (base right, adapted wrong)"].append(record)
+        else:
+            counts["both right" if now else "both wrong"] += 1
+    rows = [[name, len(items)] for name, items in groups.items()]
+    rows += [[name, count] for name, count in counts.items()]
+    body = table(["test prompts", "count"], rows, [False, True])
+    for name, items in groups.items():
+        if not items:
+            continue
+        shown = [
+            [r["index"], r["input"], r["truth"], r["predicted"], r["baselines"]["base"]]
+            for r in items[:8]
+        ]
+        body += f"<h3>{name.capitalize()}</h3>" + table(
+            ["#", "prompt", "answer", "adapted", "base"], shown, [True] + [False] * 4
+        )
+    return [Section("answers", "Answers: adapted vs base", body)]
+
+
 TASK_SECTIONS: dict[str, Callable[[RunFiles], list[Section]]] = {
     "classify": classification,
     "multi-task": classification,
     "regression": regression,
+    "causal-lm": answers,
 }
 
 
