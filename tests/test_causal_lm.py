@@ -140,6 +140,29 @@ def test_exact_match_is_what_greedy_generation_gives(tiny_llama_dir, chat_file, 
 
 
 # -- adapters and exports ------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "prompt-tuning"])
+def test_a_fresh_adapter_leaves_the_logits_unchanged(method, tiny_llama_dir, chat_file):
+    """LoRA's B starts at 0, IA³'s scales at 1, DoRA's magnitude at ‖W‖: the base model; a
+    soft prompt changes the outputs, and `unadapted` gives the base model back."""
+    config = build_config(lm_config(tiny_llama_dir, chat_file, Path("unused"), method=method))
+    model = model_for(config, None, kind="causal-lm").eval()
+    trainer = METHODS[method](config, CausalLM(str(tiny_llama_dir)))
+    state = model.preprocess.collate(model.preprocess.encode(["say pos : good", "bad awful"]))
+    with torch.no_grad():
+        before = model(state)["logits"]
+        trainer.prepare(model)
+        after = model(state)["logits"]
+        with trainer.unadapted(model):
+            unadapted = model(state)["logits"]
+    real = state["attention_mask"].bool()
+    # Measured 2026-11-30: 0.0 for lora and ia3, ≤ 1.2e-7 for dora.
+    torch.testing.assert_close(unadapted[real], before[real], atol=1e-6, rtol=0)
+    if method == "prompt-tuning":
+        assert not torch.allclose(after[real], before[real])
+    else:
+        torch.testing.assert_close(after[real], before[real], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
 def test_adapter_loads_in_plain_peft_and_merges_within_1e5(
     method, tiny_llama_dir, chat_file, tmp_path
@@ -337,3 +360,13 @@ def test_a_csv_for_a_language_model_is_a_clear_error(tiny_llama_dir, tiny_csv, t
     )
     assert code == 2
     assert "convert the file to .jsonl" in capsys.readouterr().err
+
+
+def test_an_encoder_for_a_language_model_task_is_a_clear_error(tiny_bert_dir, chat_file, capsys):
+    code = main(
+        ["train", f"model={tiny_bert_dir}", "task=causal-lm", f"data.train={chat_file}", "--quiet"]
+    )
+    assert code == 2
+    assert "is not a causal language model (its config.json names BertModel)" in (
+        capsys.readouterr().err.replace("\n", " ")
+    )

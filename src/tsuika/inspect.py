@@ -14,8 +14,9 @@ from tsuika.tasks import task_for
 def describe(config: Config) -> Table:
     """The model's groups shallow → deep; under `config`: trains?, rate, and the epoch a
     group unfreezes (gradual unfreezing). No data is read: the head here has two outputs."""
-    model = model_for(config, lambda width: Head(width, 2))
-    method = method_class(config.method)(config, task_for(config))
+    task = task_for(config)
+    model = model_for(config, lambda width: Head(width, 2), kind=task.model_kind)
+    method = method_class(config.method)(config, task)
     method.prepare(model)
     rates = {group["name"]: group["lr"] for group in method.param_groups(model)}
     unfreeze_at = {}

@@ -15,6 +15,7 @@ to the `embeddings` group, so a tensor is never trained or saved twice.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -165,12 +166,37 @@ def example_tokens(
     return Tokens(tuple(start + rest), len(start))
 
 
-def tokenizer_for(folder: Path) -> Any:
+def check_causal(folder: Path) -> None:
+    """A folder whose config names a causal-LM architecture (`…ForCausalLM`,
+    `…LMHeadModel`); an encoder (a sentence-transformers folder) is a clear error."""
     check_folder(folder)
     try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures")
+    except (ValueError, UnicodeDecodeError):
+        raise TsuikaError(f"{folder}/config.json is not valid JSON") from None
+    names = [a for a in architectures or [] if isinstance(a, str)]
+    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in names):
+        named = ", ".join(names) or "no architecture"
+        raise TsuikaError(
+            f"{folder} is not a causal language model (its config.json names {named}); "
+            "task causal-lm needs one, e.g. model=smollm2-135m"
+        )
+
+
+def tokenizer_for(folder: Path) -> Any:
+    check_causal(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError, KeyError) as err:
         raise TsuikaError(f"could not load the tokenizer in {folder}: {err}") from None
+    if tokenizer.eos_token_id is None:
+        raise TsuikaError(
+            f"the tokenizer in {folder} has no end-of-sequence token, so a model could not "
+            "learn where an answer ends; set `eos_token` in its tokenizer_config.json"
+        )
+    return tokenizer
 
 
 class CausalPreprocess(TextPreprocess):
@@ -287,7 +313,7 @@ def load_causal_model(
 ) -> AdaptableModel:
     """A local Hugging Face causal LM as staged model; `pretrained=False` gives the same
     architecture at random initialisation."""
-    check_folder(folder)
+    check_causal(folder)
     safe = {"local_files_only": True, "trust_remote_code": False}
     try:
         config = AutoConfig.from_pretrained(folder, **safe)
