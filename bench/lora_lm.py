@@ -41,6 +41,12 @@ How each figure is measured:
   interval are tsuika's (1,000 resamples). TRL's adapted model gets the same check.
 - adapter: bytes of the saved PEFT folder (`save_pretrained`); trainable: parameters with
   gradients.
+- CPU: cores each side used while training, and cores other processes used meanwhile
+  (/proc/stat); on 2 cores another job slows a 2-thread run several-fold, so the script warns
+  when others used more than 0.1 core.
+
+tsuika's training is timed and counted by wrapping three of its functions in the child process
+(`tsuika.train.phase.fit`, `CausalLM.evaluate`, `Method.step`); its source is not changed.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ import platform
 import random
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +87,21 @@ def window_peak_mb() -> float:
     return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by the whole machine (/proc/stat) and by this process."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return busy / os.sysconf("SC_CLK_TCK"), usage.ru_utime + usage.ru_stime
+
+
+def cpu_share(before: tuple[float, float], seconds: float) -> dict[str, float]:
+    """Cores this process used over a window of `seconds`, and cores the rest of the
+    machine used meanwhile (another job on 2 cores slows a 2-thread run several-fold)."""
+    machine, own = (b - a for a, b in zip(before, cpu_seconds(), strict=True))
+    return {"cores": own / seconds, "others_cores": max(0.0, machine - own) / seconds}
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
@@ -104,11 +126,12 @@ def run_tsuika(args: argparse.Namespace, work: Path) -> dict:
 
     def timed_fit(*a, **k):
         reset_peak()
-        probe["in_fit"], started = True, time.perf_counter()
+        probe["in_fit"], started, cpu = True, time.perf_counter(), cpu_seconds()
         try:
             return fit(*a, **k)
         finally:
             probe["fit_s"] = time.perf_counter() - started
+            probe.update(cpu_share(cpu, probe["fit_s"]))
             probe["in_fit"], probe["train_peak_mb"] = False, window_peak_mb()
 
     def timed_evaluate(self, model, feed):
@@ -292,9 +315,10 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
     )
     before = trainer.evaluate()
     reset_peak()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     trainer.train()
     train_s = time.perf_counter() - started
+    counts |= cpu_share(cpu, train_s)
     train_peak = window_peak_mb()
     after = trainer.evaluate()
     adapter = work / "trl-adapter"
@@ -380,6 +404,13 @@ def report(args: argparse.Namespace, ts: dict, trl: dict, seconds: float) -> Non
         f"positions/s counting padding too: tsuika {ts['slots'] / ts['train_s']:.1f}, TRL "
         f"{trl['slots'] / trl['train_s']:.1f} (ratio {slots:.2f})"
     )
+    print(
+        f"CPU during training: tsuika used {ts['cores']:.2f} cores, other processes "
+        f"{ts['others_cores']:.2f}; TRL used {trl['cores']:.2f}, other processes "
+        f"{trl['others_cores']:.2f} (of {os.cpu_count()})"
+    )
+    if max(ts["others_cores"], trl["others_cores"]) > 0.1:
+        print("WARNING: other processes ran during training; the speed figures are not clean")
     throughput = s.get("throughput", {})
     print(
         f"tsuika fit {ts['fit_s']:.1f} s = training {ts['train_s']:.1f} s + validation pass "
@@ -438,6 +469,7 @@ def main() -> None:
     ts = side("tsuika", args, work)
     trl = side("trl", args, work)
     report(args, ts, trl, time.perf_counter() - started)
+    shutil.rmtree(work, ignore_errors=True)  # kept when a side fails: its log is there
 
 
 if __name__ == "__main__":

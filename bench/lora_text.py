@@ -27,7 +27,7 @@ CONFIGS = {
     "lora r=8, query+value only": [
         "method=lora",
         "adapter.r=8",
-        "adapter.target_modules=[*query,*value]",
+        "adapter.target_modules=['*query','*value']",
     ],
     "lora r=8, no adapter dropout": ["method=lora", "adapter.r=8", "adapter.dropout=0"],
     "full fine-tuning": ["method=finetune", "finetune.freeze=0"],
