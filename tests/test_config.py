@@ -166,3 +166,10 @@ def test_every_example_config_is_valid():
     assert len(examples) >= 5
     for path in examples:
         load_config(path)  # raises TsuikaError naming the key on any mistake
+
+
+def test_an_unquoted_star_pattern_says_to_quote_it():
+    with pytest.raises(TsuikaError, match=r"quote patterns that start with \*"):
+        parse_overrides(["adapter.target_modules=[*query,*value]"])
+    parsed = parse_overrides(["adapter.target_modules=['*query','*value']"])
+    assert parsed["adapter"]["target_modules"] == ["*query", "*value"]

@@ -224,7 +224,8 @@ def generate(
     top_p: Annotated[float, typer.Option(help="nucleus sampling, with --sample")] = 1.0,
     seed: Annotated[int, typer.Option(help="with --sample")] = 0,
 ) -> None:
-    """Answer prompts with a causal-LM run: `tsuika generate RUN "prompt" ...` or --file."""
+    """Answer prompts with a causal-LM run: `tsuika generate RUN "prompt" ...` or --file.
+    One line per prompt, in order (a newline inside an answer is written `\\n`)."""
     from tsuika.api import load
     from tsuika.data.chat import read_prompts
     from tsuika.models.causal import Decoding
@@ -245,7 +246,7 @@ def generate(
         seed,
     )
     for answer in loaded.generate(given, decoding):
-        typer.echo(answer)
+        typer.echo(answer.replace("\\", "\\\\").replace("\n", "\\n"))  # one line per prompt
 
 
 @app.command()

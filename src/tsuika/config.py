@@ -308,6 +308,8 @@ def parse_value(dotted: str, raw: str) -> Any:
             return yaml.safe_load(text)
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or "not a valid list or mapping"
+            if "alias" in problem:  # `[*query]`: in YAML a bare `*` starts an alias
+                problem += "; quote patterns that start with * (['*query', '*value'])"
             raise TsuikaError(
                 f"override `{dotted}={raw}`: {problem} (write lists as [a, b], mappings as "
                 "{key: value})"
