@@ -2,7 +2,7 @@
 SmolLM2-135M-Instruct (`smollm2-135m`) on the bundled instructions, the same PEFT LoRA config
 (r=8, alpha=16, dropout 0.05, all-linear), data, steps, batch, rate and schedule on both sides.
 
-    python bench/lora_lm.py [--train-rows 320] [--lr 5e-4]
+    python bench/lora_lm.py [--train-rows 320] [--lr 5e-4] [--seed 0]
 
 Needs the `bench` extra (`pip install "trl>=1.0" "datasets>=3"`). Each side runs in its own
 process (this script again, with `--side`), one after the other, so its memory is its own.
@@ -175,6 +175,7 @@ def run_tsuika(args: argparse.Namespace, work: Path) -> dict:
         output=str(work / "runs"),
         name="tsuika",
         progress=False,
+        seed=args.seed,
     )
     history = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     epochs = [h for h in history if "val_loss" in h]
@@ -296,7 +297,7 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
         logging_steps=10,
         disable_tqdm=True,
         report_to=[],
-        seed=0,
+        seed=args.seed,
         dataloader_num_workers=0,
     )
     trainer = Trainer(
@@ -443,6 +444,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--train-rows", type=int, default=320)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0, help="LoRA init and batch order")
     parser.add_argument("--side", choices=["tsuika", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
