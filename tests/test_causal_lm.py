@@ -370,3 +370,26 @@ def test_an_encoder_for_a_language_model_task_is_a_clear_error(tiny_bert_dir, ch
     assert "is not a causal language model (its config.json names BertModel)" in (
         capsys.readouterr().err.replace("\n", " ")
     )
+
+
+def test_logits_at_learned_positions_only_equal_the_full_pass(tiny_llama_dir, chat_file):
+    """`inputs` asks for next-token logits where a completion token follows; loss, sums and
+    kept outputs equal those from the full [B, T, vocabulary] logits."""
+    task = CausalLM(str(tiny_llama_dir))
+    model = load_causal_model(tiny_llama_dir, str(tiny_llama_dir), 64, "auto").eval()
+    examples = task.encode(read_chat_examples(str(chat_file), "train"))
+    feed = input_feed(model, examples.inputs[:6], {"labels": task.labels(examples)[:6]})
+    batch = feed.batch(list(range(6)))
+    with torch.no_grad():
+        full = model(batch.state)
+        packed = model(task.inputs(batch.state, batch.targets))
+    assert packed["logits"].shape[0] == sum(task.units(examples)[:6])  # completion tokens
+    torch.testing.assert_close(
+        task.loss(packed, batch.targets), task.loss(full, batch.targets), atol=1e-6, rtol=0
+    )
+    assert task.sums(packed, batch.targets) == pytest.approx(task.sums(full, batch.targets))
+    for key, value in task.kept(full, batch.targets).items():
+        torch.testing.assert_close(task.kept(packed, batch.targets)[key], value, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        task.losses(packed, batch.targets), task.losses(full, batch.targets), atol=1e-6, rtol=0
+    )

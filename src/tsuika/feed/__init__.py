@@ -129,9 +129,18 @@ def input_feed(
     return Feed(items, targets, 0, preprocess.collate, lengths, units)
 
 
+ModelInputs = Callable[[State, Targets], State]
+"""A batch's state and targets → what the model is given (a task may add what it needs
+computed, e.g. which positions' next-token logits)."""
+
+
 @torch.no_grad()
 def run_model(
-    model: torch.nn.Module, feed: Feed, batch_size: int = 128, stop: int | None = None
+    model: torch.nn.Module,
+    feed: Feed,
+    batch_size: int = 128,
+    stop: int | None = None,
+    inputs: ModelInputs | None = None,
 ) -> Iterator[tuple[State, Batch]]:
     """Eval-mode outputs (of the stages before `stop`; default all), batch by batch, in
     length-sorted order (least padding); each with its batch, whose `indices` say where the
@@ -142,7 +151,9 @@ def run_model(
     device = next(model.parameters()).device
     try:
         for batch in feed.batches(sorted_batches(lengths, batch_size)):
-            outputs = model(batch.to(device).state, feed.start, stop)
+            batch = batch.to(device)
+            state = inputs(batch.state, batch.targets) if inputs else batch.state
+            outputs = model(state, feed.start, stop)
             yield {k: v.float().cpu() for k, v in outputs.items()}, batch
     finally:
         model.train(was_training)
@@ -154,12 +165,13 @@ def gather_outputs(
     batch_size: int = 128,
     stop: int | None = None,
     keep: Callable[[State, Targets], State] | None = None,
+    inputs: ModelInputs | None = None,
 ) -> State:
     """Every output of the model (of the stages before `stop`) over `feed`, rows in the
     feed's order; with `keep`, only what it keeps of each batch's outputs (given the
     batch's targets)."""
     rows: dict[str, list[torch.Tensor | None]] = {}
-    for outputs, batch in run_model(model, feed, batch_size, stop):
+    for outputs, batch in run_model(model, feed, batch_size, stop, inputs):
         if keep is not None:
             outputs = keep(outputs, batch.targets)
         for key, value in outputs.items():

@@ -125,7 +125,7 @@ class Method:
         return []
 
     def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        outputs = model(batch.state, batch.start)
+        outputs = model(self.task.inputs(batch.state, batch.targets), batch.start)
         return {"loss": self.task.loss(outputs, batch.targets), "outputs": outputs}
 
     # -- the method's own saved format -----------------------------------------------------

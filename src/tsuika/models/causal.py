@@ -246,13 +246,14 @@ class TokenEmbedding(nn.Module):
     def forward(self, state: State) -> State:
         hidden = self.embed_tokens(state["input_ids"])
         mask = state["attention_mask"]
+        passed = {k: v for k, v in state.items() if k not in ("input_ids", "attention_mask")}
         if self.prompt is None or not self.prompting:
-            return {"hidden": hidden, "attention_mask": mask}
+            return {**passed, "hidden": hidden, "attention_mask": mask}
         prompt = self.prompt(len(hidden)).to(hidden.dtype)
         hidden = torch.cat([prompt, hidden], dim=1)
         mask = torch.cat([mask.new_ones(len(mask), prompt.shape[1]), mask], dim=1)
         virtual = torch.full((len(mask),), prompt.shape[1], device=mask.device)
-        return {"hidden": hidden, "attention_mask": mask, "virtual": virtual}
+        return {**passed, "hidden": hidden, "attention_mask": mask, "virtual": virtual}
 
 
 class DecoderBlock(nn.Module):
@@ -285,12 +286,16 @@ class WholeDecoder(nn.Module):
 
     def forward(self, state: State) -> State:
         out = self.decoder(input_ids=state["input_ids"], attention_mask=state["attention_mask"])
-        return {"hidden": out.last_hidden_state, "attention_mask": state["attention_mask"]}
+        passed = {k: v for k, v in state.items() if k != "input_ids"}
+        return {**passed, "hidden": out.last_hidden_state}
 
 
 class LanguageModelHead(nn.Module):
-    """Final norm + the pretrained LM head → next-token logits [B, T, vocabulary]. A head
-    tied to the input embeddings is used, not registered here (its group is `embeddings`)."""
+    """Final norm + the pretrained LM head → next-token logits [B, T, vocabulary]; with a
+    `predict` mask [B, T] in the state, only at those positions, packed [N, vocabulary] (an
+    answer is a few of a prompt's tokens, and the LM head is a fifth of a small model's
+    compute). A head tied to the input embeddings is used, not registered here (its group is
+    `embeddings`)."""
 
     def __init__(self, norm: nn.Module, lm_head: nn.Module, tied: bool) -> None:
         super().__init__()
@@ -305,6 +310,10 @@ class LanguageModelHead(nn.Module):
         if "virtual" in state:  # a soft prompt's positions predict nothing asked for
             virtual = int(state["virtual"][0])
             hidden, mask = hidden[:, virtual:], mask[:, virtual:]
+        if "predict" in state:
+            predict = state["predict"].bool()
+            logits = self.lm_head(self.norm(hidden[predict]))
+            return {"logits": logits, "predict": predict, "attention_mask": mask}
         return {"logits": self.lm_head(self.norm(hidden)), "attention_mask": mask}
 
 

@@ -109,6 +109,11 @@ class Task:
         raise NotImplementedError
 
     # -- training and validation -----------------------------------------------------------
+    def inputs(self, state: State, targets: dict[str, torch.Tensor]) -> State:
+        """What the model is given for a batch: its state, to which a task may add what it
+        needs computed (a causal LM: the positions whose next token is learned)."""
+        return state
+
     def losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """The loss of every example of the batch, [B]."""
         raise NotImplementedError
@@ -146,7 +151,7 @@ class Task:
     def evaluate(self, model: nn.Module, feed: Feed) -> dict[str, float]:
         """Metrics of `model` over a whole feed, in one eval-mode pass."""
         totals: dict[str, float] = {}
-        for outputs, batch in run_model(model, feed, self.inference_batch):
+        for outputs, batch in run_model(model, feed, self.inference_batch, None, self.inputs):
             for key, value in self.sums(outputs, batch.targets).items():
                 totals[key] = totals.get(key, 0.0) + value
         return self.summarize(totals)
@@ -163,7 +168,7 @@ class Task:
 
     def gather(self, model: nn.Module, feed: Feed) -> State:
         """The kept outputs of `model` over `feed`, rows in the feed's order."""
-        return gather_outputs(model, feed, self.inference_batch, keep=self.kept)
+        return gather_outputs(model, feed, self.inference_batch, keep=self.kept, inputs=self.inputs)
 
     def predict(self, model: AdaptableModel, inputs: list) -> list:
         """Predictions for raw inputs, as Python values (`decoded`)."""

@@ -13,6 +13,7 @@ reported beside it; the baseline is the pretrained model before adaptation.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -47,16 +48,43 @@ def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
     return logits[:, :-1].float(), labels[:, 1:length]
 
 
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of every predicted position, [B, T−1] (0 where not learned)."""
-    predicting, wanted = shifted(logits, labels)
-    flat = nn.functional.cross_entropy(
-        predicting.reshape(-1, predicting.shape[-1]),
-        wanted.reshape(-1),
-        ignore_index=IGNORE,
-        reduction="none",
-    )
-    return flat.view(wanted.shape)
+@dataclass
+class Learned:
+    """The learned positions of a batch, packed: their logits [N, vocabulary], the tokens
+    they should predict [N], the example each belongs to [N], and where they are, [B, T−1]
+    (position t predicts token t + 1)."""
+
+    logits: torch.Tensor
+    wanted: torch.Tensor
+    rows: torch.Tensor
+    where: torch.Tensor
+
+    @classmethod
+    def of(cls, outputs: State, labels: torch.Tensor) -> Learned:
+        if "predict" in outputs:  # the model computed logits at these positions only
+            where = outputs["predict"].bool()[:, :-1]
+            wanted = labels[:, 1 : where.shape[1] + 1][where]
+            logits = outputs["logits"].float()
+        else:  # full [B, T, vocabulary] logits
+            predicting, following = shifted(outputs["logits"], labels)
+            where = following != IGNORE
+            wanted, logits = following[where], predicting[where]
+        return cls(logits, wanted, where.nonzero()[:, 0], where)
+
+    def losses(self) -> torch.Tensor:
+        """Cross-entropy of every learned position, [N]."""
+        return nn.functional.cross_entropy(self.logits, self.wanted, reduction="none")
+
+    def per_example(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of `values` [N] per example, [B]."""
+        total = torch.zeros(len(self.where), dtype=values.dtype, device=values.device)
+        return total.index_add(0, self.rows, values)
+
+    def spread(self, values: torch.Tensor, fill: float) -> torch.Tensor:
+        """`values` [N] back at their positions, [B, T−1]; `fill` elsewhere."""
+        full = torch.full(self.where.shape, fill, dtype=values.dtype, device=values.device)
+        full[self.where] = values
+        return full
 
 
 class CausalLM(Task):
@@ -159,20 +187,29 @@ class CausalLM(Task):
         raise TsuikaError("a causal language model keeps its own LM head")
 
     # -- training and validation -----------------------------------------------------------
+    def inputs(self, state: State, targets: dict[str, torch.Tensor]) -> State:
+        """With labels, the model computes next-token logits only where a completion token
+        follows (`predict`): about 3 of 75 positions per example on the bundled data."""
+        if "labels" not in targets:
+            return state
+        length = state["attention_mask"].shape[1]
+        predict = torch.zeros(state["attention_mask"].shape, dtype=torch.bool)
+        predict[:, :-1] = targets["labels"][:, 1:length] != IGNORE
+        return {**state, "predict": predict.to(state["attention_mask"].device)}
+
     def losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean loss per completion token of each example, [B]."""
         if "token_loss" in outputs:  # gathered outputs (see `kept`)
             losses, learned = outputs["token_loss"], outputs["tokens"] != IGNORE
-        else:
-            losses = token_losses(outputs["logits"], targets["labels"])
-            learned = shifted(outputs["logits"], targets["labels"])[1] != IGNORE
-        return (losses * learned).sum(1) / learned.sum(1).clamp(min=1)
+            return (losses * learned).sum(1) / learned.sum(1).clamp(min=1)
+        learned = Learned.of(outputs, targets["labels"])
+        counts = learned.per_example(torch.ones_like(learned.wanted, dtype=torch.float))
+        return learned.per_example(learned.losses()) / counts.clamp(min=1)
 
     def loss(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean over the batch's completion tokens (each token weighs the same)."""
-        labels = targets["labels"]
-        learned = shifted(outputs["logits"], labels)[1] != IGNORE
-        return token_losses(outputs["logits"], labels).sum() / learned.sum().clamp(min=1)
+        learned = Learned.of(outputs, targets["labels"])
+        return learned.losses().sum() / max(len(learned.wanted), 1)
 
     def sums(
         self,
@@ -181,21 +218,18 @@ class CausalLM(Task):
         loss: torch.Tensor | None = None,
     ) -> dict[str, float]:
         with torch.no_grad():
-            predicting, wanted = shifted(outputs["logits"], targets["labels"])
-            learned = wanted != IGNORE
-            tokens = learned.sum().item()
-            if loss is None:
-                total = token_losses(outputs["logits"], targets["labels"]).sum().item()
-            else:
-                total = loss.detach().item() * tokens
-            right = (predicting.argmax(-1) == wanted) & learned
-            exact = (right.sum(1) == learned.sum(1)).sum().item()
+            learned = Learned.of(outputs, targets["labels"])
+            tokens = len(learned.wanted)
+            given = loss.detach().item() * tokens if loss is not None else None
+            total = learned.losses().sum().item() if given is None else given
+            right = learned.logits.argmax(-1) == learned.wanted
+            wrong = learned.per_example((~right).float())
             return {
-                "n": float(len(wanted)),
+                "n": float(len(learned.where)),
                 "tokens": float(tokens),
                 "loss": total,
                 "correct_tokens": float(right.sum().item()),
-                "exact": float(exact),
+                "exact": float((wrong == 0).sum().item()),
             }
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
@@ -217,10 +251,9 @@ class CausalLM(Task):
             last = outputs["attention_mask"].sum(1).long() - 1
             rows = torch.arange(len(last))
             return {"next_token_logits": outputs["logits"][rows, last]}
-        predicting, wanted = shifted(outputs["logits"], targets["labels"])
-        learned = wanted != IGNORE
-        tokens = predicting.argmax(-1).masked_fill(~learned, IGNORE)
-        losses = token_losses(outputs["logits"], targets["labels"]) * learned
+        learned = Learned.of(outputs, targets["labels"])
+        tokens = learned.spread(learned.logits.argmax(-1), IGNORE)
+        losses = learned.spread(learned.losses(), 0.0)
         extra = targets["labels"].shape[1] - 1 - tokens.shape[1]
         return {
             "tokens": nn.functional.pad(tokens, (0, extra), value=IGNORE),
