@@ -221,7 +221,8 @@ class Config(Section):
     baselines: BaselineConfig = BaselineConfig()
     track: Literal["none", "tensorboard", "mlflow"] = "none"
     """Experiment tracking through Accelerate's trackers, in local file stores: TensorBoard
-    event files in `<run>/tensorboard`, or an MLflow file store in `<output>/mlruns`."""
+    event files in `<run>/tensorboard`, or an MLflow SQLite store in
+    `<output>/mlruns/mlflow.db`."""
     output: str = "runs"
     """Parent folder of run folders; a new run never overwrites an existing folder."""
     name: str | None = None

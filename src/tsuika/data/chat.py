@@ -31,6 +31,13 @@ def _messages(path: Path, line: int, value: object, key: str) -> list[dict[str, 
     return turns
 
 
+def _prompt(path: Path, line: int, value: object) -> str | list[dict[str, str]]:
+    """A `prompt` field: text, or chat turns."""
+    if isinstance(value, list):
+        return _messages(path, line, value, "prompt")
+    return text_value(path, line, "prompt", value)
+
+
 def _example(path: Path, line: int, row: dict) -> tuple[str | list[dict[str, str]], str]:
     if "messages" in row:
         turns = _messages(path, line, row["messages"], "messages")
@@ -46,11 +53,7 @@ def _example(path: Path, line: int, row: dict) -> tuple[str | list[dict[str, str
             f"{path} line {line}: needs `prompt` and `completion` fields, or `messages` "
             f"(keys here: {keys})"
         )
-    prompt = row["prompt"]
-    if isinstance(prompt, list):
-        prompt = _messages(path, line, prompt, "prompt")
-    else:
-        prompt = text_value(path, line, "prompt", prompt)
+    prompt = _prompt(path, line, row["prompt"])
     completion = row["completion"]
     if isinstance(completion, list):  # conversational: one assistant turn
         turns = _messages(path, line, completion, "completion")
@@ -88,11 +91,7 @@ def read_prompts(path: str | Path) -> list[str | list[dict[str, str]]]:
             turns = _messages(file, line, row["messages"], "messages")
             prompts.append(turns[:-1] if turns[-1]["role"] == "assistant" else turns)
         elif "prompt" in row:
-            value = row["prompt"]
-            if isinstance(value, list):
-                prompts.append(_messages(file, line, value, "prompt"))
-            else:
-                prompts.append(text_value(file, line, "prompt", value))
+            prompts.append(_prompt(file, line, row["prompt"]))
         else:
             raise TsuikaError(f"{file} line {line}: needs a `prompt` or `messages` field")
     if not prompts:

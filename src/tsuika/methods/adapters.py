@@ -16,7 +16,14 @@ from peft import IA3Config, LoraConfig, PeftConfig, PeftModel, get_peft_model
 from torch import nn
 
 from tsuika.errors import TsuikaError
-from tsuika.methods.base import Method, damaged, decay_groups, save_weights, stage_state
+from tsuika.methods.base import (
+    Method,
+    damaged,
+    decay_groups,
+    save_weights,
+    stage_state,
+    trained_groups,
+)
 from tsuika.models.base import AdaptableModel
 
 ADAPTER = "adapter"
@@ -130,9 +137,8 @@ class Adapters(Method):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             model.adapters.save_pretrained(str(folder / ADAPTER))
-        head = model.num_stages - 1
-        trained = any(p.requires_grad for p in model.head.parameters())
-        save_weights(stage_state(model, {head} if trained else set()), folder)
+        head = {model.num_stages - 1} & trained_groups(model)
+        save_weights(stage_state(model, head), folder)
 
     @classmethod
     def restore(cls, model: AdaptableModel, folder: Path) -> None:

@@ -220,8 +220,10 @@ class CausalLM(Task):
         with torch.no_grad():
             learned = Learned.of(outputs, targets["labels"])
             tokens = len(learned.wanted)
-            given = loss.detach().item() * tokens if loss is not None else None
-            total = learned.losses().sum().item() if given is None else given
+            if loss is not None:  # a training step's mean: no second cross-entropy
+                total = loss.detach().item() * tokens
+            else:
+                total = learned.losses().sum().item()
             right = learned.logits.argmax(-1) == learned.wanted
             wrong = learned.per_example((~right).float())
             return {
@@ -273,15 +275,8 @@ class CausalLM(Task):
 
     @staticmethod
     def _aligned(truth: Arrays, predicted: Arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        wanted = truth["completion"]
-        width = wanted.shape[1]
-        guess = predicted["completion"][:, :width]
-        losses = predicted["loss"][:, :width]
-        if guess.shape[1] < width:  # gathered outputs stop at the longest example
-            extra = width - guess.shape[1]
-            guess = np.pad(guess, ((0, 0), (0, extra)), constant_values=IGNORE)
-            losses = np.pad(losses, ((0, 0), (0, extra)))
-        return wanted, guess, losses
+        """Truth, greedy tokens and losses, one width: `kept` pads to the labels' width."""
+        return truth["completion"], predicted["completion"], predicted["loss"]
 
     def per_example(self, truth: Arrays, predicted: Arrays) -> np.ndarray:
         wanted, guess, _ = self._aligned(truth, predicted)
