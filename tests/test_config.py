@@ -68,7 +68,7 @@ def test_wrong_value_is_an_error_naming_the_key(override, key):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("method", "distill", "unknown method `distill`; methods are transfer, finetune"),
+        ("method", "quantum", "unknown method `quantum`; methods are transfer, finetune"),
         ("task", "distill", "unknown task `distill`; tasks are classify, multi-task, regression"),
     ],
 )

@@ -18,7 +18,6 @@ import tsuika
 from tsuika.api import task_and_data
 from tsuika.config import build_config
 from tsuika.methods import METHODS
-from tsuika.models import model_for
 from tsuika.tasks import TASKS
 from tsuika.train.loop import Loop
 from tsuika.train.metrics_log import MetricsLog
@@ -33,15 +32,21 @@ TARGETS = {  # task → its label column(s) in the synthetic tables
 TEXT_TARGETS = {**TARGETS, "multi-task": ["label", "topic"]}
 ENCODER_TASKS = [name for name, task in TASKS.items() if task.model_kind == "encoder"]
 LM_TASKS = [name for name, task in TASKS.items() if task.model_kind == "causal-lm"]
+
+
+def _trains(method: str, task: str) -> bool:
+    return METHODS[method].tasks is None or task in METHODS[method].tasks
+
+
 CELLS = [
     (method, model, task)
     for method, model, task in itertools.product(METHODS, ["tiny-bert", "tiny-cnn"], ENCODER_TASKS)
-    if "encoder" in METHODS[method].model_kinds
+    if "encoder" in METHODS[method].model_kinds and _trains(method, task)
 ]
 CELLS += [
     (method, "tiny-llama", task)
     for method, task in itertools.product(METHODS, LM_TASKS)
-    if "causal-lm" in METHODS[method].model_kinds
+    if "causal-lm" in METHODS[method].model_kinds and _trains(method, task)
 ]
 
 
@@ -56,7 +61,19 @@ def tables(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir) -> dict[str
         "image": colour_table(root / "img", 48),
         "chat": chat,
         "tiny-llama": tiny_llama_dir,
+        "teachers": root / "teachers",
     }
+
+
+def _teacher(cell: tuple[str, str, str], tiny_bert_dir: Path, tables) -> str:
+    """A finished transfer run of the cell's model and task, trained once per module, as
+    `distill`'s teacher."""
+    _, model, task = cell
+    folder = tables["teachers"] / f"{model}-{task}"
+    if not folder.is_dir():
+        config = _config(("transfer", model, task), tiny_bert_dir, tables, tables["teachers"])
+        tsuika.train(config.model_copy(update={"name": folder.name}))
+    return str(folder)
 
 
 def _config(cell: tuple[str, str, str], tiny_bert_dir: Path, tables, output: Path, **extra):
@@ -79,6 +96,10 @@ def _config(cell: tuple[str, str, str], tiny_bert_dir: Path, tables, output: Pat
     }
     if kind != "chat":
         tree["data"]["label_column"] = (TEXT_TARGETS if kind == "text" else TARGETS)[task]
+    if method == "distill":  # the tiny CNN has no blocks to drop: its student is itself
+        student = "teacher" if model == "tiny-bert" else TINY_CNN
+        teacher = _teacher(cell, tiny_bert_dir, tables)
+        tree["distill"] = {"teacher": teacher, "student": student, "undistilled": False}
     for key, value in extra.items():
         tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
     return build_config(tree)
@@ -92,9 +113,10 @@ def _ids(cell: tuple[str, str, str]) -> str:
 def test_only_declared_parameters_change(cell, tiny_bert_dir, tables, tmp_path) -> None:
     config = _config(cell, tiny_bert_dir, tables, tmp_path)
     seed_everything(0)
+    config = METHODS[config.method].configured(config)
     task, splits = task_and_data(config)
-    model = model_for(config, lambda width: task.head(width, config.head), kind=task.model_kind)
     method = METHODS[config.method](config, task)
+    model = method.build_model(config)
     method.prepare(model)
     declared = method.trainable_parameters(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -165,9 +187,10 @@ def test_cache_on_and_off_give_the_same_model(cell, tiny_bert_dir, tables, tmp_p
         _config(cell, tiny_bert_dir, tables, tmp_path / "off", train={"cache": "off"})
     )
     config = _config(cell, tiny_bert_dir, tables, tmp_path / "x")
+    config = METHODS[config.method].configured(config)
     task, _ = task_and_data(config)
-    model = model_for(config, lambda width: task.head(width, config.head), kind=task.model_kind)
     method = METHODS[config.method](config, task)
+    model = method.build_model(config)
     method.prepare(model)
     cacheable = method.cache_boundary(model) > 0  # prompt-tuning trains the first stage
     assert (cached.summary["timings"].get("cache", 0) > 0) == cacheable  # the cache really ran

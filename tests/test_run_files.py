@@ -133,7 +133,7 @@ META_DAMAGE: dict[str, tuple[Callable[[dict], Any], str]] = {
         "`model.max_length` is not a positive integer",
     ),
     "weights-int": (_set("model", "weights", 3), "`model.weights` is not a path"),
-    "method-unknown": (_set("method", "distill"), "`method` 'distill' is not one of transfer"),
+    "method-unknown": (_set("method", "quantum"), "`method` 'quantum' is not one of transfer"),
     "method-int": (_set("method", 1), "`method` 1 is not one of transfer"),
     "task-name": (_set("task", "name", "distill"), f"`task.name` is not one of {TASKS}"),
     "task-name-missing": (_pop("task", "name"), f"`task.name` is not one of {TASKS}"),

@@ -27,7 +27,7 @@ from tsuika.evaluate.records import test_records, write_records
 from tsuika.evaluate.summary import build_summary
 from tsuika.methods import method_class
 from tsuika.methods.base import Method
-from tsuika.models import modality_of, model_for
+from tsuika.models import modality_of
 from tsuika.models.base import AdaptableModel
 from tsuika.report import PREDICTIONS, REPORT, write_report
 from tsuika.run import Run, load
@@ -70,13 +70,14 @@ def train(
         config = resumable_config(Path(resume), config, overrides)
     else:
         config = as_config(config, overrides)
+    config = method_class(config.method).configured(config)
     check_tracking(config)  # a missing tracker package fails before any folder is written
     seed_everything(config.seed)
     modality = modality_of(config.model)
     task = task_for(config, modality)
     method = method_class(config.method)(config, task)
     splits = read_data(config, modality, task)  # bad data fails before anything is written
-    model = model_for(config, lambda width: task.head(width, config.head), kind=task.model_kind)
+    model = method.build_model(config)
     model.to(training_device())  # precompute on the accelerator too, not only train there
     method.prepare(model)  # once, on the device; a bad freeze setting fails before any folder
     main = is_main_process()
@@ -174,6 +175,7 @@ def _train_in(
     summary = build_summary(
         config, task, splits, model, phase.fit, phase.predicted, baselines, path
     )
+    summary |= method.evidence(model, splits, summary)
     summary["timings"] = {
         **phase.timings,
         "baselines": sum(b.seconds for b in baselines),

@@ -68,8 +68,32 @@ METRIC_NAMES = {
 }
 
 
+def distillation_table(kd: dict) -> Table:
+    """Teacher and student side by side: score, size, latency on this machine."""
+    metric = kd["metric"]
+    table = Table("", METRIC_NAMES.get(metric, metric), "parameters", "MB", "ms @1", "ms @64")
+    table.title = "teacher → student"
+    for side in ("teacher", "student"):
+        row = kd[side]
+        table.add_row(
+            side,
+            f"{row[metric]:.4f}",
+            f"{row['parameters'] / 1e6:.1f}M",
+            f"{row['model_bytes'] / 2**20:.1f}",
+            f"{row['latency_batch1_ms']:.1f}",
+            f"{row['latency_batch64_ms']:.0f}",
+        )
+    retained = kd.get("retained_percent")
+    table.caption = (
+        f"retained {retained:.1f} % · " if retained is not None else ""
+    ) + f"{kd['speedup_batch1']:.2f}× faster at batch 1, {kd['speedup_batch64']:.2f}× at 64"
+    return table
+
+
 def print_summary(summary: dict) -> None:
     out.print(results_table(summary))
+    if "distillation" in summary:
+        out.print(distillation_table(summary["distillation"]))
     for verdict in summary.get("verdicts", {}).values():
         out.print(f"• {escape(verdict['text'])}")
     timings = summary.get("timings", {})
@@ -159,6 +183,61 @@ def train(
 
     if is_main_process():  # under --processes, one results table, not one per process
         print_summary(run.summary)
+
+
+@app.command()
+def distill(
+    args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="a finished run folder")] = None,
+    student: Annotated[
+        str | None, typer.Option(help="`teacher` (its blocks) or a model name/folder")
+    ] = None,
+    blocks: Annotated[str | None, typer.Option(help="teacher blocks to keep, e.g. 1,3,6")] = None,
+    data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL or image folder")] = None,
+    test: Annotated[str | None, typer.Option(help="test file (default: held out)")] = None,
+    unlabelled: Annotated[
+        str | None, typer.Option(help="inputs without labels, for the soft targets")
+    ] = None,
+    k: Annotated[int | None, typer.Option(help="examples per class to keep")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    output: Annotated[str | None, typer.Option(help="parent folder of runs")] = None,
+    name: Annotated[str | None, typer.Option(help="run folder name")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Distil a trained run (the teacher) into a smaller student: `tsuika distill --teacher
+    RUN [--student teacher|MODEL] [--blocks 1,3,6] [--unlabelled FILE] --data …`."""
+    from tsuika.api import train as train_api
+    from tsuika.config import load_config, merge, parse_overrides, set_dotted
+
+    config_path, pairs = _split_args(args or [])
+    flags = {
+        "distill.teacher": str(teacher) if teacher is not None else None,
+        "distill.student": student,
+        "distill.blocks": _block_list(blocks) if blocks is not None else None,
+        "distill.unlabelled": unlabelled,
+        "data.train": data,
+        "data.test": test,
+        "data.k": k,
+        "train.epochs": epochs,
+        "output": output,
+        "name": name,
+    }
+    overrides: dict = {"method": "distill"}
+    for key, value in flags.items():
+        if value is not None:
+            set_dotted(overrides, key, value)
+    if quiet:
+        overrides["progress"] = False
+    config = load_config(config_path, merge(overrides, parse_overrides(pairs)))
+    with reporting_interrupts():
+        print_summary(train_api(config).summary)
+
+
+def _block_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise TsuikaError(f"--blocks {text!r}: give block numbers such as 1,3,6") from None
 
 
 @app.command()
@@ -252,18 +331,23 @@ def generate(
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    out_dir: Annotated[Path, typer.Option("--out", help="new folder to write")],
-    merge: Annotated[bool, typer.Option(help="merge adapters into the weights")] = True,
+    format: Annotated[str | None, typer.Option("--format", help="onnx | hf (default: hf)")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="new folder (default: RUN/export-FORMAT)")
+    ] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="onnx: also an int8-weights copy")] = False,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="the same as --format hf (adapters merged)")
+    ] = False,
 ) -> None:
-    """Write the adapted network as a plain Hugging Face folder (`--merge`: adapters merged
-    into the weights, loadable by transformers alone)."""
-    from tsuika.export import export_merged
+    """Write the run as a new folder that runs without tsuika, with a model card: an ONNX
+    graph (`--format onnx`) or a folder plain transformers / timm / torch loads (`hf`)."""
+    from tsuika.export import export as export_run
 
-    if not merge:
-        raise TsuikaError(
-            "only --merge exports exist so far (the run's model/adapter is the PEFT folder)"
-        )
-    out.print(f"exported: {escape(str(export_merged(run, out_dir)))}")
+    if merge and format not in (None, "hf"):
+        raise TsuikaError(f"--merge writes the hf format; drop it or --format {format}")
+    folder = export_run(run, format or "hf", out_dir, int8)
+    out.print(f"exported: {escape(str(folder))}")
 
 
 @app.command()

@@ -162,6 +162,31 @@ class LanguageModelConfig(Section):
     """Tokens to generate for `predict` (and the default of `tsuika generate`)."""
 
 
+class DistillConfig(Section):
+    """`method: distill`: a small student learns from a trained teacher's soft targets and
+    from the labels (Hinton, Vinyals & Dean 2015)."""
+
+    teacher: str | None = None
+    """The teacher: a finished tsuika run folder (a fine-tuned or LoRA classifier)."""
+    student: str = "teacher"
+    """`teacher`: built from the teacher, keeping some of its blocks with their trained weights
+    (DistilBERT-style); otherwise a model name or folder (`model` is set from it)."""
+    blocks: list[Annotated[int, Field(ge=1)]] | None = None
+    """Teacher blocks the student keeps, numbered as `tsuika inspect` names them (block1 …);
+    null: half of them, evenly spaced, the first and the last included (DistilBERT's choice)."""
+    temperature: float = Field(2.0, gt=0)
+    """Softmax temperature T of the soft targets; the soft loss is scaled by T²."""
+    alpha: float = Field(0.5, ge=0, le=1)
+    """Weight of the soft-target loss; 1 − alpha weighs the cross-entropy on the labels."""
+    hidden_weight: float = Field(0.0, ge=0)
+    """Weight of a cosine loss between the student's and the teacher's pooled features
+    (DistilBERT's cosine loss); needs equal widths."""
+    unlabelled: str | None = None
+    """A file (texts) or image folder without labels, used for the soft-target loss only."""
+    undistilled: bool = True
+    """Baseline: the same student trained on the labels alone, with the same budget."""
+
+
 class RegressionConfig(Section):
     loss: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(1.0, gt=0)
@@ -208,14 +233,15 @@ class Config(Section):
     `causal-lm` (prompt → completion with a causal language model); `auto`: classify, or
     multi-task when `data.label_column` lists several columns."""
     method: str = "transfer"
-    """`transfer`, `finetune`, or the PEFT methods `lora`, `dora`, `ia3` and (causal
-    language models) `prompt-tuning` (see `tsuika.methods`)."""
+    """`transfer`, `finetune`, the PEFT methods `lora`, `dora`, `ia3` and (causal
+    language models) `prompt-tuning`, or `distill` (see `tsuika.methods`)."""
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     adapter: AdapterConfig = AdapterConfig()
     regression: RegressionConfig = RegressionConfig()
     lm: LanguageModelConfig = LanguageModelConfig()
     multitask: MultiTaskConfig = MultiTaskConfig()
+    distill: DistillConfig = DistillConfig()
     head: HeadConfig = HeadConfig()
     train: TrainConfig = TrainConfig()
     baselines: BaselineConfig = BaselineConfig()

@@ -22,7 +22,6 @@ from tsuika.evaluate.classical import classical_features
 from tsuika.feed import gather_outputs
 from tsuika.methods import Finetune
 from tsuika.methods.base import Method
-from tsuika.models import model_for
 from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Arrays, Task
 from tsuika.tasks.linear import FeatureSplits, in_training_span, standardised
@@ -61,6 +60,7 @@ def wanted_baselines(
         "classical": settings.classical,
         "probe": probe,
         "scratch": settings.scratch,
+        "undistilled": config.method == "distill" and config.distill.undistilled,
         "base": settings.base,
     }
     return [name for name in task.baselines if chosen.get(name)]
@@ -145,6 +145,12 @@ def run_baselines(
             predicted, details = task.linear_baseline(features, splits.train, splits.val)
             key, pretrained = name, True
             title = "linear probe on the frozen features"
+        elif name == "undistilled":
+            key, pretrained = name, True
+            predicted, details = _undistilled(
+                config, task, splits, adapted, progress, log, path, resume
+            )
+            title = "the same student trained on the labels alone"
         elif name == "scratch":
             key, pretrained = name, False
             predicted, details = _scratch(
@@ -188,6 +194,27 @@ def standard_batchnorm_momentum(model: torch.nn.Module) -> None:
             module.momentum = 0.1
 
 
+def _undistilled(
+    config: Config,
+    task: Task,
+    splits: Splits,
+    adapted: AdaptedRun,
+    progress: Progress,
+    log: MetricsLog,
+    path: Path | None,
+    resume: bool,
+) -> tuple[Arrays, dict[str, Any]]:
+    """The student, built and initialised as the distilled one, trained with the same
+    settings and epochs on the hard labels only: what the teacher added is the gain over it."""
+    seed_everything(config.seed)
+    method = adapted.method.without_teacher()
+    model = method.build_model(config)
+    model.to(training_device())
+    method.prepare(model)
+    phase = run_phase(model, method, splits, config, progress, log, "undistilled", path, resume)
+    return phase.predicted, {"epochs": len(phase.fit.history), "best_epoch": phase.fit.best_epoch}
+
+
 def _scratch(
     config: Config,
     task: Task,
@@ -201,7 +228,7 @@ def _scratch(
     """The same architecture from random initialisation, every parameter training; unless
     `baselines.scratch_epochs` is set, for as many epochs as fit in the adapted run's FLOPs."""
     seed_everything(config.seed)
-    model = model_for(config, lambda width: task.head(width, config.head), False, task.model_kind)
+    model = adapted.method.build_model(config, pretrained=False)
     standard_batchnorm_momentum(model)
     model.to(training_device())
     epochs, details = config.baselines.scratch_epochs, {}

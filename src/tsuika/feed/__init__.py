@@ -84,6 +84,9 @@ class Feed:
     """Loss units per example (None: one each)."""
     augmented: bool = False
     """Random augmentation in `collate`: each pass differs, so never cache this feed."""
+    inputs: list | None = None
+    """The raw inputs (texts, decoded images) the items were encoded from, for a model with
+    its own preprocessing (a distillation teacher) to encode them its way."""
 
     def __len__(self) -> int:
         return len(self.items)
@@ -105,7 +108,9 @@ class Feed:
 
     def at(self, items: object, start: int, collate: Collate) -> Feed:
         """The same examples and targets, entering the model at `start` (a cached feed)."""
-        return Feed(items, self.targets, start, collate, self.lengths, self.units)
+        return Feed(
+            items, self.targets, start, collate, self.lengths, self.units, inputs=self.inputs
+        )
 
 
 def input_feed(
@@ -125,8 +130,8 @@ def input_feed(
     targets = targets or {}
     if augment is not None and augment.active:
         collate = preprocess.augmented(augment)
-        return Feed(items, targets, 0, collate, lengths, units, augmented=True)
-    return Feed(items, targets, 0, preprocess.collate, lengths, units)
+        return Feed(items, targets, 0, collate, lengths, units, augmented=True, inputs=inputs)
+    return Feed(items, targets, 0, preprocess.collate, lengths, units, inputs=inputs)
 
 
 ModelInputs = Callable[[State, Targets], State]

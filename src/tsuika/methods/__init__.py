@@ -3,6 +3,7 @@
 from tsuika.errors import TsuikaError
 from tsuika.methods.adapters import IA3, Dora, Lora
 from tsuika.methods.base import Method
+from tsuika.methods.distill import Distill
 from tsuika.methods.finetune import Finetune
 from tsuika.methods.prompt_tuning import PromptTuning
 from tsuika.methods.transfer import Transfer
@@ -14,6 +15,7 @@ METHODS: dict[str, type[Method]] = {
     "dora": Dora,
     "ia3": IA3,
     "prompt-tuning": PromptTuning,
+    "distill": Distill,
 }
 
 
@@ -26,6 +28,7 @@ def method_class(name: str) -> type[Method]:
 __all__ = [
     "IA3",
     "METHODS",
+    "Distill",
     "Dora",
     "Finetune",
     "Lora",

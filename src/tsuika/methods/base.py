@@ -1,5 +1,7 @@
 """The method contract: which parameters learn, and how.
 
+    configured(config)           the config with what the method implies filled in (optional)
+    build_model(config, task)    the network to adapt (default: the model `config` names)
     prepare(model)               once, after the model is on its device; idempotent
     trainable_parameters(model)  every parameter that may train during the run, by name
     param_groups(model)          optimizer groups (rates, weight decay)
@@ -7,6 +9,7 @@
     on_epoch_start(model, e)     change what trains at an epoch boundary (optional)
     step(model, batch)           {"loss": mean loss per unit, "outputs": model outputs}
     save(model, folder) / restore(model, folder)   the method's own weights format
+    evidence(model, splits, summary)   extra summary sections (optional)
 
 The loop calls only these and never asks which method it runs; the task gives the loss. A new
 method is one module plus one line in `tsuika.methods.METHODS`.
@@ -23,10 +26,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tsuika.config import Config
+from tsuika.data.splits import Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed import Batch, Feed
 from tsuika.feed.cache import CacheSettings, cache_boundary
 from tsuika.files import match_umask
+from tsuika.models import model_for
 from tsuika.models.base import AdaptableModel
 from tsuika.tasks.base import Task
 
@@ -74,6 +79,8 @@ class Method:
     name = "base"
     model_kinds: frozenset[str] = frozenset({"encoder", "causal-lm"})
     """The kinds of model (`Task.model_kind`) this method can adapt."""
+    tasks: frozenset[str] | None = None
+    """The tasks this method can train (None: every task of those model kinds)."""
 
     def __init__(self, config: Config, task: Task) -> None:
         if task.model_kind not in self.model_kinds:
@@ -81,8 +88,27 @@ class Method:
                 f"method {self.name} adapts {' or '.join(sorted(self.model_kinds))} models, "
                 f"and task {task.name} trains a {task.model_kind}"
             )
+        if self.tasks is not None and task.name not in self.tasks:
+            raise TsuikaError(
+                f"method {self.name} trains {' or '.join(sorted(self.tasks))} tasks, "
+                f"not {task.name}"
+            )
         self.config = config
         self.task = task
+
+    @classmethod
+    def configured(cls, config: Config) -> Config:
+        """`config` with what this method implies filled in (recorded in the run's
+        config.yaml, so resuming sees the same); must be idempotent."""
+        return config
+
+    def build_model(self, config: Config, pretrained: bool = True) -> AdaptableModel:
+        """The network this method adapts: the model `config` names with the task's new head
+        (`pretrained=False`: the same architecture at random initialisation)."""
+        task = self.task
+        return model_for(
+            config, lambda width: task.head(width, config.head), pretrained, task.model_kind
+        )
 
     def prepare(self, model: AdaptableModel) -> None:
         raise NotImplementedError
@@ -127,6 +153,10 @@ class Method:
     def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         outputs = model(self.task.inputs(batch.state, batch.targets), batch.start)
         return {"loss": self.task.loss(outputs, batch.targets), "outputs": outputs}
+
+    def evidence(self, model: AdaptableModel, splits: Splits, summary: dict) -> dict:
+        """Summary sections only this method can give (after training)."""
+        return {}
 
     # -- the method's own saved format -----------------------------------------------------
     def save(self, model: AdaptableModel, folder: Path) -> None:

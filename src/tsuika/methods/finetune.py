@@ -47,12 +47,18 @@ class Finetune(Method):
         super().__init__(config, task)
         self.settings = config.finetune
 
+    @property
+    def new_head(self) -> bool:
+        """Whether the head starts untrained (it then trains at `train.lr`, not the
+        pretrained rate)."""
+        return self.task.new_head
+
     def _rates(self, model: AdaptableModel) -> dict[int, float]:
         """Learning rate of every group that may train during the run (0 = frozen)."""
         train, settings = self.config.train, self.settings
         frozen = frozen_groups(model, settings.freeze)
         groups = model.layer_groups()
-        rates = {groups[-1].index: train.lr if self.task.new_head else train.backbone_lr}
+        rates = {groups[-1].index: train.lr if self.new_head else train.backbone_lr}
         depth = 0
         for group in reversed(groups[:-1]):
             if group.size == 0:

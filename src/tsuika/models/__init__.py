@@ -251,7 +251,12 @@ def model_from_spec(spec: dict, new_head: HeadBuilder, pretrained: bool = True) 
         "causal-lm" if spec.get("family") == "causal-lm" else "encoder",
         spec.get("template", "auto"),
     )
-    return load_model(spec["source"], request)
+    model = load_model(spec["source"], request)
+    if spec.get("keep_blocks"):  # a student built from a teacher: the same cut
+        from tsuika.models.student import keep_blocks
+
+        keep_blocks(model, spec["keep_blocks"])
+    return model
 
 
 __all__ = [

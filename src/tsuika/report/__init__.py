@@ -24,6 +24,7 @@ def build_report(run: RunFiles) -> str:
     parts = [
         sections.verdicts(run),
         sections.versus_baselines(run),
+        *sections.distillation(run),
         sections.learning_curves(run),
         sections.schedule(run),
         sections.trained(run),

@@ -257,3 +257,56 @@ def cost(run: RunFiles) -> Section:
             "the fit time, validation passes included.</p>"
         )
     return Section("cost", "Time and memory", body)
+
+
+def distillation(run: RunFiles) -> list[Section]:
+    """A distilled run: teacher and student side by side, measured on this machine."""
+    kd = run.summary.get("distillation")
+    if not kd:
+        return []
+    metric = kd["metric"]
+    rows = [
+        [
+            side,
+            kd[side][metric],
+            kd[side]["blocks"],
+            f"{kd[side]['parameters'] / 1e6:.2f}M",
+            f"{kd[side]['model_bytes'] / 2**20:.1f}",
+            f"{kd[side]['latency_batch1_ms']:.1f}",
+            f"{kd[side]['latency_batch64_ms']:.0f}",
+        ]
+        for side in ("teacher", "student")
+    ]
+    headers = [
+        "",
+        metric_name(metric),
+        "blocks",
+        "parameters",
+        "MB",
+        "ms at batch 1",
+        "ms at batch 64",
+    ]
+    body = table(headers, rows, [False] + [True] * 6, highlight=1)
+    retained = kd.get("retained_percent")
+    words = (
+        [f"the student keeps {retained:.1f} % of the teacher's {metric_name(metric)}"]
+        if (retained is not None)
+        else []
+    )
+    words.append(
+        f"runs {kd['speedup_batch1']:.2f}× faster at batch 1 and {kd['speedup_batch64']:.2f}× "
+        f"at batch 64, at {100 * kd['size_ratio']:.0f} % of the size"
+    )
+    how = (
+        "computed once before training"
+        if kd.get("teacher_cached")
+        else ("computed on every augmented batch")
+    )
+    body += (
+        f"<p>{text(', and '.join(words))}.</p><p class='note'>Soft targets at temperature "
+        f"{kd['temperature']:g}, weight alpha {kd['alpha']:g}; the teacher's outputs were "
+        f"{how}. Latency: median of one forward pass on test inputs, this machine, "
+        'preprocessing excluded. The baseline "the same student trained on the labels '
+        'alone" says what the teacher added.</p>'
+    )
+    return [Section("distillation", "Teacher and student", body)]

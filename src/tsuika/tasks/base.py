@@ -223,10 +223,17 @@ class Task:
         numbers = [self.gain_number(gain[key]) for key in ("gain", "low", "high")]
         return f"{numbers[0]} [{numbers[1]}, {numbers[2]}]"
 
-    baselines: ClassVar[tuple[str, ...]] = ("constant", "classical", "probe", "scratch")
+    baselines: ClassVar[tuple[str, ...]] = (
+        "constant",
+        "classical",
+        "probe",
+        "undistilled",
+        "scratch",
+    )
     """The baselines this task can be compared with (`tsuika.evaluate.baselines` runs those
     the config asks for): its constant prediction, a classical model without pretraining, a
-    linear probe on frozen features, the same architecture trained from scratch."""
+    linear probe on frozen features, a distilled student trained on the labels alone, the
+    same architecture trained from scratch."""
     linear_model: ClassVar[str] = "a linear model"
     """What `linear_baseline` fits, in words (`logistic regression`)."""
 
