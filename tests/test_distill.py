@@ -92,14 +92,16 @@ def test_soft_target_loss_matches_a_hand_computation():
         return [v / sum(e) for v in e]
 
     p_s, p_t = softmax(student), softmax(teacher)
-    expected = t**2 * sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s))
+    expected = t**2 * sum(
+        pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t, p_s, strict=True)
+    )
     got = soft_target_loss(torch.tensor([student]), torch.tensor([teacher]), t)
     assert got.shape == (1,)
     assert got.item() == pytest.approx(expected, rel=1e-6)
     # T² scaling: the same logits at T = 1 give the unscaled KL.
     p_s1 = [math.exp(v) / sum(math.exp(w) for w in student) for v in student]
     p_t1 = [math.exp(v) / sum(math.exp(w) for w in teacher) for v in teacher]
-    kl1 = sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t1, p_s1))
+    kl1 = sum(pt * (math.log(pt) - math.log(ps)) for pt, ps in zip(p_t1, p_s1, strict=True))
     got1 = soft_target_loss(torch.tensor([student]), torch.tensor([teacher]), 1.0)
     assert got1.item() == pytest.approx(kl1, rel=1e-6)
 
@@ -277,7 +279,7 @@ def test_student_by_name_gets_a_new_head(teacher_run, data_file, tmp_path, tiny_
 
 def test_distill_mistakes_are_clear_errors(teacher_run, data_file, tmp_path, write_file):
     runs = tmp_path / "runs"
-    with pytest.raises(TsuikaError, match="needs distill.teacher"):
+    with pytest.raises(TsuikaError, match=r"needs distill\.teacher"):
         tsuika.train(fast_config(Path("x"), data_file, runs, method="distill"))
     with pytest.raises(TsuikaError, match="not a finished tsuika run"):
         tsuika.train(
@@ -316,3 +318,26 @@ def test_cli_distill_trains_a_student(teacher_run, data_file, tmp_path, capsys):
     assert "teacher → student" in printed
     run = tsuika.load(next((tmp_path / "runs").iterdir()))
     assert run.model.spec["keep_blocks"] == [2, 3]
+
+
+def test_a_run_with_unlabelled_inputs_scores_its_baselines_on_the_labelled_split(
+    teacher_run, data_file, tmp_path, write_file
+):
+    extra = write_file("extra.csv", "text\n" + "\n".join(f"bad dull film {i}" for i in range(7)))
+    config = distill_config(teacher_run, data_file, tmp_path / "runs", unlabelled=str(extra))
+    run = tsuika.train({**config, "baselines": {"probe": True, "bootstrap": 200}})
+    assert {"probe", "undistilled"} <= set(run.summary["baselines"])
+    assert run.summary["data"]["train"] == teacher_run.summary["data"]["train"]
+
+
+def test_hidden_state_matching_adds_the_cosine_loss(teacher_run, data_file, tmp_path):
+    method, model, feed, _ = _method_and_feed(teacher_run, data_file, tmp_path, hidden_weight=0.5)
+    cached = method.precompute(model, feed, CacheSettings(mode="off"), "train")
+    assert "teacher_features" in cached.targets
+    batch = cached.batch([0, 1, 2, 3])
+    with_hidden = method.step(model, batch)["loss"]
+    pooled = model(batch.state, 0, model.num_stages - 1)["features"]
+    expected = 0.5 * cosine_loss(pooled, batch.targets["teacher_features"]).mean()
+    method.kd = method.kd.model_copy(update={"hidden_weight": 0.0})
+    without = method.step(model, batch)["loss"]
+    assert with_hidden.item() == pytest.approx(without.item() + expected.item(), rel=1e-5)

@@ -137,3 +137,65 @@ def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
     # Measured on 2026-11-23: 0.804 with the ImageNet weights, 0.100 (chance) with random ones.
     assert scores[True] >= 0.70
     assert scores[True] - scores[False] >= 0.5
+
+
+@pytest.mark.integration
+def test_minilm_distilled_into_three_blocks_beats_the_same_student_without_teacher(tmp_path):
+    """Teacher: MiniLM-L6 fine-tuned (block 6 and the head) on 128 reviews per class.
+    Student: its blocks 1, 3 and 6, taught on the same labels plus 1,000 other training
+    reviews without their labels; the baseline is the same student on the labels alone."""
+    import csv
+
+    from tsuika.data import tables
+
+    def rows(split: str) -> list[dict]:
+        path = tables.resolve("bundled:reviews", split)
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def write(path, table: list[list[str]]) -> str:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(table)
+        return str(path)
+
+    # Every other test review (1,000) keeps the test cheap; the unlabelled reviews are the
+    # training file's last 1,000 (k=128 per class draws few of them).
+    test = write(
+        tmp_path / "test.csv",
+        [["text", "label"]] + [[r["text"], r["label"]] for r in rows("test")[::2]],
+    )
+    unlabelled = write(
+        tmp_path / "unlabelled.csv", [["text"]] + [[r["text"]] for r in rows("train")[-1000:]]
+    )
+    common = dict(
+        model="minilm-l6",
+        data={"train": "bundled:reviews", "test": test, "k": 128},
+        output=str(tmp_path / "runs"),
+        progress=False,
+        baselines={"classical": False, "probe": False, "majority": False},
+    )
+    teacher = tsuika.train(
+        method="finetune",
+        finetune={"freeze": 5},
+        train={"epochs": 4, "lr": 1e-3, "backbone_lr": 1e-4, "patience": 2},
+        **common,
+    )
+    student = tsuika.train(
+        method="distill",
+        distill={"teacher": str(teacher.path), "unlabelled": unlabelled},
+        train={"epochs": 3, "backbone_lr": 1e-4, "patience": 2},
+        **common,
+    )
+    kd = student.summary["distillation"]
+    gain = student.summary["baselines"]["undistilled"]["gain"]
+    print(kd["teacher"]["accuracy"], kd["student"]["accuracy"], gain)
+    assert student.model.stage_names[1:4] == ["block1", "block2", "block3"]
+    assert student.model.spec["keep_blocks"] == [1, 3, 6]
+    # Measured 2026-11-30 (2-core CPU) on these 1,000 test reviews: teacher 0.685, student
+    # 0.690 (100.7 % retained), the same student on the labels alone 0.660: gain +3.0 points
+    # (95% CI +0.8 to +5.1); with 600 unlabelled reviews the gain was only +1.5 (CI -0.6 to
+    # +3.7), on all 2,000 test reviews +3.75 (+2.4 to +5.0). Asserted with margins: a gain of
+    # at least 1 point, and the issue's 97 % retained.
+    assert kd["teacher"]["accuracy"] >= 0.66
+    assert gain["gain"] >= 0.01
+    assert kd["retained_percent"] >= 97

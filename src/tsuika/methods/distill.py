@@ -257,8 +257,11 @@ class Distill(Finetune):
     # -- training ----------------------------------------------------------------------------
     def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         state = self.task.inputs(batch.state, batch.targets)
-        pooled = model(state, batch.start, self.last)
-        outputs = model(pooled, self.last)
+        if self.kd.hidden_weight > 0:  # the pooled features too: two spans, one graph
+            pooled = model(state, batch.start, self.last)
+            outputs = model(pooled, self.last)
+        else:
+            outputs = model(state, batch.start)
         targets = batch.targets
         labelled = targets.get(LABELLED, torch.ones(len(batch.indices)))
         loss = (

@@ -114,9 +114,10 @@ def run_phase(
     if cached:
         timings["cache"] = time.perf_counter() - started
     if before_fit is not None:
-        # Augmented training batches differ every pass: the hook sees the plain images.
+        # Augmented training batches differ every pass, and a method may add examples of its
+        # own (distillation's unlabelled ones): the hook sees the training split as it is.
         fixed = train_feed
-        if train_feed.augmented:
+        if train_feed.augmented or len(train_feed) != len(splits.train):
             fixed = feed_of(model, task, splits.train)
         with method.unadapted(model):
             before_fit(model, {"train": fixed, "val": val_feed, "test": test_feed})

@@ -1,0 +1,76 @@
+"""Models that leave tsuika: `tsuika export RUN --format onnx|hf` writes a new folder that
+runs without tsuika, and checks that it reproduces the run before keeping it.
+
+- `onnx`: one graph from token ids (or pixels) to the task's output (`onnx_graph`).
+- `hf`: a folder plain transformers, timm or torch loads, with a few documented lines for the
+  pooling and the head (`hf_folder`); for a causal LM, the whole merged model.
+
+Adapters are merged into the weights they adapt (PEFT's `merge_and_unload`: W + (α/r)·BA for
+LoRA), so no export needs `peft`. Every export carries a model card (README.md, `card`) and an
+export.json describing its inputs, outputs and labels.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from tsuika.errors import TsuikaError
+from tsuika.export.card import model_card
+from tsuika.export.graph import Written
+from tsuika.export.hf_folder import write_hf
+from tsuika.export.onnx_graph import write_onnx
+from tsuika.run import Run, load
+
+FORMATS = ("onnx", "hf")
+
+
+def export(
+    run_path: str | Path, format: str = "hf", out: str | Path | None = None, int8: bool = False
+) -> Path:
+    """Write the run as a new folder `out` (default `<run>/export-<format>`); never
+    overwrites. `int8` (onnx only) adds a copy with int8 weights."""
+    if format not in FORMATS:
+        raise TsuikaError(f"unknown export format `{format}`; give one of {', '.join(FORMATS)}")
+    if int8 and format != "onnx":
+        raise TsuikaError("--int8 quantises an ONNX graph; use it with --format onnx")
+    run_path = Path(run_path)
+    out = Path(out) if out is not None else run_path / f"export-{format}"
+    if out.exists():
+        raise TsuikaError(f"{out} already exists; exports never overwrite, choose another --out")
+    run = load(run_path)
+    if format == "onnx":
+        return staged(out, lambda folder: write_onnx(run, folder, out.name, int8), run)
+    return staged(out, lambda folder: write_hf(run, folder, out.name), run)
+
+
+def export_merged(run_path: str | Path, out: str | Path) -> Path:
+    """The `hf` export (adapters merged) in the new folder `out`: for a causal LM, the whole
+    model as a transformers folder."""
+    return export(run_path, "hf", out)
+
+
+def staged(out: Path, write: Callable[[Path], Written], run: Run) -> Path:
+    """Write into a hidden folder beside `out` and rename it when complete: a failed export
+    (or a failed check) leaves no half folder behind."""
+    # A plain mkdir (not mkdtemp, which makes it private): the folder gets the usual
+    # permissions, as every other file tsuika writes.
+    staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as err:
+        raise TsuikaError(f"cannot write {out} ({err.strerror or err})") from None
+    try:
+        written = write(staging)
+        description = json.dumps(written.description, indent=2, ensure_ascii=False)
+        (staging / "export.json").write_text(description + "\n", encoding="utf-8")
+        (staging / "README.md").write_text(model_card(run, written), encoding="utf-8")
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
