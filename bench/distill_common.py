@@ -120,7 +120,7 @@ def print_runs(teacher, student, seconds: dict) -> None:
     for side in ("teacher", "student"):
         row = kd[side]
         print(
-            f"{side:8} {row['blocks']:2d} blocks  accuracy {row['accuracy']:.4f}  "
+            f"{side:8} {row['blocks'] or '-':>2} blocks  accuracy {row['accuracy']:.4f}  "
             f"{row['parameters'] / 1e6:.2f}M parameters  {row['model_bytes'] / 2**20:.1f} MB"
         )
     print(

@@ -4,6 +4,7 @@ first block and half of its repeated ones, evenly spaced), trained with and with
 teacher; then both exported to ONNX.
 
     python bench/distill_images.py [--k 50] [--teacher-epochs 5] [--student-epochs 3]
+                                   [--student-lr 1e-4] [--unlabelled-pool]
 
 Prints teacher / student / undistilled-student accuracy on the 1,000 test images, accuracy
 retained (%), parameters and sizes, latency at batch 1 and 64 in PyTorch (tsuika's forward)
@@ -24,7 +25,7 @@ from distill_common import latencies, onnx_accuracy, print_latencies, print_runs
 
 import tsuika
 from tsuika.config import DataConfig
-from tsuika.data.images import read_image_examples
+from tsuika.data.images import read_image_examples, resolve_images
 from tsuika.export import export
 
 
@@ -33,6 +34,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=50, help="training images per class")
     parser.add_argument("--teacher-epochs", type=int, default=5)
     parser.add_argument("--student-epochs", type=int, default=3)
+    parser.add_argument("--student-lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--unlabelled-pool",
+        action="store_true",
+        help="add the whole bundled training folder (1,500 images) as inputs without labels",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(
@@ -59,10 +66,13 @@ def main() -> None:
     )
     seconds["teacher"] = time.perf_counter() - started
     started = time.perf_counter()
+    distill = {"teacher": str(teacher.path)}
+    if args.unlabelled_pool:
+        distill["unlabelled"] = str(resolve_images("bundled:fashion", "train"))
     student = tsuika.train(
         method="distill",
-        distill={"teacher": str(teacher.path)},
-        train={"epochs": args.student_epochs, "backbone_lr": 1e-4, "patience": 2},
+        distill=distill,
+        train={"epochs": args.student_epochs, "backbone_lr": args.student_lr, "patience": 2},
         **common,
     )
     seconds["student"] = time.perf_counter() - started

@@ -327,6 +327,7 @@ def test_a_run_with_unlabelled_inputs_scores_its_baselines_on_the_labelled_split
     config = distill_config(teacher_run, data_file, tmp_path / "runs", unlabelled=str(extra))
     run = tsuika.train({**config, "baselines": {"probe": True, "bootstrap": 200}})
     assert {"probe", "undistilled"} <= set(run.summary["baselines"])
+    assert run.summary["distillation"]["unlabelled"] == 7
     assert run.summary["data"]["train"] == teacher_run.summary["data"]["train"]
 
 
@@ -341,3 +342,63 @@ def test_hidden_state_matching_adds_the_cosine_loss(teacher_run, data_file, tmp_
     method.kd = method.kd.model_copy(update={"hidden_weight": 0.0})
     without = method.step(model, batch)["loss"]
     assert with_hidden.item() == pytest.approx(without.item() + expected.item(), rel=1e-5)
+
+
+def test_images_distil_with_a_flat_folder_of_unlabelled_images(tmp_path):
+    from builders import TINY_CNN, colour_table, register_tiny_models
+    from PIL import Image
+
+    register_tiny_models()
+    table = colour_table(tmp_path / "img", 40)
+    extra = tmp_path / "unlabelled"
+    extra.mkdir()
+    for i, colour in enumerate([(250, 10, 10), (10, 250, 10), (200, 40, 90)]):
+        Image.new("RGB", (8, 8), colour).save(extra / f"u{i}.png")
+    common = dict(
+        model=TINY_CNN,
+        data={"train": str(table)},
+        output=str(tmp_path / "runs"),
+        progress=False,
+        baselines={"bootstrap": 200},
+    )
+    teacher = tsuika.train(method="finetune", train={"epochs": 3}, **common)
+    student = tsuika.train(
+        method="distill",
+        distill={"teacher": str(teacher.path), "student": TINY_CNN, "unlabelled": str(extra)},
+        train={"epochs": 2},
+        **common,
+    )
+    assert student.summary["distillation"]["teacher_cached"] is True
+    assert student.summary["distillation"]["unlabelled"] == 3
+    assert "undistilled" in student.summary["baselines"]
+
+
+def test_features_of_another_width_are_matched_through_a_learned_projection(
+    teacher_run, data_file, tmp_path
+):
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "narrow-bert"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    config = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    BertTokenizerFast(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
+    settings = distill_config(
+        teacher_run, data_file, tmp_path / "runs", student=str(folder), hidden_weight=0.5
+    )
+    run = tsuika.train(settings)
+    projection = run.model.stages[-2].distill_projection
+    assert (projection.in_features, projection.out_features) == (16, 32)
+    saved = load_file(str(run.path / "model" / "weights.safetensors"))
+    assert not any("distill_projection" in key for key in saved)  # training only
+    again = tsuika.load(run.path)
+    texts = ["the good movie", "a bad film"]
+    assert torch.equal(again.outputs(texts)["logits"], run.outputs(texts)["logits"])

@@ -180,9 +180,11 @@ class DistillConfig(Section):
     """Weight of the soft-target loss; 1 − alpha weighs the cross-entropy on the labels."""
     hidden_weight: float = Field(0.0, ge=0)
     """Weight of a cosine loss between the student's and the teacher's pooled features
-    (DistilBERT's cosine loss); needs equal widths."""
+    (DistilBERT's cosine loss); features of other widths go through a learned projection."""
     unlabelled: str | None = None
-    """A file (texts) or image folder without labels, used for the soft-target loss only."""
+    """Inputs without labels, used for the soft-target loss only: a CSV/TSV/JSONL with the text
+    (or image path) column, or a folder of images (flat, or in sub-folders whose names are not
+    used)."""
     undistilled: bool = True
     """Baseline: the same student trained on the labels alone, with the same budget."""
 

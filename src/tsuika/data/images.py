@@ -141,6 +141,16 @@ def list_table(path: Path, config: DataConfig, columns: list[str]) -> Listing:
 def list_images(path: str, split: str, config: DataConfig, columns: list[str]) -> Listing:
     """An image folder (its class folders give the one target column) or a table."""
     source = resolve_images(path, split)
+    if source.is_dir() and not columns:
+        # Inputs without labels (distillation's unlabelled data): a flat folder of images, or
+        # class folders whose names are not used.
+        listing = Listing()
+        if any(entry.is_dir() for entry in _entries(source, listing)):
+            listing = list_folder(source)
+        else:
+            _list_class(source, listing)
+        listing.targets = {}
+        return listing
     if source.is_dir():
         if len(columns) != 1:
             raise TsuikaError(

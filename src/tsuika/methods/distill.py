@@ -4,11 +4,12 @@ Dean 2015, arXiv:1503.02531).
 Per example the student's loss is
 
     alpha · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)) + (1 − alpha) · CE(z_s, y)
-        [+ hidden_weight · (1 − cos(h_s, h_t))]
+        [+ hidden_weight · (1 − cos(W · h_s, h_t))]
 
 — the soft targets carry what the teacher thinks is similar (its mistakes included); T²
 keeps their gradients on the scale of the hard loss's as T changes (Hinton et al. §2). The
-cosine term on the pooled features is DistilBERT's (Sanh et al. 2019). Examples without a
+cosine term on the pooled features is DistilBERT's (Sanh et al. 2019); W is the identity, or a
+learned projection when the widths differ. Examples without a
 label (`distill.unlabelled`) add soft targets only.
 
 The teacher is frozen and deterministic, so its logits (and features) are computed once before
@@ -27,6 +28,7 @@ import copy
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,12 +44,15 @@ from tsuika.methods.base import save_weights, stage_state
 from tsuika.methods.finetune import Finetune
 from tsuika.models import model_from_spec
 from tsuika.models.base import AdaptableModel, State
-from tsuika.models.student import default_blocks, keep_blocks
+from tsuika.models.student import block_count, default_blocks, keep_blocks
 from tsuika.tasks.base import Task
 
 LABELLED = "labelled"
 """Target key: 1 for an example with a label, 0 for one that adds soft targets only."""
 TEACHER_LOGITS, TEACHER_FEATURES = "teacher_logits", "teacher_features"
+PROJECTION = "distill_projection"
+"""A student's pooling stage holds this Linear when its features are narrower or wider
+than the teacher's and `hidden_weight` matches them."""
 
 
 def soft_target_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float):
@@ -65,8 +70,6 @@ def cosine_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 def load_teacher(folder: str) -> tuple[AdaptableModel, Task, dict]:
     """A finished classification run, frozen, in eval mode."""
-    from pathlib import Path
-
     from tsuika.methods.saved import load_model_folder  # it imports every method, this one too
 
     path = Path(folder).expanduser()
@@ -96,6 +99,8 @@ class Distill(Finetune):
                 f"distill.teacher is a {self.teacher_task.name} run; this run's task is {task.name}"
             )
         self.teacher_test: State | None = None
+        self.unlabelled = 0
+        """How many inputs without labels the training feed gained."""
         self.teacher_live = False
         """Whether the teacher ran on every batch (augmentation) rather than once."""
         self.measures_teacher = True
@@ -107,9 +112,7 @@ class Distill(Finetune):
         teacher, else `distill.student`."""
         if config.distill.teacher is None:
             raise TsuikaError("method distill needs distill.teacher=<a finished run folder>")
-        from pathlib import Path
-
-        from tsuika.methods.saved import read_meta
+        from tsuika.methods.saved import read_meta  # it imports every method, this one too
 
         meta_path = Path(config.distill.teacher).expanduser() / "model" / "meta.json"
         if not meta_path.is_file():
@@ -135,7 +138,7 @@ class Distill(Finetune):
         self._check_labels()
         if self.kd.student != "teacher":
             student = super().build_model(config, pretrained)
-            self._check_widths(student)
+            self._match_widths(student)
             return student
         if not pretrained:  # the from-scratch baseline: the student's shape, random weights
             spec = self._student_spec()
@@ -163,30 +166,35 @@ class Distill(Finetune):
                 f"{mine}; distil on data with the teacher's label set"
             )
 
-    def _check_widths(self, student: AdaptableModel) -> None:
+    def _match_widths(self, student: AdaptableModel) -> None:
+        """Features of another width are compared through a learned linear projection (as
+        TinyBERT's W_h, Jiao et al. 2020), kept in the stage that pools them so it trains and
+        checkpoints with the student; it is left out of the saved student."""
         if self.kd.hidden_weight > 0:
             mine, theirs = _width(student), _width(self.teacher)
             if mine != theirs:
-                raise TsuikaError(
-                    f"distill.hidden_weight matches pooled features, and the student's are "
-                    f"{mine} wide, the teacher's {theirs}; set distill.hidden_weight=0"
-                )
+                student.stages[-2].add_module(PROJECTION, nn.Linear(mine, theirs))
 
     def without_teacher(self) -> Distill:
         """The same student and budget trained on the labels alone (the baseline that says
         what distillation added)."""
         plain = copy.copy(self)
-        plain.kd = self.kd.model_copy(update={"alpha": 0.0, "hidden_weight": 0.0})
-        plain.kd = plain.kd.model_copy(update={"unlabelled": None})
+        plain.kd = self.kd.model_copy(
+            update={"alpha": 0.0, "hidden_weight": 0.0, "unlabelled": None}
+        )
         plain.measures_teacher = False
         return plain
+
+    def prepare(self, model: AdaptableModel) -> None:
+        super().prepare(model)
+        self.last = model.num_stages - 1  # the head; the stage before it pools the features
+        self.pooler = model.stages[-2]
 
     # -- the teacher's targets, computed once ------------------------------------------------
     def precompute(
         self, model: AdaptableModel, feed: Feed, settings: CacheSettings, name: str
     ) -> Feed:
         self.teacher.to(next(model.parameters()).device)
-        self.last = model.num_stages - 1
         if name == "train" and self.uses_teacher:
             feed = self._with_unlabelled(model, feed)
             if feed.augmented:
@@ -237,8 +245,7 @@ class Distill(Finetune):
         kind = "image" if image else "text"
         problems: list[str] = []
         settings = self.config.data
-        columns = self.task.columns[:1] if image else []
-        extra = read_examples(kind, self.kd.unlabelled, "unlabelled", settings, columns, problems)
+        extra = read_examples(kind, self.kd.unlabelled, "unlabelled", settings, [], problems)
         if problems:
             warn(f"distill.unlabelled: skipped {len(problems)} file(s), e.g. {problems[0]}")
         if not len(extra):
@@ -251,6 +258,7 @@ class Distill(Finetune):
         }
         targets = {key: torch.cat([value, guesses[key]]) for key, value in feed.targets.items()}
         targets[LABELLED] = torch.cat([labelled, torch.zeros(len(extra))])
+        self.unlabelled = len(extra)
         units = None if feed.units is None else feed.units + [1.0] * len(extra)
         return input_feed(model, inputs, targets, self.config.data.augment, units)
 
@@ -277,9 +285,11 @@ class Distill(Finetune):
                 soft = soft_target_loss(student[column], teacher[column], self.kd.temperature)
                 loss = loss + self.kd.alpha * self.task.weights[column] * soft
             if self.kd.hidden_weight > 0:
-                loss = loss + self.kd.hidden_weight * cosine_loss(
-                    pooled["features"], teacher_features
-                )
+                features = pooled["features"]
+                projection = getattr(self.pooler, PROJECTION, None)
+                if projection is not None:
+                    features = projection(features)
+                loss = loss + self.kd.hidden_weight * cosine_loss(features, teacher_features)
         return {"loss": loss.mean(), "outputs": outputs}
 
     def _teacher_batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -291,11 +301,12 @@ class Distill(Finetune):
             return self.teacher.head(features)["logits"], features["features"]
 
     # -- saved format and evidence ------------------------------------------------------------
-    def save(self, model: AdaptableModel, folder) -> None:
+    def save(self, model: AdaptableModel, folder: Path) -> None:
         """The whole student: even its frozen groups hold the teacher's trained weights,
         which the base model the folder names does not have."""
         folder.mkdir(parents=True, exist_ok=True)
-        save_weights(stage_state(model, set(range(model.num_stages))), folder)
+        state = stage_state(model, set(range(model.num_stages)))
+        save_weights({k: v for k, v in state.items() if f".{PROJECTION}." not in k}, folder)
 
     def evidence(self, model: AdaptableModel, splits: Splits, summary: dict) -> dict:
         """Teacher and student side by side: accuracy, size and latency on this machine."""
@@ -329,6 +340,7 @@ class Distill(Finetune):
             "temperature": self.kd.temperature,
             "alpha": self.kd.alpha,
             "teacher_cached": not self.teacher_live,
+            "unlabelled": self.unlabelled,
         }
         return {"distillation": section}
 
@@ -339,8 +351,9 @@ def _width(model: AdaptableModel) -> int:
     return linear.in_features
 
 
-def _blocks(model: AdaptableModel) -> int:
-    return sum(1 for name in model.stage_names if name.startswith(("block", "stage")))
+def _blocks(model: AdaptableModel) -> int | None:
+    """Transformer or MBConv blocks (None for a network tsuika does not split into blocks)."""
+    return block_count(model) or None
 
 
 def state_bytes(model: nn.Module) -> int:

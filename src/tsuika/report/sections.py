@@ -269,7 +269,7 @@ def distillation(run: RunFiles) -> list[Section]:
         [
             side,
             kd[side][metric],
-            kd[side]["blocks"],
+            kd[side]["blocks"] or "—",
             f"{kd[side]['parameters'] / 1e6:.2f}M",
             f"{kd[side]['model_bytes'] / 2**20:.1f}",
             f"{kd[side]['latency_batch1_ms']:.1f}",
@@ -288,20 +288,16 @@ def distillation(run: RunFiles) -> list[Section]:
     ]
     body = table(headers, rows, [False] + [True] * 6, highlight=1)
     retained = kd.get("retained_percent")
-    words = (
-        [f"the student keeps {retained:.1f} % of the teacher's {metric_name(metric)}"]
-        if (retained is not None)
-        else []
-    )
+    words = []
+    if retained is not None:
+        words.append(f"the student keeps {retained:.1f} % of the teacher's {metric_name(metric)}")
     words.append(
         f"runs {kd['speedup_batch1']:.2f}× faster at batch 1 and {kd['speedup_batch64']:.2f}× "
         f"at batch 64, at {100 * kd['size_ratio']:.0f} % of the size"
     )
-    how = (
-        "computed once before training"
-        if kd.get("teacher_cached")
-        else ("computed on every augmented batch")
-    )
+    if kd.get("unlabelled"):
+        words.append(f"it learned from {kd['unlabelled']} inputs without labels too")
+    how = "computed once" if kd.get("teacher_cached") else "computed on every augmented batch"
     body += (
         f"<p>{text(', and '.join(words))}.</p><p class='note'>Soft targets at temperature "
         f"{kd['temperature']:g}, weight alpha {kd['alpha']:g}; the teacher's outputs were "
