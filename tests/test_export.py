@@ -185,7 +185,8 @@ def test_int8_is_written_and_measured_via_the_command(image_run, tmp_path, capsy
     # Measured 2026-11-30: differences ≤ 0.019 on outputs up to 4.4, top class always kept.
     assert 0 < int8["max_abs_diff_vs_fp32"] < 0.2  # quantised (it moved), yet close
     assert int8["top_class_agreement"] >= 5 / 6
-    assert "int8 weights" in (out / "README.md").read_text()
+    assert int8["quantised_ops"] == ["MatMul", "Gemm"]  # convolutions stay float32
+    assert "weights in int8" in (out / "README.md").read_text()
     assert f"exported: {out}" in capsys.readouterr().out
 
 

@@ -122,15 +122,22 @@ def quantised(
 ) -> dict[str, Any]:
     """model.int8.onnx, and how far it moves the outputs on the check inputs (with, for
     classification, how often its top class is float32's)."""
+    # Convolutions quantised dynamically run slower than float32 in ONNX Runtime on a CPU and
+    # lose accuracy badly (measured on EfficientNet-Lite0: 0.22× the speed, accuracy 0.690 →
+    # 0.459; bench/RESULTS.md): an image model's int8 copy quantises its matrix products only.
+    ops = ["MatMul", "Gemm"] if is_image(model) else None
     with tempfile.TemporaryDirectory() as scratch:
         # ONNX Runtime's recommended pre-processing (shapes, constant folding); its symbolic
         # shape inference gives up on transformer graphs, and ONNX's own suffices here.
         prepared = Path(scratch) / MODEL
         quant_pre_process(folder / MODEL, prepared, skip_symbolic_shape=True)
-        quantize_dynamic(prepared, folder / INT8, weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            prepared, folder / INT8, weight_type=QuantType.QInt8, op_types_to_quantize=ops
+        )
     got = onnx_outputs(folder / INT8, model, batches)
     report: dict[str, Any] = {
         "file": INT8,
+        "quantised_ops": ops or "all that onnxruntime quantises dynamically",
         "max_abs_diff_vs_fp32": max(
             float(np.abs(a - b).max()) for a, b in zip(fp32, got, strict=True)
         ),
@@ -152,7 +159,10 @@ def usage(model: AdaptableModel, task: Task, name: str, int8: bool) -> str:
     inputs, shapes = "token ids", "any batch size and length"
     if is_image(model):
         inputs, shapes = "normalised pixels", "any batch size"
-    int8_file = " `model.int8.onnx` is the same graph with int8 weights." if int8 else ""
+    int8_file = ""
+    if int8:
+        which = "its matrix products' weights in int8" if is_image(model) else "int8 weights"
+        int8_file = f" `model.int8.onnx` is the same graph with {which}."
     return (
         f"`model.onnx` maps {inputs} to the run's {output_name(task)} (opset {OPSET}, {shapes}); "
         f"`export.json` lists its inputs, outputs, labels and preprocessing.{int8_file}\n\n"
