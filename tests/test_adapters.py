@@ -134,3 +134,35 @@ def test_a_damaged_adapter_folder_is_named(base_config):
     (run.path / "model" / "adapter" / "adapter_config.json").unlink()
     with pytest.raises(TsuikaError, match="is not a PEFT adapter folder"):
         tsuika.load(run.path)
+
+
+def test_lora_adapts_the_bundled_efficientnets_pointwise_convolutions():
+    """The package's 1×1 convolutions become plain Conv2d (same tensors, same outputs), so
+    PEFT can inject LoRA there; padded convolutions and depthwise ones stay as they are."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from tsuika.config import HeadConfig, build_config
+    from tsuika.methods import Lora
+    from tsuika.models.heads import Head
+    from tsuika.models.images import efficientnet_lite0
+    from tsuika.tasks import task_for
+
+    torch.manual_seed(0)
+    model = efficientnet_lite0(lambda width: Head(width, 3), HeadConfig(), pretrained=False)
+    package = EfficientNet.from_name("efficientnet-lite0")
+    package.load_state_dict(model.library.state_dict())
+    pixels = torch.randn(2, 3, 64, 64)
+    assert torch.equal(
+        model.library.eval().extract_features(pixels), package.eval().extract_features(pixels)
+    )
+    before = model.eval()({"pixels": pixels})["logits"]
+    config = build_config({"model": "efficientnet-lite0", "method": "lora"})
+    method = Lora(config, task_for(config, "image"))
+    method.prepare(model)
+    adapted = [n for n, _ in model.library.named_modules() if n.endswith("lora_A.default")]
+    # Each block's project convolution and, but for the first block, its expand convolution
+    # (the head convolution's parent is the network itself, outside every layer group).
+    assert len(adapted) == 16 + 15
+    assert torch.equal(model.eval()({"pixels": pixels})["logits"], before)  # B = 0 at start
+    model.train()({"pixels": pixels})["logits"].sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)

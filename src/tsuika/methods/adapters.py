@@ -40,11 +40,13 @@ def _stage_of(model: AdaptableModel) -> dict[int, int]:
 
 
 def _adaptable(module: nn.Module) -> bool:
-    """Layers every PEFT method here supports: Linear, and Conv2d without groups (a
-    depthwise convolution has too few weights per output for a low-rank update)."""
+    """Layers every PEFT method here supports: Linear, and plain Conv2d without groups (a
+    depthwise convolution has too few weights per output for a low-rank update; PEFT builds
+    a convolution's LoRA factors with the layer's own class, so a subclass — which may pad
+    or compute differently — is left alone)."""
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, nn.Conv2d) and module.groups == 1
+    return type(module) is nn.Conv2d and module.groups == 1
 
 
 def adapter_targets(

@@ -159,6 +159,32 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
+def plain_pointwise_convolutions(net: nn.Module) -> None:
+    """The package's `Conv2dStaticSamePadding` layers that pad nothing (1×1, stride 1: the
+    expand and project convolutions, most of the weights) become plain `nn.Conv2d` holding
+    the same tensors — the same function, and a layer PEFT can adapt (it builds the LoRA
+    factors with the layer's own class, whose constructor here demands an image size)."""
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    for name, module in list(net.named_modules()):
+        if not isinstance(module, Conv2dStaticSamePadding):
+            continue
+        if module.kernel_size != (1, 1) or tuple(module.stride) != (1, 1):
+            continue
+        if type(module.static_padding).__name__ != "Identity":
+            continue
+        plain = nn.Conv2d(
+            module.in_channels,
+            module.out_channels,
+            1,
+            bias=module.bias is not None,
+            groups=module.groups,
+        )
+        plain.weight, plain.bias = module.weight, module.bias
+        parent, _, attribute = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, attribute, plain)
+
+
 def efficientnet_lite0(new_head: HeadBuilder, head: HeadConfig, pretrained: bool) -> AdaptableModel:
     """Stem → 7 stages of MBConv blocks → head conv → pooler → new head (1280 → classes)."""
     from efficientnet_lite_pytorch import EfficientNet
@@ -166,6 +192,7 @@ def efficientnet_lite0(new_head: HeadBuilder, head: HeadConfig, pretrained: bool
     net = EfficientNet.from_name("efficientnet-lite0")  # never from_pretrained: it downloads
     if pretrained:
         net.load_state_dict(load_weights_file(efficientnet_lite0_weights()))
+    plain_pointwise_convolutions(net)
     params = net._global_params
     stages: list[tuple[str, nn.Module]] = [
         ("stem", Sequence(net._conv_stem, net._bn0, nn.ReLU6(), key="pixels"))
