@@ -144,7 +144,6 @@ def train(
 ) -> None:
     """Adapt a model to your data: `tsuika train CONFIG.yaml [key=value ...]` or flags."""
     from tsuika.api import train as train_api
-    from tsuika.config import load_config, merge, parse_overrides, set_dotted
 
     if resume is not None:
         if args or any(v is not None for v in (model, data, test, method, task, k, epochs, name)):
@@ -153,7 +152,6 @@ def train(
             print_summary(train_api(resume=resume).summary)
         return
 
-    config_path, pairs = _split_args(args or [])
     flags = {
         "model": model,
         "method": method,
@@ -165,14 +163,7 @@ def train(
         "output": output,
         "name": name,
     }
-    overrides: dict = {}
-    for key, value in flags.items():
-        if value is not None:  # a flag's value is taken as given, never re-parsed
-            set_dotted(overrides, key, value)
-    if quiet:
-        overrides["progress"] = False
-    overrides = merge(overrides, parse_overrides(pairs))
-    config = load_config(config_path, overrides)
+    config = _config_from(args, flags, quiet)
     if processes > 1:
         from tsuika.train.distributed import launch
 
@@ -207,10 +198,9 @@ def distill(
     """Distil a trained run (the teacher) into a smaller student: `tsuika distill --teacher
     RUN [--student teacher|MODEL] [--blocks 1,3,6] [--unlabelled FILE] --data …`."""
     from tsuika.api import train as train_api
-    from tsuika.config import load_config, merge, parse_overrides, set_dotted
 
-    config_path, pairs = _split_args(args or [])
     flags = {
+        "method": "distill",
         "distill.teacher": str(teacher) if teacher is not None else None,
         "distill.student": student,
         "distill.blocks": _block_list(blocks) if blocks is not None else None,
@@ -222,15 +212,24 @@ def distill(
         "output": output,
         "name": name,
     }
-    overrides: dict = {"method": "distill"}
+    config = _config_from(args, flags, quiet)
+    with reporting_interrupts():
+        print_summary(train_api(config).summary)
+
+
+def _config_from(args: list[str] | None, flags: dict, quiet: bool):
+    """`[CONFIG.yaml] [key=value ...]` and a command's flags (dotted keys; None: not given)
+    as one validated `Config`; key=value pairs win over flags."""
+    from tsuika.config import load_config, merge, parse_overrides, set_dotted
+
+    config_path, pairs = _split_args(args or [])
+    overrides: dict = {}
     for key, value in flags.items():
-        if value is not None:
+        if value is not None:  # a flag's value is taken as given, never re-parsed
             set_dotted(overrides, key, value)
     if quiet:
         overrides["progress"] = False
-    config = load_config(config_path, merge(overrides, parse_overrides(pairs)))
-    with reporting_interrupts():
-        print_summary(train_api(config).summary)
+    return load_config(config_path, merge(overrides, parse_overrides(pairs)))
 
 
 def _block_list(text: str) -> list[int]:

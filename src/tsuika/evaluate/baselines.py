@@ -147,9 +147,7 @@ def run_baselines(
             title = "linear probe on the frozen features"
         elif name == "undistilled":
             key, pretrained = name, True
-            predicted, details = _undistilled(
-                config, task, splits, adapted, progress, log, path, resume
-            )
+            predicted, details = _undistilled(config, splits, adapted, progress, log, path, resume)
             title = "the same student trained on the labels alone"
         elif name == "scratch":
             key, pretrained = name, False
@@ -196,7 +194,6 @@ def standard_batchnorm_momentum(model: torch.nn.Module) -> None:
 
 def _undistilled(
     config: Config,
-    task: Task,
     splits: Splits,
     adapted: AdaptedRun,
     progress: Progress,
@@ -210,9 +207,7 @@ def _undistilled(
     method = adapted.method.without_teacher()
     model = method.build_model(config)
     model.to(training_device())
-    method.prepare(model)
-    phase = run_phase(model, method, splits, config, progress, log, "undistilled", path, resume)
-    return phase.predicted, {"epochs": len(phase.fit.history), "best_epoch": phase.fit.best_epoch}
+    return _trained(model, method, splits, config, progress, log, "undistilled", path, resume)
 
 
 def _scratch(
@@ -247,10 +242,28 @@ def _scratch(
         details["budget"] = f"matched to the adapted run: {budget / 1e12:.3g} TFLOP"
     scratch = scratch_config(config, epochs)
     method = Finetune(scratch, task)
+    predicted, trained = _trained(
+        model, method, splits, scratch, progress, log, "scratch", path, resume
+    )
+    return predicted, details | trained
+
+
+def _trained(
+    model: AdaptableModel,
+    method: Method,
+    splits: Splits,
+    config: Config,
+    progress: Progress,
+    log: MetricsLog,
+    phase_name: str,
+    path: Path | None,
+    resume: bool,
+) -> tuple[Arrays, dict[str, Any]]:
+    """A baseline network (on its device) trained as one phase of the run: its test
+    predictions, and how many epochs it ran and which was best."""
     method.prepare(model)
-    phase = run_phase(model, method, splits, scratch, progress, log, "scratch", path, resume)
-    details |= {"epochs": len(phase.fit.history), "best_epoch": phase.fit.best_epoch}
-    return phase.predicted, details
+    phase = run_phase(model, method, splits, config, progress, log, phase_name, path, resume)
+    return phase.predicted, {"epochs": len(phase.fit.history), "best_epoch": phase.fit.best_epoch}
 
 
 __all__ = ["AdaptedRun", "Baseline", "BeforeTraining", "run_baselines", "wanted_baselines"]
