@@ -224,6 +224,75 @@ class BaselineConfig(Section):
     bootstrap: int = Field(1000, ge=100)
 
 
+class DiffusionConfig(Section):
+    """Teaching a text-to-image model a new concept from a few pictures (`task:
+    text-to-image`)."""
+
+    caption: str | None = None
+    """Caption of every image that has none of its own (`metadata.jsonl` or `<image>.txt`);
+    null: the method's prompt for the concept (`a photo of a <concept>`, `a photo of a sks
+    shoe`). The concept's evidence is generated from this prompt."""
+    class_word: str | None = None
+    """What kind of thing the concept is, as a word the model knows (`shoe`, `dog`):
+    Textual Inversion's initial embedding and DreamBooth's class noun. Bundled data names its
+    own; other data must set it."""
+    images: int | None = Field(None, ge=1)
+    """Use only the first N images (by file name) of the folder; `bundled:sneakers`: 5."""
+    repeats: int = Field(20, ge=1)
+    """Copies of the concept's images in one epoch (diffusers' `--repeats`)."""
+    lr: float | None = Field(None, gt=0)
+    """Learning rate of what trains; null: the method's default."""
+    judge: str = "auto"
+    """An independent image classifier (a folder with judge.json) that scores generations;
+    `auto`: the model's own `judge/` (the bundled model has one), `none`: no scores."""
+    concept_class: str | None = None
+    """The judge's class that the concept is; null: the data folder's name when it is one."""
+    class_template: str = "a photo of a {}"
+    """Prompt for each class the model already knew (prior preservation)."""
+    eval_images: int = Field(32, ge=1)
+    """Images generated per prompt for the evidence (concept and every known class)."""
+    val_images: int = Field(8, ge=1)
+    """Concept images generated per epoch to pick the best epoch (concept fidelity)."""
+    sample_steps: int = Field(25, ge=1)
+    """DDIM steps per generated image."""
+    guidance: float = Field(3.0, ge=1)
+    """Classifier-free guidance scale (1: none)."""
+
+
+class TextualInversionConfig(Section):
+    token: str = "<concept>"
+    """The new pseudo-word; prompts use it like any word."""
+    vectors: int = Field(1, ge=1, le=8)
+    """Embedding vectors for the token (`<concept>`, `<concept>_1`, … as diffusers loads them)."""
+
+
+class DreamBoothConfig(Section):
+    identifier: str = "sks"
+    """The rare word bound to the subject: the concept is `<identifier> <class_word>`."""
+    prior_weight: float = Field(1.0, ge=0)
+    """w in mse_instance + w · mse_prior (Ruiz et al. 2022, eq. 2); 0: no prior preservation."""
+    class_images: int = Field(50, ge=1)
+    """Images of the class (`a photo of a <class_word>`) for the prior loss, generated once by
+    the base model and cached (or the first N of `class_data`)."""
+    class_data: str | None = None
+    """A folder of class images to use instead of generating them."""
+    train_text_encoder: bool = False
+    """Also train the text encoder (full DreamBooth) or LoRA on it (dreambooth-lora)."""
+    lora_targets: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+    """dreambooth-lora: the UNet layers LoRA adapts (its attention projections, as diffusers'
+    DreamBooth LoRA script); rank, alpha and dropout come from `adapter`."""
+
+
+class HypernetworkConfig(Section):
+    layer_structure: list[float] = [1.0, 2.0, 1.0]
+    """Widths of the MLP's layers as multiples of the context width (the web UI's)."""
+    activation: Literal["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid"] = "linear"
+    layer_norm: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+    multiplier: float = Field(1.0, ge=0)
+    """Strength when generating: context + mlp(context) · multiplier."""
+
+
 class Config(Section):
     model: str = "minilm-l6"
     """A bundled name (`tsuika models`), a local Hugging Face model folder, or
@@ -232,11 +301,13 @@ class Config(Section):
     """Local weights file (safetensors, or a tensors-only .pth) for timm:/torchvision: models."""
     task: str = "auto"
     """`classify`, `multi-task` (several label columns, one head each), `regression`, or
-    `causal-lm` (prompt → completion with a causal language model); `auto`: classify, or
+    `causal-lm` (prompt → completion with a causal language model), `text-to-image` (teach a
+    diffusion model a new concept from a few pictures); `auto`: classify, or
     multi-task when `data.label_column` lists several columns."""
     method: str = "transfer"
     """`transfer`, `finetune`, the PEFT methods `lora`, `dora`, `ia3` and (causal
-    language models) `prompt-tuning`, or `distill` (see `tsuika.methods`)."""
+    language models) `prompt-tuning`, `distill`, or (text-to-image) `textual-inversion`,
+    `dreambooth`, `dreambooth-lora`, `hypernetwork` (see `tsuika.methods`)."""
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     adapter: AdapterConfig = AdapterConfig()
@@ -244,6 +315,10 @@ class Config(Section):
     lm: LanguageModelConfig = LanguageModelConfig()
     multitask: MultiTaskConfig = MultiTaskConfig()
     distill: DistillConfig = DistillConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    textual_inversion: TextualInversionConfig = TextualInversionConfig()
+    dreambooth: DreamBoothConfig = DreamBoothConfig()
+    hypernetwork: HypernetworkConfig = HypernetworkConfig()
     head: HeadConfig = HeadConfig()
     train: TrainConfig = TrainConfig()
     baselines: BaselineConfig = BaselineConfig()

@@ -45,7 +45,10 @@ def overfitting_verdict(history: list[dict], best_epoch: int, task: Task) -> dic
     metric = task.selection
     best = history[best_epoch - 1]
     sign = 1 if task.higher_is_better else -1
-    gap = sign * (best[f"train_{metric}"] - best[f"val_{metric}"])
+    # A metric measured on validation only (a text-to-image run's fidelity of generations)
+    # has no training value: the gap is then unknown, not zero.
+    trained = best.get(f"train_{metric}")
+    gap = sign * (trained - best[f"val_{metric}"]) if trained is not None else None
     after = history[best_epoch - 1 :]
     overfit = (
         len(after) >= 3
@@ -53,10 +56,9 @@ def overfitting_verdict(history: list[dict], best_epoch: int, task: Task) -> dic
         and after[-1]["val_loss"] > best["val_loss"]
         and not task.better(after[-1][f"val_{metric}"], best[f"val_{metric}"])
     )
-    text = (
-        f"validation peaked at epoch {best_epoch} of {len(history)}; "
-        f"train–validation gap there {task.gain_words(gap)}"
-    )
+    text = f"validation peaked at epoch {best_epoch} of {len(history)}"
+    if gap is not None:
+        text += f"; train–validation gap there {task.gain_words(gap)}"
     if overfit:
         text = (
             f"OVERFITTING: after epoch {best_epoch} training loss kept falling "

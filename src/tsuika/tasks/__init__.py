@@ -8,12 +8,14 @@ from tsuika.tasks.base import Task
 from tsuika.tasks.causal_lm import CausalLM
 from tsuika.tasks.classify import Classify, MultiTask
 from tsuika.tasks.regression import Regression
+from tsuika.tasks.text_to_image import TextToImage
 
 TASKS: dict[str, type[Task]] = {
     "classify": Classify,
     "multi-task": MultiTask,
     "regression": Regression,
     "causal-lm": CausalLM,
+    "text-to-image": TextToImage,
 }
 
 
@@ -51,6 +53,7 @@ __all__ = [
     "MultiTask",
     "Regression",
     "Task",
+    "TextToImage",
     "task_for",
     "task_from_meta",
 ]

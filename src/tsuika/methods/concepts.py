@@ -1,0 +1,457 @@
+"""Teaching a text-to-image model a new concept: what is shared by every such method.
+
+Every method trains with the same denoising step (the `unet` stage of
+`tsuika.models.diffusion`, the task's MSE); they differ in which parameters learn, what the
+concept's prompt is, and what they save — each in the format the ecosystem loads:
+
+    textual-inversion   new token rows only          learned_embeds.safetensors
+    dreambooth          the UNet (+ text encoder)    a diffusers folder
+    dreambooth-lora     LoRA on attention (PEFT)     pytorch_lora_weights.safetensors
+    hypernetwork        MLPs on cross-attention K/V  hypernetwork.safetensors (web UI layout)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tsuika.config import Config, TrainConfig
+from tsuika.data.captioned import (
+    BUNDLED_CLASS_WORDS,
+    BUNDLED_IMAGES,
+    DEFAULT_CONCEPT,
+    CaptionedImage,
+    read_captioned_images,
+)
+from tsuika.errors import TsuikaError
+from tsuika.feed import Batch, Feed
+from tsuika.feed.cache import CacheSettings
+from tsuika.methods.base import Method, save_weights
+from tsuika.models.base import AdaptableModel
+from tsuika.models.causal import cache_root
+from tsuika.models.diffusion import generate
+from tsuika.tasks.text_to_image import NOT_JUDGED
+
+CONCEPT_TRAINING = {"epochs": 8, "batch_size": 16, "warmup": 0.0, "patience": None}
+"""What `train` means for a handful of pictures, when the config leaves it as it is for
+classification: a few epochs of `diffusion.repeats` copies, no early stopping on a fidelity
+measured on a few generations."""
+
+
+class ConceptMethod(Method):
+    name = "concept"
+    model_kinds = frozenset({"text-to-image"})
+    default_lr = 1e-4
+
+    # -- configuration ---------------------------------------------------------------------
+    @classmethod
+    def concept_words(cls, config: Config) -> str:
+        """How prompts name the concept (`<concept>`, `sks shoe`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def configured(cls, config: Config) -> Config:
+        """Defaults that only a concept method implies: the text-to-image task and bundled
+        model when the config names none of its own, the bundled concept's class word and
+        image count, the concept's prompt, and concept-sized training."""
+        tree = config.model_dump()
+        if tree["task"] == "auto":
+            tree["task"] = "text-to-image"
+        if tree["task"] != "text-to-image":
+            return config  # the method refuses the task with its own message
+        if tree["model"] == Config.model_fields["model"].default:  # a text encoder
+            tree["model"] = "fashion-diffusion"
+        data, diffusion = tree["data"], tree["diffusion"]
+        data["train"] = data["train"] or DEFAULT_CONCEPT
+        if diffusion["images"] is None:
+            diffusion["images"] = BUNDLED_IMAGES.get(data["train"])
+        if diffusion["class_word"] is None:
+            diffusion["class_word"] = BUNDLED_CLASS_WORDS.get(data["train"])
+        if diffusion["class_word"] is None:
+            raise TsuikaError(
+                f"method {cls.name} needs diffusion.class_word: a word the model knows for what "
+                "the concept is (e.g. diffusion.class_word=dog)"
+            )
+        for key, value in CONCEPT_TRAINING.items():
+            if tree["train"][key] == TrainConfig.model_fields[key].default:
+                tree["train"][key] = value
+        configured = Config.model_validate(tree)
+        if diffusion["caption"] is None:
+            words = cls.concept_words(configured)
+            tree["diffusion"]["caption"] = configured.diffusion.class_template.format(words)
+            configured = Config.model_validate(tree)
+        return configured
+
+    @property
+    def lr(self) -> float:
+        return self.config.diffusion.lr or self.default_lr
+
+    # -- what trains -----------------------------------------------------------------------
+    def trained(self, model: AdaptableModel) -> list[nn.Parameter]:
+        """The parameters this method trains (after `prepare`)."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def prepare(self, model: AdaptableModel) -> None:
+        if getattr(model, "concept_prepared", False):
+            return  # idempotent
+        model.requires_grad_(False)
+        self.make_trainable(model)
+        object.__setattr__(model, "concept_prepared", True)
+        if self.cache_boundary(model) == 0 and self.config.train.cache in ("memory", "disk"):
+            raise TsuikaError(
+                f"train.cache={self.config.train.cache}: {self.name} trains the text encoder "
+                "(its outputs change every step), so they cannot be cached; use train.cache=auto "
+                "or off"
+            )
+
+    def make_trainable(self, model: AdaptableModel) -> None:
+        raise NotImplementedError
+
+    def trainable_groups(self, model: AdaptableModel) -> set[int]:
+        return {g.index for g in model.layer_groups() if g.trainable}
+
+    def trainable_parameters(self, model: AdaptableModel) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def param_groups(self, model: AdaptableModel) -> list[dict]:
+        params = self.trained(model)
+        decay = self.config.train.weight_decay
+        matrices = [p for p in params if p.dim() >= 2]
+        vectors = [p for p in params if p.dim() < 2]
+        groups = [{"params": matrices, "lr": self.lr, "weight_decay": decay, "name": self.name}]
+        if vectors:
+            groups.append(
+                {"params": vectors, "lr": self.lr, "weight_decay": 0.0, "name": self.name}
+            )
+        return [g for g in groups if g["params"]]
+
+    # -- saving ----------------------------------------------------------------------------
+    def save(self, model: AdaptableModel, folder: Path) -> None:
+        """The method's own file(s) (`save_concept`); weights.safetensors is empty (the base
+        model comes from its source)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.save_concept(model, folder)
+        save_weights({}, folder)
+
+    def save_concept(self, model: AdaptableModel, folder: Path) -> None:
+        raise NotImplementedError
+
+    # -- evidence --------------------------------------------------------------------------
+    def evidence(self, model: AdaptableModel, splits, summary: dict) -> dict:
+        """Concept fidelity and prior preservation before and after, and FORGETTING when the
+        known classes' accuracy fell beyond its 95% interval (two independent proportions:
+        the base and the adapted model's generations share seeds, so this is conservative)."""
+        test, base = summary.get("test", {}), summary.get("baselines", {}).get("base")
+        if base is None or "prior_preservation" not in test:
+            return {}
+        known = [k.removeprefix("accuracy/") for k in test if k.startswith("accuracy/")]
+        n = max(self.config.diffusion.eval_images * len(known), 1)
+        after, before = test["prior_preservation"], base["prior_preservation"]
+        change = after - before
+        spread = 1.96 * math.sqrt((after * (1 - after) + before * (1 - before)) / n)
+        forgot = change + spread < 0
+        words = f"{100 * change:+.1f} points (95% CI {100 * (change - spread):+.1f} to " + (
+            f"{100 * (change + spread):+.1f})"
+        )
+        text = (
+            f"FORGETTING: the classes the model already knew are generated less recognisably "
+            f"after {self.name}: {words}"
+            if forgot
+            else f"no forgetting measured: the known classes' accuracy changed by {words}"
+        )
+        concept = {
+            "fidelity": test["concept_fidelity"],
+            "base_fidelity": base["concept_fidelity"],
+            "prior_preservation": after,
+            "base_prior_preservation": before,
+            "prior_change": {"change": change, "low": change - spread, "high": change + spread},
+            "per_class": {c: [base[f"accuracy/{c}"], test[f"accuracy/{c}"]] for c in known},
+            "prompt": self.config.diffusion.caption,
+            "images_per_prompt": self.config.diffusion.eval_images,
+        }
+        verdicts = {
+            **summary.get("verdicts", {}),
+            "forgetting": {"forgetting": forgot, "text": text},
+        }
+        return {"concept": concept, "verdicts": verdicts}
+
+
+# -- Textual Inversion -----------------------------------------------------------------------
+class TextualInversion(ConceptMethod):
+    """Only the new pseudo-word's embedding rows learn (Gal et al. 2022, arXiv:2208.01618):
+    the token is added to the tokenizer, its rows start as `class_word`'s embedding, and a
+    gradient mask keeps every other row exactly as it was (AdamW moves nothing whose gradient
+    and weight decay are zero)."""
+
+    name = "textual-inversion"
+    default_lr = 5e-3
+
+    @classmethod
+    def concept_words(cls, config: Config) -> str:
+        return config.textual_inversion.token
+
+    def tokens(self) -> list[str]:
+        """`<concept>`, `<concept>_1`, …: the names diffusers' loader gives extra vectors."""
+        token, n = self.config.textual_inversion.token, self.config.textual_inversion.vectors
+        return [token] + [f"{token}_{i}" for i in range(1, n)]
+
+    def make_trainable(self, model: AdaptableModel) -> None:
+        pipeline = model.library
+        tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
+        init = tokenizer(self.config.diffusion.class_word, add_special_tokens=False).input_ids
+        if len(init) != 1 or init[0] == tokenizer.unk_token_id:
+            raise TsuikaError(
+                f"diffusion.class_word {self.config.diffusion.class_word!r} is not one word of "
+                "the model's vocabulary; Textual Inversion starts the new token from it"
+            )
+        tokens = self.tokens()
+        if tokenizer.add_tokens(tokens) != len(tokens):
+            raise TsuikaError(
+                f"textual_inversion.token {tokens[0]!r} is already a word of the model; "
+                "choose another, e.g. <my-concept>"
+            )
+        encoder.resize_token_embeddings(len(tokenizer))
+        ids = tokenizer.convert_tokens_to_ids(tokens)
+        weight = encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            weight[ids] = weight[init[0]].clone()
+        mask = torch.zeros(len(weight), 1)
+        mask[ids] = 1.0
+        weight.requires_grad_(True)
+        weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
+        object.__setattr__(model, "concept_token_ids", ids)
+
+    def param_groups(self, model: AdaptableModel) -> list[dict]:
+        # No weight decay: decoupled decay would shrink every row of the table, not only the
+        # new ones (diffusers' script restores the other rows after each step instead).
+        params = self.trained(model)
+        return [{"params": params, "lr": self.lr, "weight_decay": 0.0, "name": self.name}]
+
+    def save_concept(self, model: AdaptableModel, folder: Path) -> None:
+        """`{token: [vectors, width]}`, the file diffusers' `load_textual_inversion` reads."""
+        from safetensors.torch import save_file
+
+        weight = model.library.text_encoder.get_input_embeddings().weight
+        rows = weight[model.concept_token_ids].detach().cpu().clone()
+        save_file({self.tokens()[0]: rows}, str(folder / "learned_embeds.safetensors"))
+
+    @classmethod
+    def restore(cls, model: AdaptableModel, folder: Path) -> None:
+        path = folder / "learned_embeds.safetensors"
+        if not path.is_file():
+            raise TsuikaError(f"{folder}: no learned_embeds.safetensors; the run folder is damaged")
+        model.library.load_textual_inversion(str(path))
+
+
+# -- DreamBooth ------------------------------------------------------------------------------
+def prior_preservation_loss(
+    losses: torch.Tensor, prior: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """mean(instance losses) + weight · mean(prior losses) over a batch (Ruiz et al. 2022,
+    arXiv:2208.12242, eq. 2, as diffusers' train_dreambooth.py computes it); `prior` marks the
+    class images, [B]. A batch without one kind adds nothing for it."""
+    is_prior = prior > 0
+    total = losses.sum() * 0.0
+    if (~is_prior).any():
+        total = total + losses[~is_prior].mean()
+    if weight > 0 and is_prior.any():
+        total = total + weight * losses[is_prior].mean()
+    return total
+
+
+class DreamBooth(ConceptMethod):
+    """Fine-tune the denoiser (and, with `dreambooth.train_text_encoder`, the text encoder)
+    on `<identifier> <class_word>`, with the prior-preservation loss on class images the base
+    model generated (cached) or the user supplied."""
+
+    name = "dreambooth"
+    default_lr = 1e-4
+
+    @classmethod
+    def concept_words(cls, config: Config) -> str:
+        return f"{config.dreambooth.identifier} {config.diffusion.class_word}"
+
+    @property
+    def class_prompt(self) -> str:
+        return self.config.diffusion.class_template.format(self.config.diffusion.class_word)
+
+    def make_trainable(self, model: AdaptableModel) -> None:
+        model.library.unet.requires_grad_(True)
+        if self.config.dreambooth.train_text_encoder:
+            model.library.text_encoder.requires_grad_(True)
+
+    def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        outputs = model(self.task.inputs(batch.state, batch.targets), batch.start)
+        losses = self.task.losses(outputs, batch.targets)
+        weight = self.config.dreambooth.prior_weight
+        return {
+            "loss": prior_preservation_loss(losses, batch.targets["prior"], weight),
+            "outputs": outputs,
+        }
+
+    # -- class images ----------------------------------------------------------------------
+    def precompute(
+        self, model: AdaptableModel, feed: Feed, settings: CacheSettings, name: str
+    ) -> Feed:
+        if name == "train" and self.config.dreambooth.prior_weight > 0:
+            feed = self._with_class_images(model, feed)
+        return super().precompute(model, feed, settings, name)
+
+    def _with_class_images(self, model: AdaptableModel, feed: Feed) -> Feed:
+        images = self.class_images(model)
+        examples = [CaptionedImage(image, self.class_prompt) for image in images]
+        items = model.preprocess.encode(examples)
+        n = len(items)
+        targets = {
+            "class": torch.cat([feed.targets["class"], torch.full((n,), NOT_JUDGED)]),
+            "seed": torch.cat([feed.targets["seed"], torch.arange(n)]),
+            "prior": torch.cat([feed.targets["prior"], torch.ones(n)]),
+        }
+        inputs = list(feed.inputs or []) + examples
+        return replace(feed, items=list(feed.items) + items, targets=targets, inputs=inputs)
+
+    def class_images(self, model: AdaptableModel) -> list[torch.Tensor]:
+        """`dreambooth.class_images` pictures of the class, uint8 RGB [3, S, S] each: the first
+        of `class_data`, or generated by the model before training and cached under
+        ~/.cache/tsuika/class-images (keyed by the model's weights and the settings)."""
+        settings, diffusion = self.config.dreambooth, self.config.diffusion
+        if settings.class_data is not None:
+            problems: list[str] = []
+            examples = read_captioned_images(
+                settings.class_data, self.class_prompt, settings.class_images,
+                self.config.data.max_image_pixels, problems,
+            )  # fmt: skip
+            return [example.image for example in examples.inputs]
+        key = {
+            "weights": weights_digest(model),
+            "prompt": self.class_prompt,
+            "n": settings.class_images,
+            "steps": diffusion.sample_steps,
+            "guidance": diffusion.guidance,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        path = cache_root() / "class-images" / f"{digest}.safetensors"
+        from safetensors.torch import load_file, save_file
+
+        if path.is_file():
+            return list(load_file(str(path))["images"])
+        seeds = list(range(2_000_000, 2_000_000 + settings.class_images))
+        generated = generate(
+            model,
+            [self.class_prompt] * len(seeds),
+            seeds,
+            diffusion.sample_steps,
+            diffusion.guidance,
+        )
+        images = (generated * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"images": images}, str(tmp))
+        tmp.replace(path)
+        return list(images)
+
+    # -- saving ----------------------------------------------------------------------------
+    def save_concept(self, model: AdaptableModel, folder: Path) -> None:
+        """The whole adapted pipeline as a diffusers folder, with its `pipeline.py`."""
+        save_pipeline(model.library, folder / "pipeline")
+
+    @classmethod
+    def restore(cls, model: AdaptableModel, folder: Path) -> None:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        source = folder / "pipeline"
+        if not (source / "unet").is_dir():
+            raise TsuikaError(f"{folder}: no pipeline/unet folder; the run folder is damaged")
+        pipeline = model.library
+        unet = UNet2DConditionModel.from_pretrained(source / "unet", local_files_only=True)
+        pipeline.unet.load_state_dict(unet.state_dict())
+        encoder = CLIPTextModel.from_pretrained(source / "text_encoder", local_files_only=True)
+        pipeline.text_encoder.load_state_dict(encoder.state_dict())
+
+
+def save_pipeline(pipeline, folder: Path) -> None:
+    """A diffusers folder (safetensors) that plain diffusers loads with
+    `DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder)`."""
+    import shutil
+
+    from tsuika.models import pixel_pipeline
+
+    pipeline.save_pretrained(str(folder), safe_serialization=True)
+    shutil.copy(pixel_pipeline.__file__, folder / "pipeline.py")
+
+
+def weights_digest(model: AdaptableModel) -> str:
+    """A digest of the base UNet's and text encoder's weights, as loaded."""
+    digest = hashlib.sha256()
+    for module in (model.library.unet, model.library.text_encoder):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# -- DreamBooth with LoRA --------------------------------------------------------------------
+TEXT_ENCODER_LORA = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+class DreamBoothLora(DreamBooth):
+    """DreamBooth's data and loss, with LoRA (through PEFT, diffusers' `add_adapter`) on the
+    UNet's attention projections — and the text encoder's, with `train_text_encoder` — in
+    place of full fine-tuning; the base stays frozen (Hu et al. 2021, arXiv:2106.09685)."""
+
+    name = "dreambooth-lora"
+    default_lr = 1e-3
+
+    def lora_config(self, targets: list[str]):
+        from peft import LoraConfig
+
+        settings = self.config.adapter
+        return LoraConfig(
+            r=settings.r,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            init_lora_weights="gaussian",  # B = 0: the adapted model starts as the base
+            target_modules=targets,
+        )
+
+    def make_trainable(self, model: AdaptableModel) -> None:
+        pipeline = model.library
+        pipeline.unet.add_adapter(self.lora_config(self.config.dreambooth.lora_targets))
+        if self.config.dreambooth.train_text_encoder:
+            pipeline.text_encoder.add_adapter(self.lora_config(TEXT_ENCODER_LORA))
+        for module in (pipeline.unet, pipeline.text_encoder):
+            for param_name, param in module.named_parameters():
+                param.requires_grad_("lora_" in param_name)
+
+    def save_concept(self, model: AdaptableModel, folder: Path) -> None:
+        """`pytorch_lora_weights.safetensors`, written by diffusers' own `save_lora_weights`
+        with the adapters' configs as metadata (so alpha survives loading)."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        from tsuika.models.pixel_pipeline import PixelDiffusionPipeline
+
+        pipeline = model.library
+        layers, metadata = {}, {}
+        for name in ("unet", "text_encoder"):
+            module = getattr(pipeline, name)
+            if getattr(module, "peft_config", None):
+                state = get_peft_model_state_dict(module)
+                layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
+                config = next(iter(module.peft_config.values()))
+                metadata[f"{name}_lora_adapter_metadata"] = config.to_dict()
+        PixelDiffusionPipeline.save_lora_weights(str(folder), **layers, **metadata)
+
+    @classmethod
+    def restore(cls, model: AdaptableModel, folder: Path) -> None:
+        path = folder / "pytorch_lora_weights.safetensors"
+        if not path.is_file():
+            raise TsuikaError(f"{folder}: no pytorch_lora_weights.safetensors; the run is damaged")
+        model.library.load_lora_weights(str(folder))

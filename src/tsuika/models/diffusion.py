@@ -1,0 +1,293 @@
+"""Text-to-image diffusion models as an `AdaptableModel`: a text encoder stage and a denoiser.
+
+    {input_ids, pixels} → text_encoder → {context, pixels}
+                        → unet (+ noise ε, draw u) → {prediction, target}
+
+The first stage is what every concept-learning method but Textual Inversion (and text-encoder
+training) leaves frozen, so its output — the prompt's hidden states — is the cache boundary.
+The second holds the one denoising step every method shares (diffusers' training scripts):
+a timestep t from the uniform draw `u`, `add_noise(x0, ε, t)`, the UNet's prediction, and
+the target ε (epsilon prediction) or v (v-prediction). The task draws ε and u and takes the
+MSE. The wrapped library model is the diffusers pipeline, whose `unet` and `text_encoder`
+are the stages' own modules: adapters injected there, a hypernetwork's attention processors
+and new token rows all show in generation at once.
+
+Folders are read with `local_files_only=True`; nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+from transformers import AutoTokenizer, CLIPTextModel
+
+from tsuika.data.captioned import CaptionedImage
+from tsuika.errors import TsuikaError
+from tsuika.models.base import AdaptableModel, State
+from tsuika.models.judge import ImageJudge
+from tsuika.models.pixel_pipeline import PixelDiffusionPipeline
+
+BUNDLED_NAME = "fashion-diffusion"
+COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+def bundled_folder() -> Path:
+    return Path(__file__).resolve().parents[1] / "data" / "bundled" / BUNDLED_NAME
+
+
+class TextStage(nn.Module):
+    """Token ids → the text encoder's last hidden state (`context`); pixels pass through."""
+
+    def __init__(self, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, state: State) -> State:
+        out = {k: v for k, v in state.items() if k != "input_ids"}
+        out["context"] = self.text_encoder(state["input_ids"])[0]
+        return out
+
+
+class DenoiserStage(nn.Module):
+    """The shared denoising step: clean pixels x0, noise ε and a uniform draw u per example →
+    the UNet's prediction for x_t = add_noise(x0, ε, t), t = ⌊u·T⌋, and its target."""
+
+    def __init__(self, unet: UNet2DConditionModel, scheduler: DDPMScheduler) -> None:
+        super().__init__()
+        self.unet = unet
+        object.__setattr__(self, "scheduler", scheduler)  # not a module: no parameters
+
+    def forward(self, state: State) -> State:
+        x0, noise, context = state["pixels"], state["noise"], state["context"]
+        steps = self.scheduler.config.num_train_timesteps
+        t = (state["u"] * steps).long().clamp(0, steps - 1)
+        noisy = self.scheduler.add_noise(x0, noise, t)
+        prediction = self.unet(noisy, t, encoder_hidden_states=context).sample
+        if self.scheduler.config.prediction_type == "v_prediction":
+            target = self.scheduler.get_velocity(x0, noise, t)
+        else:
+            target = noise
+        return {"prediction": prediction, "target": target}
+
+
+class DiffusionPreprocess:
+    """Raw inputs → items: a `CaptionedImage` becomes token ids and pixels in [-1, 1] at the
+    UNet's size and channels; a prompt string becomes token ids only (for generation)."""
+
+    ragged = False
+
+    def __init__(self, pipeline: PixelDiffusionPipeline) -> None:
+        self.pipeline = pipeline
+
+    @property
+    def tokenizer(self):
+        return self.pipeline.tokenizer
+
+    def token_ids(self, prompts: list[str]) -> torch.Tensor:
+        prompts = self.pipeline.maybe_convert_prompt(list(prompts), self.tokenizer)
+        return self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+
+    def pixels(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB [3, H, W] → float [C, S, S] in [-1, 1] at the UNet's size (bilinear,
+        antialiased, as the bundled model was pretrained); grayscale by the ITU-R 601 luma
+        weights (PIL's) for a one-channel UNet."""
+        config = self.pipeline.unet.config
+        x = image.float() / 255
+        if config.in_channels == 1:
+            x = (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
+        size = config.sample_size
+        if x.shape[-2:] != (size, size):
+            x = nn.functional.interpolate(
+                x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )[0]
+        return x.clamp(0, 1) * 2 - 1
+
+    def encode(self, inputs: list) -> list[State]:
+        captioned = [x for x in inputs if isinstance(x, CaptionedImage)]
+        if captioned and len(captioned) != len(inputs):
+            raise TsuikaError("a text-to-image split mixes captioned images and prompts")
+        texts = [x.caption for x in captioned] if captioned else [str(x) for x in inputs]
+        ids = self.token_ids(texts) if texts else torch.zeros(0, 1, dtype=torch.long)
+        items = [{"input_ids": row} for row in ids]
+        for item, example in zip(items, captioned, strict=False):
+            item["pixels"] = self.pixels(example.image)
+        return items
+
+    def length(self, item: State) -> int:
+        return 1
+
+    def collate(self, items: list[State]) -> State:
+        return collate_items(items)
+
+    def augmented(self, augment):
+        """Random horizontal flips (diffusers' `--random_flip`); other augmentations would
+        change what the concept looks like and are refused by the task."""
+
+        def collate(items: list[State]) -> State:
+            batch = collate_items(items)
+            flip = torch.rand(len(items)) < 0.5
+            batch["pixels"] = torch.where(
+                flip[:, None, None, None], batch["pixels"].flip(-1), batch["pixels"]
+            )
+            return batch
+
+        return collate
+
+
+def collate_items(items: list[State]) -> State:
+    """Every item has the same keys and shapes: stack them."""
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file()
+
+
+def resolve_diffusion_source(name: str) -> tuple[str, Path]:
+    """The bundled name or a local diffusers folder → (source to record, folder)."""
+    if name == BUNDLED_NAME:
+        folder = bundled_folder()
+        if not is_diffusers_folder(folder):
+            raise TsuikaError(
+                f"the bundled model {BUNDLED_NAME} is missing from {folder}; reinstall tsuika or "
+                "run scripts/pretrain_fashion_diffusion.py"
+            )
+        return name, folder
+    path = Path(name).expanduser()
+    if path.suffix in (".safetensors", ".ckpt") and path.is_file():
+        raise TsuikaError(
+            f"{path} is a single checkpoint file; tsuika needs its diffusers config folder too: "
+            "give model=<diffusers folder> and model_weights=<the .safetensors file of its UNet>"
+        )
+    if not is_diffusers_folder(path):
+        raise TsuikaError(f"{path}: not a diffusers folder (no model_index.json)")
+    return str(path.resolve()), path.resolve()
+
+
+def load_pipeline(folder: Path, weights: str | None = None) -> PixelDiffusionPipeline:
+    """The pipeline's components, each read with its own library from the local folder."""
+    index = json.loads((folder / "model_index.json").read_text())
+    if "vae" in index:
+        raise TsuikaError(
+            f"{folder}: latent diffusion folders (with a VAE, such as Stable Diffusion) are not "
+            "supported yet; tsuika adapts pixel-space pipelines (unet, text_encoder, tokenizer, "
+            "scheduler), e.g. the bundled fashion-diffusion"
+        )
+    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    if missing:
+        raise TsuikaError(f"{folder}: the diffusers folder lacks {', '.join(missing)}/")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+        text = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise TsuikaError(f"{folder}: cannot be loaded as a diffusers pipeline ({error})") from None
+    if weights is not None:
+        load_unet_weights(unet, Path(weights))
+    pipeline = PixelDiffusionPipeline(unet, text, tokenizer, scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def load_unet_weights(unet: UNet2DConditionModel, path: Path) -> None:
+    """A single `.safetensors` file of UNet weights, checked against the folder's config."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise TsuikaError(
+            f"model_weights {path}: cannot be read as safetensors ({error})"
+        ) from None
+    expected = unet.state_dict()
+    wrong = [k for k, v in state.items() if k not in expected or v.shape != expected[k].shape]
+    missing = [k for k in expected if k not in state]
+    if wrong or missing:
+        example = (wrong or missing)[0]
+        raise TsuikaError(
+            f"model_weights {path}: does not fit the folder's UNet config ({len(wrong)} unknown or "
+            f"misshapen, {len(missing)} missing tensors, e.g. {example})"
+        )
+    unet.load_state_dict(state)
+
+
+@cache
+def judge_at(folder: str) -> ImageJudge:
+    """The independent classifier in `folder` (judge.json + judge.safetensors), loaded once."""
+    try:
+        return ImageJudge.load(Path(folder))
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise TsuikaError(f"judge {folder}: cannot be loaded ({error})") from None
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    batch: int = 64,
+) -> torch.Tensor:
+    """One image per prompt from its own seed's noise (so a prompt and seed give the same
+    image whatever else is in the batch), [N, C, S, S] in [0, 1], in eval mode."""
+    model = getattr(model, "module", model)  # under DDP, the wrapped model
+    pipeline = model.library
+    config = pipeline.unet.config
+    shape = (config.in_channels, config.sample_size, config.sample_size)
+    was_training = model.training
+    model.eval()
+    images = []
+    try:
+        for start in range(0, len(prompts), batch):
+            chunk = seeds[start : start + batch]
+            noise = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in chunk]
+            out = pipeline(
+                prompts[start : start + batch],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                latents=torch.stack(noise),
+                output_type="pt",
+            )
+            images.append(out.images.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(images) if images else torch.zeros(0, *shape)
+
+
+def diffusion_model(
+    name: str, weights: str | None = None, pretrained: bool = True
+) -> AdaptableModel:
+    source, folder = resolve_diffusion_source(name)
+    pipeline = load_pipeline(folder, weights)
+    if not pretrained:  # the same architecture at random initialisation
+        torch.manual_seed(0)
+        pipeline.unet = UNet2DConditionModel.from_config(pipeline.unet.config)
+        pipeline.text_encoder = CLIPTextModel(pipeline.text_encoder.config)
+    training_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    stages = [
+        ("text_encoder", TextStage(pipeline.text_encoder)),
+        ("unet", DenoiserStage(pipeline.unet, training_scheduler)),
+    ]
+    spec = {
+        "family": "text-to-image",
+        "source": source,
+        "head": {},
+        "weights": weights,
+        "size": pipeline.unet.config.sample_size,
+        "channels": pipeline.unet.config.in_channels,
+    }
+    return AdaptableModel(stages, spec, DiffusionPreprocess(pipeline), library=pipeline)
