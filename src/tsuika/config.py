@@ -290,7 +290,8 @@ class HypernetworkConfig(Section):
     layer_norm: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
     multiplier: float = Field(1.0, ge=0)
-    """Strength when generating: context + mlp(context) · multiplier."""
+    """Strength, in training and generation: context + mlp(context) · multiplier (0 = the
+    base model exactly)."""
 
 
 class Config(Section):

@@ -3,7 +3,12 @@
 from tsuika.errors import TsuikaError
 from tsuika.methods.adapters import IA3, Dora, Lora
 from tsuika.methods.base import Method
-from tsuika.methods.concepts import DreamBooth, DreamBoothLora, TextualInversion
+from tsuika.methods.concepts import (
+    DreamBooth,
+    DreamBoothLora,
+    HypernetworkMethod,
+    TextualInversion,
+)
 from tsuika.methods.distill import Distill
 from tsuika.methods.finetune import Finetune
 from tsuika.methods.prompt_tuning import PromptTuning
@@ -20,6 +25,7 @@ METHODS: dict[str, type[Method]] = {
     "textual-inversion": TextualInversion,
     "dreambooth": DreamBooth,
     "dreambooth-lora": DreamBoothLora,
+    "hypernetwork": HypernetworkMethod,
 }
 
 
@@ -37,6 +43,7 @@ __all__ = [
     "DreamBooth",
     "DreamBoothLora",
     "Finetune",
+    "HypernetworkMethod",
     "Lora",
     "Method",
     "PromptTuning",

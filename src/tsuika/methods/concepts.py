@@ -455,3 +455,75 @@ class DreamBoothLora(DreamBooth):
         if not path.is_file():
             raise TsuikaError(f"{folder}: no pytorch_lora_weights.safetensors; the run is damaged")
         model.library.load_lora_weights(str(folder))
+
+
+# -- Hypernetwork ----------------------------------------------------------------------------
+class HypernetworkMethod(ConceptMethod):
+    """Small residual MLPs rewrite the text context of every cross-attention layer before its
+    key and value projections (the Stable Diffusion web UI's hypernetworks, through a custom
+    attention processor: `tsuika.models.hypernetwork`). The UNet and text encoder stay frozen,
+    so the text encoder's outputs are cached when there is no augmentation. The prompt is the
+    plain class prompt: a hypernetwork adds no word, it changes how every prompt is read."""
+
+    name = "hypernetwork"
+    default_lr = 1e-3
+
+    @classmethod
+    def concept_words(cls, config: Config) -> str:
+        return config.diffusion.class_word
+
+    def make_trainable(self, model: AdaptableModel) -> None:
+        from tsuika.models.hypernetwork import new_hypernetwork
+
+        settings = self.config.hypernetwork
+        hypernetwork = new_hypernetwork(
+            model.library.unet,
+            settings.layer_structure,
+            settings.activation,
+            settings.layer_norm,
+            settings.dropout,
+            name=self.config.diffusion.class_word,
+        )
+        _attach_hypernetwork(model, hypernetwork, settings.multiplier)
+        hypernetwork.requires_grad_(True)
+
+    def save_concept(self, model: AdaptableModel, folder: Path) -> None:
+        """`hypernetwork.safetensors` in the web UI's layout (`save_hypernetwork`)."""
+        from tsuika.models.hypernetwork import save_hypernetwork
+
+        hypernetwork = _denoiser(model).hypernetwork
+        save_hypernetwork(hypernetwork, folder / "hypernetwork.safetensors")
+        # The strength is a user setting, not part of the web UI's file: kept beside it.
+        settings = {"multiplier": hypernetwork.multiplier}
+        (folder / "hypernetwork.json").write_text(json.dumps(settings), encoding="utf-8")
+
+    @classmethod
+    def restore(cls, model: AdaptableModel, folder: Path) -> None:
+        from tsuika.models.hypernetwork import load_hypernetwork
+
+        path, settings = folder / "hypernetwork.safetensors", folder / "hypernetwork.json"
+        if not path.is_file() or not settings.is_file():
+            raise TsuikaError(
+                f"{folder}: no hypernetwork.safetensors or hypernetwork.json; the run folder "
+                "is damaged"
+            )
+        try:
+            multiplier = float(json.loads(settings.read_text(encoding="utf-8"))["multiplier"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise TsuikaError(f"{settings}: cannot be read ({error}); the run is damaged") from None
+        hypernetwork = load_hypernetwork(path).to(model.library.unet.device)
+        _attach_hypernetwork(model, hypernetwork, multiplier)
+
+
+def _denoiser(model: AdaptableModel) -> nn.Module:
+    return model.stages[-1]
+
+
+def _attach_hypernetwork(model: AdaptableModel, hypernetwork, multiplier: float) -> None:
+    """Route the UNet's cross-attention through `hypernetwork`, and register it on the denoising
+    stage so that the model's parameters, state dict and train/eval mode include it."""
+    from tsuika.models.hypernetwork import attach
+
+    hypernetwork.multiplier = multiplier
+    attach(model.library.unet, hypernetwork)
+    _denoiser(model).hypernetwork = hypernetwork

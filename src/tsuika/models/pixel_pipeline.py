@@ -4,7 +4,7 @@ This file imports nothing of tsuika's: it is copied verbatim as ``pipeline.py`` 
 diffusers folder tsuika exports, so that plain diffusers loads the folder without tsuika::
 
     from diffusers import DiffusionPipeline
-    pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder)
+    pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder, trust_remote_code=True)
 
 Components (the layout of a Stable Diffusion folder, without the VAE because the denoiser works
 on pixels): ``unet`` (a `UNet2DConditionModel` whose cross-attention reads the text encoder's
