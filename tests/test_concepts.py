@@ -294,6 +294,31 @@ def test_hypernetwork_file_round_trips_and_reloads_the_run(tiny_folder, sneakers
     )
 
 
+# -- the command line -------------------------------------------------------------------------
+def test_cli_trains_and_draws_a_png_grid_without_overwriting(
+    tiny_folder, sneakers, tmp_path, capsys
+) -> None:
+    from tsuika.cli import main
+
+    argv = ["train", "--model", str(tiny_folder), "--method", "hypernetwork"]
+    argv += ["--data", str(sneakers), "--output", str(tmp_path), "--quiet"]
+    argv += ["diffusion.class_word=shoe", "diffusion.eval_images=2", "diffusion.val_images=2"]
+    argv += ["diffusion.sample_steps=2", "diffusion.repeats=2", "train.epochs=1"]
+    assert main(argv) == 0
+    (run,) = [p for p in tmp_path.iterdir() if (p / "summary.json").is_file()]
+    capsys.readouterr()
+    draw = ["generate", str(run), "a photo of a shoe", "a photo of a bag", "--n", "3"]
+    assert main(draw) == 0
+    first = run / "generated" / "grid-001-seed0.png"
+    assert str(first) in capsys.readouterr().out
+    grid = Image.open(first)
+    assert grid.size == (3 * (8 * 4 + 2) + 2, 2 * (8 * 4 + 2) + 2)  # 3 columns, 2 rows of 8 px ×4
+    assert main(draw) == 0
+    assert (run / "generated" / "grid-002-seed0.png").is_file()  # a second grid, not a rewrite
+    assert main([*draw, "--out", str(first)]) == 2
+    assert "never overwrites" in capsys.readouterr().err
+
+
 # -- evidence and bad input -------------------------------------------------------------------
 def test_summary_has_fidelity_prior_preservation_and_the_base(
     tiny_folder, sneakers, tmp_path

@@ -293,17 +293,22 @@ def predict(
 
 @app.command()
 def generate(
-    run: Annotated[Path, typer.Argument(help="run folder of a causal-lm run")],
+    run: Annotated[Path, typer.Argument(help="run folder (causal-lm or text-to-image)")],
     prompts: Annotated[list[str] | None, typer.Argument(help="prompts")] = None,
     file: Annotated[Path | None, typer.Option(help="JSONL with `prompt` (or `messages`)")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="default: the run's")] = None,
     sample: Annotated[bool, typer.Option(help="sample instead of greedy decoding")] = False,
     temperature: Annotated[float, typer.Option(help="with --sample")] = 1.0,
     top_p: Annotated[float, typer.Option(help="nucleus sampling, with --sample")] = 1.0,
-    seed: Annotated[int, typer.Option(help="with --sample")] = 0,
+    seed: Annotated[int, typer.Option(help="with --sample; images: the first picture's")] = 0,
+    n: Annotated[int, typer.Option("--n", help="text-to-image: pictures per prompt")] = 8,
+    steps: Annotated[int | None, typer.Option(help="text-to-image: default the run's")] = None,
+    guidance: Annotated[float | None, typer.Option(help="text-to-image: default the run's")] = None,
+    out: Annotated[Path | None, typer.Option(help="text-to-image: the PNG to write")] = None,
 ) -> None:
-    """Answer prompts with a causal-LM run: `tsuika generate RUN "prompt" ...` or --file.
-    One line per prompt, in order (a newline inside an answer is written `\\n`)."""
+    """Answer prompts with a causal-LM run (one line per prompt, in order; a newline inside an
+    answer is written `\\n`), or draw them with a text-to-image run: `tsuika generate RUN
+    "a photo of <concept>" --n 8 --seed 0` writes a PNG grid, one row per prompt."""
     from tsuika.api import load
     from tsuika.data.chat import read_prompts
     from tsuika.models.causal import Decoding
@@ -313,9 +318,12 @@ def generate(
         given += read_prompts(file)
     if not given:
         raise TsuikaError("nothing to generate: give prompts or --file")
+    loaded = load(run)
+    if loaded.model.spec.get("family") == "text-to-image":
+        _draw(loaded, given, n, seed, steps, guidance, out)
+        return
     if not 0 < top_p <= 1 or temperature <= 0 or (max_new_tokens or 1) < 1:
         raise TsuikaError("--top-p must be in (0, 1], --temperature and --max-new-tokens > 0")
-    loaded = load(run)
     decoding = Decoding(
         max_new_tokens or loaded.task.to_meta().get("max_new_tokens", 32),
         sample,
@@ -325,6 +333,30 @@ def generate(
     )
     for answer in loaded.generate(given, decoding):
         typer.echo(answer.replace("\\", "\\\\").replace("\n", "\\n"))  # one line per prompt
+
+
+def _draw(loaded, prompts: list, n: int, seed: int, steps, guidance, out: Path | None) -> None:
+    """A text-to-image run's pictures of each prompt as one PNG grid; never overwrites."""
+    from tsuika.models.diffusion import image_grid
+
+    if not all(isinstance(prompt, str) for prompt in prompts):
+        raise TsuikaError("a text-to-image run draws text prompts, not chat messages")
+    rows = [loaded.images(prompt, n, seed, steps, guidance) for prompt in prompts]
+    if out is None:
+        folder = loaded.path / "generated"
+        folder.mkdir(exist_ok=True)
+        out = next(
+            path
+            for i in range(1, 10_000)
+            if not (path := folder / f"grid-{i:03d}-seed{seed}.png").exists()
+        )
+    elif out.exists():
+        raise TsuikaError(f"{out} exists; tsuika never overwrites a file, give another --out")
+    elif out.suffix.lower() != ".png":
+        raise TsuikaError(f"--out {out}: the grid is written as a .png file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows).save(out)
+    typer.echo(f"{len(prompts)} × {n} pictures → {out}")
 
 
 @app.command()
@@ -395,7 +427,10 @@ def models() -> None:
     for entry in available_models():
         table.add_row(entry.name, entry.modality, entry.description)
     out.print(table)
-    out.print("Or give a local folder: model: path/to/hf-model-folder")
+    out.print(
+        "Or give a local folder: model: path/to/hf-model-folder (a diffusers folder for "
+        "text-to-image)"
+    )
 
 
 @app.command()

@@ -92,11 +92,42 @@ class Run:
         """A causal-LM run's answer to each prompt (text, or chat messages): greedy by
         default, sampled with `Decoding(sample=True, temperature=…, top_p=…, seed=…)`."""
         if self.model.spec.get("family") != "causal-lm":
-            raise TsuikaError(f"a {self.task.name} run does not generate text; use predict")
+            hint = (
+                "use images()"
+                if self.model.spec.get("family") == "text-to-image"
+                else "use predict"
+            )
+            raise TsuikaError(f"a {self.task.name} run does not generate text; {hint}")
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = read_inputs(self.model, list(prompts), self.data)
         return generate(self.model, prompts, decoding or Decoding())
+
+    def images(
+        self,
+        prompt: str,
+        n: int = 8,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+    ):
+        """`n` pictures of `prompt` from a text-to-image run, [n, C, S, S] in [0, 1]; picture i
+        comes from seed `seed + i`'s noise (the same whatever `n` is). Steps and guidance
+        default to the run's."""
+        from tsuika.models.diffusion import generate as generate_images
+
+        if self.model.spec.get("family") != "text-to-image":
+            raise TsuikaError(f"a {self.task.name} run does not generate images")
+        if n < 1 or (steps is not None and steps < 1):
+            raise TsuikaError("the number of images and --steps must be at least 1")
+        settings = self.task.to_meta()
+        return generate_images(
+            self.model,
+            [prompt] * n,
+            list(range(seed, seed + n)),
+            steps or settings["sample_steps"],
+            settings["guidance"] if guidance is None else guidance,
+        )
 
     def predict_proba(self, inputs: list) -> np.ndarray:
         """Class probabilities [N, classes] of a single-column classification run."""

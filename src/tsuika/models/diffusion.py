@@ -268,6 +268,26 @@ def generate(
     return torch.cat(images) if images else torch.zeros(0, *shape)
 
 
+def image_grid(rows: list[torch.Tensor], scale: int = 4, gap: int = 2):
+    """A PIL RGB image of `rows` (each [N, C, S, S] in [0, 1], C = 1 or 3, N may differ),
+    every picture enlarged `scale`× with nearest-neighbour (small pictures stay sharp), on a
+    white ground."""
+    from PIL import Image
+
+    size = max(row.shape[-1] for row in rows) * scale
+    width = max(len(row) for row in rows)
+    grid = Image.new("RGB", (width * (size + gap) + gap, len(rows) * (size + gap) + gap), "white")
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).expand(3, -1, -1)
+            tile = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy(), "RGB")
+            grid.paste(
+                tile.resize((size, size), Image.NEAREST),
+                (gap + c * (size + gap), gap + r * (size + gap)),
+            )
+    return grid
+
+
 def diffusion_model(
     name: str, weights: str | None = None, pretrained: bool = True
 ) -> AdaptableModel:
