@@ -46,7 +46,9 @@ def build_summary(
         "model": config.model,
         "task": task.name,
         "method": config.method,
-        "modality": "image" if model.spec.get("family") == "image" else "text",
+        "modality": {"image": "image", "text-to-image": "text-to-image"}.get(
+            model.spec.get("family"), "text"
+        ),
         "targets": task.to_meta(),
         "data": {
             "train": len(splits.train),

@@ -25,6 +25,7 @@ def build_report(run: RunFiles) -> str:
         sections.verdicts(run),
         sections.versus_baselines(run),
         *sections.distillation(run),
+        *sections.concept(run),
         sections.learning_curves(run),
         sections.schedule(run),
         sections.trained(run),

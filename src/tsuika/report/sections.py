@@ -306,3 +306,25 @@ def distillation(run: RunFiles) -> list[Section]:
         'alone" says what the teacher added.</p>'
     )
     return [Section("distillation", "Teacher and student", body)]
+
+
+def concept(run: RunFiles) -> list[Section]:
+    """A text-to-image concept run: fidelity and every known class, base against adapted."""
+    found = run.summary.get("concept")
+    if not found:
+        return []
+    pairs = [("the new concept (fidelity)", found["base_fidelity"], found["fidelity"])]
+    pairs += [(name, before, after) for name, (before, after) in found["per_class"].items()]
+    pairs.append(
+        ("known classes (prior preservation)", found["base_prior_preservation"],
+         found["prior_preservation"])
+    )  # fmt: skip
+    rows = [[name, percent(before), percent(after)] for name, before, after in pairs]
+    body = table(["judged as", "base model", "after"], rows, [False, True, True], highlight=0)
+    body += (
+        f"<p class='note'>Share of generations an independent classifier (trained on real "
+        f"images of every class) assigns to the class asked for: "
+        f"{found['images_per_prompt']} seeds per prompt, the same seeds before and after. "
+        f"Concept prompt: {text(found['prompt'])}.</p>"
+    )
+    return [Section("concept", "The new concept and what the model knew", body)]
