@@ -10,7 +10,8 @@ run without prior preservation), in its own process (this script again, with `--
 its peak memory is its own.
 
 How each figure is measured (all from the run's own summary.json):
-- fidelity: share of the concept prompt's generations (32 seeds, 25 DDIM steps, guidance 3)
+- fidelity: share of the concept prompt's generations (32 seeds, 25 DDIM steps, the
+  model's recommended guidance: 1.5 for fashion-diffusion)
   that the judge — a CNN trained on real images of all ten classes — calls "sneaker". The
   concept prompt is each method's own ("a photo of a <concept>", "a photo of a sks shoe",
   "a photo of a shoe" for the hypernetwork, which adds no word); the base model gets the same
@@ -76,7 +77,7 @@ def one(label: str, quick: bool, work: Path, out: Path) -> None:
     seconds = time.perf_counter() - started
     summary, concept = run.summary, run.summary["concept"]
     prompts = [concept["prompt"]] + [f"a photo of a {c}" for c in OTHER_CLASSES]
-    rows = [generate(run.model, [p] * 8, list(range(8)), 25, 3.0) for p in prompts]
+    rows = [generate(run.model, [p] * 8, list(range(8)), 25) for p in prompts]
     torch.save({"rows": rows, "prompts": prompts}, out.with_suffix(".pt"))
     figures = {
         "label": label,
@@ -106,7 +107,7 @@ def base_rows() -> dict:
     model = diffusion_model("fashion-diffusion")
     prompts = ["a photo of a shoe"] + [f"a photo of a {c}" for c in OTHER_CLASSES]
     return {
-        "rows": [generate(model, [p] * 8, list(range(8)), 25, 3.0) for p in prompts],
+        "rows": [generate(model, [p] * 8, list(range(8)), 25) for p in prompts],
         "prompts": prompts,
     }
 

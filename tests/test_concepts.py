@@ -138,9 +138,9 @@ def test_learned_embeds_load_in_diffusers(tiny_folder, sneakers, tmp_path) -> No
     fresh.load_textual_inversion(str(path))  # diffusers' own loader
     prompt = run.summary["concept"]["prompt"]
     assert "<concept>" in prompt
-    mine = generate(run.model, [prompt], [3], 2, 3.0)
-    theirs = fresh(prompt, num_inference_steps=2, latents=torch.randn(1, 1, 8, 8,
-                   generator=torch.Generator().manual_seed(3)), output_type="pt").images  # fmt: skip
+    mine = generate(run.model, [prompt], [3], 2)  # both at the model's own guidance
+    noise = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    theirs = fresh(prompt, num_inference_steps=2, latents=noise, output_type="pt").images
     assert torch.allclose(mine, theirs, atol=1e-6)
 
 
@@ -160,7 +160,7 @@ def test_dreambooth_folder_loads_in_plain_diffusers(tiny_folder, sneakers, tmp_p
     assert prompt == "a photo of a sks shoe"
     noise = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     theirs = plain(prompt, num_inference_steps=2, latents=noise, output_type="pt").images
-    assert torch.allclose(generate(run.model, [prompt], [5], 2, 3.0), theirs, atol=1e-6)
+    assert torch.allclose(generate(run.model, [prompt], [5], 2), theirs, atol=1e-6)
     base_unet = diffusion_model(str(tiny_folder)).library.unet.state_dict()
     changed = [
         k
@@ -216,7 +216,7 @@ def test_lora_weights_load_in_diffusers(tiny_folder, sneakers, tmp_path) -> None
     noise = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     prompt = "a photo of a sks shoe"
     theirs = fresh(prompt, num_inference_steps=2, latents=noise, output_type="pt").images
-    assert torch.allclose(generate(run.model, [prompt], [2], 2, 3.0), theirs, atol=1e-6)
+    assert torch.allclose(generate(run.model, [prompt], [2], 2), theirs, atol=1e-6)
     reloaded = load(run.path)
     assert torch.equal(
         generate(reloaded.model, [prompt], [2], 2, 3.0), generate(run.model, [prompt], [2], 2, 3.0)
@@ -364,3 +364,25 @@ def test_other_data_must_say_what_the_concept_is(tiny_folder, sneakers) -> None:
             data={"train": str(sneakers)},
             progress=False,
         )
+
+
+def test_guidance_defaults_to_the_folders_recommendation(tiny_folder, tmp_path) -> None:
+    from tsuika.config import Config
+    from tsuika.tasks.text_to_image import TextToImage
+
+    folder = tmp_path / "guided"
+    shutil.copytree(tiny_folder, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["guidance_scale"] == 7.5  # a folder saved without a choice: Stable Diffusion's
+    index["guidance_scale"] = 1.5
+    (folder / "model_index.json").write_text(json.dumps(index))
+    settings = {"model": str(folder), "task": "text-to-image", "diffusion": {"caption": "a bag"}}
+    task = TextToImage.from_config(Config.model_validate(settings))
+    assert task.settings["guidance"] == 1.5
+    assert diffusion_model(str(folder)).library.config.guidance_scale == 1.5
+    settings["diffusion"]["guidance"] = 4.0  # the user's choice wins
+    assert TextToImage.from_config(Config.model_validate(settings)).settings["guidance"] == 4.0
+    index["guidance_scale"] = "high"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(TsuikaError, match="guidance_scale 'high' is not a number"):
+        diffusion_model(str(folder))

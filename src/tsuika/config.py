@@ -255,8 +255,9 @@ class DiffusionConfig(Section):
     """Concept images generated per epoch to pick the best epoch (concept fidelity)."""
     sample_steps: int = Field(25, ge=1)
     """DDIM steps per generated image."""
-    guidance: float = Field(3.0, ge=1)
-    """Classifier-free guidance scale (1: none)."""
+    guidance: float | None = Field(None, ge=1)
+    """Classifier-free guidance scale (1: none); null: the model's own (`guidance_scale` in
+    its model_index.json, measured for the bundled model), else Stable Diffusion's 7.5."""
 
 
 class TextualInversionConfig(Section):

@@ -333,7 +333,7 @@ class DreamBooth(ConceptMethod):
             "prompt": self.class_prompt,
             "n": settings.class_images,
             "steps": diffusion.sample_steps,
-            "guidance": diffusion.guidance,
+            "guidance": self.task.settings["guidance"],
         }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         path = cache_root() / "class-images" / f"{digest}.safetensors"
@@ -347,7 +347,7 @@ class DreamBooth(ConceptMethod):
             [self.class_prompt] * len(seeds),
             seeds,
             diffusion.sample_steps,
-            diffusion.guidance,
+            self.task.settings["guidance"],
         )
         images = (generated * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -175,6 +175,23 @@ def resolve_diffusion_source(name: str) -> tuple[str, Path]:
     return str(path.resolve()), path.resolve()
 
 
+DEFAULT_GUIDANCE = 7.5
+"""Classifier-free guidance for a folder that records none: Stable Diffusion's default."""
+
+
+def recommended_guidance(folder: Path) -> float:
+    """The guidance scale the model's folder recommends (`guidance_scale` in model_index.json,
+    which tsuika's pretraining script measures), else Stable Diffusion's 7.5."""
+    index = json.loads((folder / "model_index.json").read_text())
+    value = index.get("guidance_scale", DEFAULT_GUIDANCE)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+        raise TsuikaError(
+            f"{folder / 'model_index.json'}: guidance_scale {value!r} is not a number ≥ 1; "
+            "fix it or remove it (then 7.5 is used)"
+        )
+    return float(value)
+
+
 def load_pipeline(folder: Path, weights: str | None = None) -> PixelDiffusionPipeline:
     """The pipeline's components, each read with its own library from the local folder."""
     index = json.loads((folder / "model_index.json").read_text())
@@ -196,7 +213,8 @@ def load_pipeline(folder: Path, weights: str | None = None) -> PixelDiffusionPip
         raise TsuikaError(f"{folder}: cannot be loaded as a diffusers pipeline ({error})") from None
     if weights is not None:
         load_unet_weights(unet, Path(weights))
-    pipeline = PixelDiffusionPipeline(unet, text, tokenizer, scheduler)
+    guidance = recommended_guidance(folder)
+    pipeline = PixelDiffusionPipeline(unet, text, tokenizer, scheduler, guidance_scale=guidance)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -239,11 +257,12 @@ def generate(
     prompts: list[str],
     seeds: list[int],
     steps: int,
-    guidance: float,
+    guidance: float | None = None,
     batch: int = 64,
 ) -> torch.Tensor:
     """One image per prompt from its own seed's noise (so a prompt and seed give the same
-    image whatever else is in the batch), [N, C, S, S] in [0, 1], in eval mode."""
+    image whatever else is in the batch), [N, C, S, S] in [0, 1], in eval mode; `guidance`
+    None: the model's recommended scale."""
     model = getattr(model, "module", model)  # under DDP, the wrapped model
     pipeline = model.library
     config = pipeline.unet.config

@@ -32,7 +32,12 @@ from tsuika.data.splits import Examples, Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed import Feed
 from tsuika.models.base import AdaptableModel, State
-from tsuika.models.diffusion import generate, judge_at, resolve_diffusion_source
+from tsuika.models.diffusion import (
+    generate,
+    judge_at,
+    recommended_guidance,
+    resolve_diffusion_source,
+)
 from tsuika.models.judge import ImageJudge
 from tsuika.tasks.base import Arrays, Task
 
@@ -97,7 +102,7 @@ class TextToImage(Task):
                 "eval_images": settings.eval_images,
                 "val_images": settings.val_images,
                 "sample_steps": settings.sample_steps,
-                "guidance": settings.guidance,
+                "guidance": settings.guidance or recommended_guidance(folder),
             }
         )
 

@@ -4,7 +4,7 @@ This file imports nothing of tsuika's: it is copied verbatim as ``pipeline.py`` 
 diffusers folder tsuika exports, so that plain diffusers loads the folder without tsuika::
 
     from diffusers import DiffusionPipeline
-    pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder)
+    pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder, trust_remote_code=True)
 
 Components (the layout of a Stable Diffusion folder, without the VAE because the denoiser works
 on pixels): ``unet`` (a `UNet2DConditionModel` whose cross-attention reads the text encoder's
@@ -27,11 +27,17 @@ class PixelDiffusionPipeline(
 ):
     model_cpu_offload_seq = "text_encoder->unet"
 
-    def __init__(self, unet, text_encoder, tokenizer, scheduler) -> None:
+    def __init__(
+        self, unet, text_encoder, tokenizer, scheduler, guidance_scale: float = 7.5
+    ) -> None:
+        """`guidance_scale`: the classifier-free guidance this model samples best with, kept in
+        model_index.json (measured for each model: a small model trained on few classes
+        overshoots at Stable Diffusion's 7.5)."""
         super().__init__()
         self.register_modules(
             unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
         )
+        self.register_to_config(guidance_scale=float(guidance_scale))
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """Prompts → the text encoder's last hidden state [B, L, D] (textual-inversion tokens
@@ -51,7 +57,7 @@ class PixelDiffusionPipeline(
         self,
         prompt: str | list[str],
         num_inference_steps: int = 30,
-        guidance_scale: float = 3.0,
+        guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
@@ -60,7 +66,10 @@ class PixelDiffusionPipeline(
     ):
         """Sample images; classifier-free guidance (Ho & Salimans 2022) when guidance_scale > 1:
         ε = ε_uncond + s · (ε_text − ε_uncond), the unconditional branch being the empty prompt.
-        `latents`: the starting noise [B, C, S, S] (one row per image), e.g. from a seed each."""
+        `latents`: the starting noise [B, C, S, S] (one row per image), e.g. from a seed each;
+        `guidance_scale` None: the model's own (`config.guidance_scale`)."""
+        if guidance_scale is None:
+            guidance_scale = self.config.guidance_scale
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         text = self.encode_prompt(prompts)
