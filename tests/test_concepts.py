@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -346,13 +346,84 @@ def test_a_single_checkpoint_needs_its_config_folder(tmp_path) -> None:
         )
 
 
-def test_latent_diffusion_folders_are_refused_clearly(tiny_folder, tmp_path) -> None:
+# -- latent diffusion (the Stable Diffusion layout) -------------------------------------------
+def tiny_stable_diffusion() -> StableDiffusionPipeline:
+    """The tiny pipeline's text side and a UNet on 4 latent channels, with a 2-level VAE
+    (16 px images ↔ 8 px latents): a Stable Diffusion 1.x folder in miniature."""
+    torch.manual_seed(0)
+    tokenizer = word_tokenizer(WORDS, max_length=12)
+    encoder = text_encoder(tokenizer, width=32, layers=2, heads=2)
+    unet = pixel_unet(8, 4, (32, 64), cross_attention_dim=32)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=32, sample_size=16,
+    )  # fmt: skip
+    # as Stable Diffusion's scheduler configs are (the pipeline rewrites others, with a warning)
+    scheduler = DDIMScheduler.from_config(
+        noise_scheduler().config, steps_offset=1, clip_sample=False
+    )
+    return StableDiffusionPipeline(
+        vae, encoder, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tiny_stable_diffusion().save_pretrained(folder, safe_serialization=True)
+    torch.manual_seed(0)
+    ImageJudge(CLASSES, 16, channels=3).save(folder / "judge")
+    return folder
+
+
+def sd_noise(seed: int) -> torch.Tensor:
+    return torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_stable_diffusion_layout_caches_vae_latents_once(tiny_sd_folder, sneakers, tmp_path):
+    model = diffusion_model(str(tiny_sd_folder))
+    assert model.stage_names == ["vae", "text_encoder", "unet"]
+    assert model.spec["size"] == 16 and model.spec["channels"] == 3  # the VAE's input
+    on = tiny_run(tiny_sd_folder, sneakers, "dreambooth", tmp_path / "on")
+    off = tiny_run(tiny_sd_folder, sneakers, "dreambooth", tmp_path / "off", train={"cache": "off"})
+    a, b = on.model.library.unet.state_dict(), off.model.library.unet.state_dict()
+    assert any(not torch.equal(a[k], model.library.unet.state_dict()[k]) for k in a)  # trained
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    vae = on.model.library.vae.state_dict()
+    assert all(torch.equal(v, model.library.vae.state_dict()[k]) for k, v in vae.items())
+    # the adapted pipeline is a plain Stable Diffusion folder
+    plain = StableDiffusionPipeline.from_pretrained(str(on.path / "model" / "pipeline"))
+    prompt = on.summary["concept"]["prompt"]
+    theirs = plain(prompt, num_inference_steps=2, latents=sd_noise(4), output_type="pt").images
+    assert theirs.shape == (1, 3, 16, 16)
+    assert torch.allclose(generate(on.model, [prompt], [4], 2), theirs, atol=1e-5)
+
+
+def test_stable_diffusion_textual_inversion_and_lora_load_in_diffusers(
+    tiny_sd_folder, sneakers, tmp_path
+) -> None:
+    inversion = tiny_run(tiny_sd_folder, sneakers, "textual-inversion", tmp_path / "ti")
+    lora = tiny_run(tiny_sd_folder, sneakers, "dreambooth-lora", tmp_path / "lora")
+    for run, file in ((inversion, "learned_embeds.safetensors"), (lora, None)):
+        plain = StableDiffusionPipeline.from_pretrained(str(tiny_sd_folder))
+        if file:  # diffusers' own loaders
+            plain.load_textual_inversion(str(run.path / "model" / file))
+        else:
+            plain.load_lora_weights(str(run.path / "model"))
+        prompt = run.summary["concept"]["prompt"]
+        theirs = plain(prompt, num_inference_steps=2, latents=sd_noise(6), output_type="pt")
+        assert torch.allclose(generate(run.model, [prompt], [6], 2), theirs.images, atol=1e-5)
+
+
+def test_a_latent_folder_without_its_vae_is_refused_clearly(tiny_folder, tmp_path) -> None:
     folder = tmp_path / "sd"
     shutil.copytree(tiny_folder, folder)
     index = json.loads((folder / "model_index.json").read_text())
     index["vae"] = ["diffusers", "AutoencoderKL"]
     (folder / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(TsuikaError, match="VAE"):
+    with pytest.raises(TsuikaError, match="lacks vae/"):
         diffusion_model(str(folder))
 
 

@@ -377,14 +377,16 @@ class DreamBooth(ConceptMethod):
 
 
 def save_pipeline(pipeline, folder: Path) -> None:
-    """A diffusers folder (safetensors) that plain diffusers loads with
-    `DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder)`."""
+    """A diffusers folder (safetensors) that plain diffusers loads: a Stable Diffusion folder
+    with `DiffusionPipeline.from_pretrained(folder)`, a pixel-space one with
+    `custom_pipeline=folder` (its `pipeline.py` is written beside it)."""
     import shutil
 
     from tsuika.models import pixel_pipeline
 
     pipeline.save_pretrained(str(folder), safe_serialization=True)
-    shutil.copy(pixel_pipeline.__file__, folder / "pipeline.py")
+    if isinstance(pipeline, pixel_pipeline.PixelDiffusionPipeline):
+        shutil.copy(pixel_pipeline.__file__, folder / "pipeline.py")
 
 
 def weights_digest(model: AdaptableModel) -> str:
@@ -436,8 +438,6 @@ class DreamBoothLora(DreamBooth):
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        from tsuika.models.pixel_pipeline import PixelDiffusionPipeline
-
         pipeline = model.library
         layers, metadata = {}, {}
         for name in ("unet", "text_encoder"):
@@ -447,7 +447,7 @@ class DreamBoothLora(DreamBooth):
                 layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
                 config = next(iter(module.peft_config.values()))
                 metadata[f"{name}_lora_adapter_metadata"] = config.to_dict()
-        PixelDiffusionPipeline.save_lora_weights(str(folder), **layers, **metadata)
+        type(pipeline).save_lora_weights(str(folder), **layers, **metadata)
 
     @classmethod
     def restore(cls, model: AdaptableModel, folder: Path) -> None:

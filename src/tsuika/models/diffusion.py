@@ -1,16 +1,18 @@
-"""Text-to-image diffusion models as an `AdaptableModel`: a text encoder stage and a denoiser.
+"""Text-to-image diffusion models as an `AdaptableModel`: a text encoder stage and a denoiser,
+after a VAE stage for latent diffusion folders (Stable Diffusion 1.x/2.x layout).
 
-    {input_ids, pixels} → text_encoder → {context, pixels}
+    {input_ids, pixels} → [vae: pixels → latents] → text_encoder → {context, pixels}
                         → unet (+ noise ε, draw u) → {prediction, target}
 
-The first stage is what every concept-learning method but Textual Inversion (and text-encoder
-training) leaves frozen, so its output — the prompt's hidden states — is the cache boundary.
-The second holds the one denoising step every method shares (diffusers' training scripts):
-a timestep t from the uniform draw `u`, `add_noise(x0, ε, t)`, the UNet's prediction, and
-the target ε (epsilon prediction) or v (v-prediction). The task draws ε and u and takes the
-MSE. The wrapped library model is the diffusers pipeline, whose `unet` and `text_encoder`
-are the stages' own modules: adapters injected there, a hypernetwork's attention processors
-and new token rows all show in generation at once.
+No method trains the VAE, so its latents are always cacheable (when there is no augmentation);
+the text encoder is what every concept-learning method but Textual Inversion (and text-encoder
+training) leaves frozen, so its output — the prompt's hidden states — is the next boundary.
+The `unet` stage holds the one denoising step every method shares (diffusers' training
+scripts): noise ε, a timestep t from a uniform draw u, `add_noise(x0, ε, t)`, the UNet's
+prediction, and the target ε (epsilon prediction) or v (v-prediction); the task takes the
+MSE. The wrapped library model is the diffusers pipeline, whose `vae`, `unet` and
+`text_encoder` are the stages' own modules: adapters injected there, a hypernetwork's
+attention processors and new token rows all show in generation at once.
 
 Folders are read with `local_files_only=True`; nothing is fetched.
 """
@@ -22,7 +24,14 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from torch import nn
 from transformers import AutoTokenizer, CLIPTextModel
 
@@ -40,6 +49,22 @@ def bundled_folder() -> Path:
     return Path(__file__).resolve().parents[1] / "data" / "bundled" / BUNDLED_NAME
 
 
+class LatentStage(nn.Module):
+    """Pixels in [-1, 1] → the VAE's latents, scaled as the UNet was trained on them. The
+    latent distribution's mean rather than a sample, so that latents can be cached and a
+    cached run equals an uncached one (diffusers' and kohya's caches store one sample)."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, state: State) -> State:
+        if "pixels" not in state:  # prompts only (generation's inputs)
+            return state
+        latents = self.vae.encode(state["pixels"]).latent_dist.mean
+        return {**state, "pixels": latents * self.vae.config.scaling_factor}
+
+
 class TextStage(nn.Module):
     """Token ids → the text encoder's last hidden state (`context`); pixels pass through."""
 
@@ -54,8 +79,11 @@ class TextStage(nn.Module):
 
 
 class DenoiserStage(nn.Module):
-    """The shared denoising step: clean pixels x0, noise ε and a uniform draw u per example →
-    the UNet's prediction for x_t = add_noise(x0, ε, t), t = ⌊u·T⌋, and its target."""
+    """The shared denoising step: clean pixels (or latents) x0, noise ε and a uniform draw u
+    per example → the UNet's prediction for x_t = add_noise(x0, ε, t), t = ⌊u·T⌋, and its
+    target. ε and u are drawn here, where x0's shape is known (a VAE changes it), from the
+    global generator on the CPU, so a resumed run and a cached one draw the same; a state may
+    bring its own (tests)."""
 
     def __init__(self, unet: UNet2DConditionModel, scheduler: DDPMScheduler) -> None:
         super().__init__()
@@ -63,9 +91,15 @@ class DenoiserStage(nn.Module):
         object.__setattr__(self, "scheduler", scheduler)  # not a module: no parameters
 
     def forward(self, state: State) -> State:
-        x0, noise, context = state["pixels"], state["noise"], state["context"]
+        x0, context = state["pixels"], state["context"]
+        noise = state.get("noise")
+        if noise is None:
+            noise = torch.randn(x0.shape).to(x0.device, x0.dtype)
+        u = state.get("u")
+        if u is None:
+            u = torch.rand(len(x0)).to(x0.device)
         steps = self.scheduler.config.num_train_timesteps
-        t = (state["u"] * steps).long().clamp(0, steps - 1)
+        t = (u * steps).long().clamp(0, steps - 1)
         noisy = self.scheduler.add_noise(x0, noise, t)
         prediction = self.unet(noisy, t, encoder_hidden_states=context).sample
         if self.scheduler.config.prediction_type == "v_prediction":
@@ -81,8 +115,13 @@ class DiffusionPreprocess:
 
     ragged = False
 
-    def __init__(self, pipeline: PixelDiffusionPipeline) -> None:
+    def __init__(self, pipeline: DiffusionPipeline) -> None:
         self.pipeline = pipeline
+        vae = getattr(pipeline, "vae", None)
+        unet = pipeline.unet.config
+        # What the first stage reads: the VAE's input for latent diffusion, else the UNet's.
+        self.channels = vae.config.in_channels if vae is not None else unet.in_channels
+        self.size = unet.sample_size * (pipeline.vae_scale_factor if vae is not None else 1)
 
     @property
     def tokenizer(self):
@@ -99,14 +138,13 @@ class DiffusionPreprocess:
         ).input_ids
 
     def pixels(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB [3, H, W] → float [C, S, S] in [-1, 1] at the UNet's size (bilinear,
-        antialiased, as the bundled model was pretrained); grayscale by the ITU-R 601 luma
-        weights (PIL's) for a one-channel UNet."""
-        config = self.pipeline.unet.config
+        """uint8 RGB [3, H, W] → float [C, S, S] in [-1, 1] at the model's image size
+        (bilinear, antialiased, as the bundled model was pretrained); grayscale by the ITU-R
+        601 luma weights (PIL's) for a one-channel model."""
         x = image.float() / 255
-        if config.in_channels == 1:
+        if self.channels == 1:
             x = (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
-        size = config.sample_size
+        size = self.size
         if x.shape[-2:] != (size, size):
             x = nn.functional.interpolate(
                 x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
@@ -192,16 +230,14 @@ def recommended_guidance(folder: Path) -> float:
     return float(value)
 
 
-def load_pipeline(folder: Path, weights: str | None = None) -> PixelDiffusionPipeline:
-    """The pipeline's components, each read with its own library from the local folder."""
-    index = json.loads((folder / "model_index.json").read_text())
-    if "vae" in index:
-        raise TsuikaError(
-            f"{folder}: latent diffusion folders (with a VAE, such as Stable Diffusion) are not "
-            "supported yet; tsuika adapts pixel-space pipelines (unet, text_encoder, tokenizer, "
-            "scheduler), e.g. the bundled fashion-diffusion"
-        )
-    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+def load_pipeline(folder: Path, weights: str | None = None) -> DiffusionPipeline:
+    """The pipeline's components, each read with its own library from the local folder: a
+    pixel-space pipeline (unet, text_encoder, tokenizer, scheduler), or with a `vae/` a
+    Stable Diffusion pipeline (1.x/2.x layout; no safety checker, as diffusers' training
+    scripts load it). DDIM samples either (diffusers converts the scheduler's config)."""
+    latent = "vae" in json.loads((folder / "model_index.json").read_text())
+    needed = COMPONENTS + (("vae",) if latent else ())
+    missing = [c for c in needed if not (folder / c).is_dir()]
     if missing:
         raise TsuikaError(f"{folder}: the diffusers folder lacks {', '.join(missing)}/")
     try:
@@ -209,12 +245,23 @@ def load_pipeline(folder: Path, weights: str | None = None) -> PixelDiffusionPip
         text = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
+        vae = None
+        if latent:
+            vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
     except (OSError, ValueError) as error:
         raise TsuikaError(f"{folder}: cannot be loaded as a diffusers pipeline ({error})") from None
     if weights is not None:
         load_unet_weights(unet, Path(weights))
     guidance = recommended_guidance(folder)
-    pipeline = PixelDiffusionPipeline(unet, text, tokenizer, scheduler, guidance_scale=guidance)
+    if latent:
+        pipeline = StableDiffusionPipeline(
+            vae, text, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )  # fmt: skip
+        # Not registered in its config: diffusers checks a Stable Diffusion pipeline's config
+        # keys against its components. Its own default (7.5) is the fallback.
+    else:
+        pipeline = PixelDiffusionPipeline(unet, text, tokenizer, scheduler, guidance_scale=guidance)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -265,6 +312,8 @@ def generate(
     None: the model's recommended scale."""
     model = getattr(model, "module", model)  # under DDP, the wrapped model
     pipeline = model.library
+    if guidance is None:
+        guidance = pipeline.config.get("guidance_scale", DEFAULT_GUIDANCE)
     config = pipeline.unet.config
     shape = (config.in_channels, config.sample_size, config.sample_size)
     was_training = model.training
@@ -317,16 +366,19 @@ def diffusion_model(
         pipeline.unet = UNet2DConditionModel.from_config(pipeline.unet.config)
         pipeline.text_encoder = CLIPTextModel(pipeline.text_encoder.config)
     training_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-    stages = [
+    vae = getattr(pipeline, "vae", None)
+    stages = [("vae", LatentStage(vae))] if vae is not None else []
+    stages += [
         ("text_encoder", TextStage(pipeline.text_encoder)),
         ("unet", DenoiserStage(pipeline.unet, training_scheduler)),
     ]
+    preprocess = DiffusionPreprocess(pipeline)
     spec = {
         "family": "text-to-image",
         "source": source,
         "head": {},
         "weights": weights,
-        "size": pipeline.unet.config.sample_size,
-        "channels": pipeline.unet.config.in_channels,
+        "size": preprocess.size,
+        "channels": preprocess.channels,
     }
-    return AdaptableModel(stages, spec, DiffusionPreprocess(pipeline), library=pipeline)
+    return AdaptableModel(stages, spec, preprocess, library=pipeline)

@@ -1,11 +1,10 @@
 """Text-to-image: teach a diffusion model a new concept from a few captioned pictures.
 
-Training minimises the denoising MSE of the model's `unet` stage (ε or v target, see
-`tsuika.models.diffusion`); the noise ε and the uniform draw u that picks each example's
-timestep are drawn here, from the global generator (so a resumed run draws the same). The
-evidence is generated, not read: the test split is prompts — the concept's own prompt and
-`class_template` of every class the model already knew, `eval_images` seeds each — whose
-images an independent classifier (the judge) labels:
+Training minimises the denoising MSE of the model's `unet` stage (ε or v target; the stage
+draws ε and the timestep, see `tsuika.models.diffusion`). The evidence is generated, not
+read: the test split is prompts — the concept's own prompt and `class_template` of every
+class the model already knew, `eval_images` seeds each — whose images an independent
+classifier (the judge) labels:
 
     concept fidelity     share of the concept's images that the judge calls the concept
     prior preservation   mean over the known classes of the share judged as that class
@@ -202,15 +201,6 @@ class TextToImage(Task):
         raise TsuikaError("a text-to-image model has no classification head")
 
     # -- training and validation -----------------------------------------------------------
-    def inputs(self, state: State, targets: dict[str, torch.Tensor]) -> State:
-        """Noise ε like the pixels and one uniform draw per example (its timestep)."""
-        if "pixels" not in state:
-            return state  # prompts: nothing to denoise
-        pixels = state["pixels"]
-        noise = torch.randn(pixels.shape).to(pixels.device, pixels.dtype)
-        u = torch.rand(len(pixels)).to(pixels.device)
-        return {**state, "noise": noise, "u": u}
-
     def losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Denoising MSE of every example, [B] (zero for generated outputs)."""
         if "prediction" not in outputs:

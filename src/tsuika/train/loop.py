@@ -221,6 +221,11 @@ def fit(
     `checkpoints`; the result equals an uninterrupted run's."""
     started = time.perf_counter()
     loop = Loop(model, method, train, val, config, seed, checkpoints)
+    if not resume:
+        # Training's draws (dropout, a diffusion step's noise) start from the seed, whatever
+        # ran before in this process: caching, baselines, generated class images, a first
+        # model load. A resumed run restores the generator from its checkpoint instead.
+        torch.manual_seed(seed)
     if resume:
         loop.resume()
         if log and loop.accelerator.is_main_process:
