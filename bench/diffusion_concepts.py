@@ -46,12 +46,19 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "diffusion_concepts.json"
 GRID = REPO / "docs" / "diffusion_concepts.png"
 OTHER_CLASSES = ("trouser", "bag")
+CONTROL = REPO / "src" / "tsuika" / "data" / "bundled" / "fashion" / "train" / "bag"
 METHODS = {
     "textual-inversion": {},
     "dreambooth": {},
     "dreambooth (no prior)": {"dreambooth": {"prior_weight": 0.0}},
     "dreambooth-lora": {},
     "hypernetwork": {},
+    # A control: can Textual Inversion find a class the base model does draw (bags), starting
+    # from "shoe"? Only its fidelity is meant; its "known classes" include the unseen sneaker.
+    "textual-inversion (control: bag)": {
+        "data": {"train": str(CONTROL)},
+        "diffusion": {"images": 5, "class_word": "shoe"},
+    },
 }
 
 
@@ -59,7 +66,7 @@ def settings_of(label: str, quick: bool, work: Path) -> dict:
     method = label.split(" ")[0]
     settings = {"method": method, "output": str(work), "progress": False, **METHODS[label]}
     if quick:  # a first look: fewer judged generations
-        settings["diffusion"] = {"eval_images": 8}
+        settings["diffusion"] = {**settings.get("diffusion", {}), "eval_images": 8}
     return settings
 
 
