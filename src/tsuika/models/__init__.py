@@ -202,6 +202,13 @@ def _is_diffusion(name: str) -> bool:
     return path.suffix == ".safetensors" or is_diffusers_folder(path)
 
 
+def _folder_modality(name: str) -> str:
+    """A local Hugging Face folder holds a text model; a name that is no folder is named as
+    unknown here, before a task could call it a text model."""
+    resolve_source(name)
+    return "text"
+
+
 def _build_folder(name: str, request: Request) -> AdaptableModel:
     from tsuika.models.text import load_text_model
 
@@ -225,7 +232,7 @@ SOURCES: list[Source] = [
         "torchvision", lambda n: n.startswith("torchvision:"), lambda n: "image", _build_torchvision
     ),
     Source("diffusers", _is_diffusion, lambda n: "text-to-image", _build_diffusion),
-    Source("folder", lambda n: True, lambda n: "text", _build_folder),
+    Source("folder", lambda n: True, _folder_modality, _build_folder),
 ]
 """Asked in order; the first that claims a name builds it (a local Hugging Face folder last)."""
 
