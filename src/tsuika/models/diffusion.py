@@ -252,15 +252,15 @@ def load_pipeline(folder: Path, weights: str | None = None) -> DiffusionPipeline
         raise TsuikaError(f"{folder}: cannot be loaded as a diffusers pipeline ({error})") from None
     if weights is not None:
         load_unet_weights(unet, Path(weights))
-    guidance = recommended_guidance(folder)
     if latent:
+        # No guidance_scale in its config: diffusers checks a Stable Diffusion pipeline's
+        # config keys against its components. Its own default (7.5) is the fallback.
         pipeline = StableDiffusionPipeline(
             vae, text, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         )  # fmt: skip
-        # Not registered in its config: diffusers checks a Stable Diffusion pipeline's config
-        # keys against its components. Its own default (7.5) is the fallback.
     else:
+        guidance = recommended_guidance(folder)
         pipeline = PixelDiffusionPipeline(unet, text, tokenizer, scheduler, guidance_scale=guidance)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

@@ -101,7 +101,9 @@ class TextToImage(Task):
                 "eval_images": settings.eval_images,
                 "val_images": settings.val_images,
                 "sample_steps": settings.sample_steps,
-                "guidance": settings.guidance or recommended_guidance(folder),
+                "guidance": (
+                    recommended_guidance(folder) if settings.guidance is None else settings.guidance
+                ),
             }
         )
 

@@ -221,15 +221,15 @@ def fit(
     `checkpoints`; the result equals an uninterrupted run's."""
     started = time.perf_counter()
     loop = Loop(model, method, train, val, config, seed, checkpoints)
-    if not resume:
-        # Training's draws (dropout, a diffusion step's noise) start from the seed, whatever
-        # ran before in this process: caching, baselines, generated class images, a first
-        # model load. A resumed run restores the generator from its checkpoint instead.
-        torch.manual_seed(seed)
-    if resume:
+    if resume:  # the generator comes back from the checkpoint
         loop.resume()
         if log and loop.accelerator.is_main_process:
             log(loop.state.history)  # epochs checkpointed but not yet logged when killed
+    else:
+        # Training's draws (dropout, a diffusion step's noise) start from the seed, whatever
+        # ran before in this process: caching, baselines, generated class images, a first
+        # model load.
+        torch.manual_seed(seed)
     state = loop.state
     task = progress.task(label, total=config.epochs) if progress else None
     if task is not None:
