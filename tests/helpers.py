@@ -57,6 +57,8 @@ def fast_config(
         "baselines": {"scratch": False, "bootstrap": 200},
         "output": str(output),
         "progress": False,
+        # Charts cost more than these runs' training; the report's own tests turn it on.
+        "report": False,
     }
     for key, value in overrides.items():
         if isinstance(value, dict):

@@ -262,7 +262,7 @@ def test_top_block_adapters_cache_the_prefix_and_match_no_cache(
 
 # -- the run -------------------------------------------------------------------------------
 def test_run_summary_compares_with_the_base_model(tiny_llama_dir, chat_file, tmp_path):
-    run = tsuika.train(lm_config(tiny_llama_dir, chat_file, tmp_path / "runs"))
+    run = tsuika.train(lm_config(tiny_llama_dir, chat_file, tmp_path / "runs", report=True))
     summary = run.summary
     assert summary["task"] == "causal-lm" and summary["selection"]["metric"] == "exact_match"
     assert set(summary["test"]) == {"exact_match", "token_accuracy", "loss", "perplexity"}

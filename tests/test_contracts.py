@@ -132,6 +132,7 @@ def test_only_declared_parameters_change(cell, tiny_bert_dir, tables, tmp_path) 
 @pytest.mark.parametrize("cell", CELLS, ids=_ids)
 def test_save_then_load_reproduces_the_outputs(cell, tiny_bert_dir, tables, tmp_path) -> None:
     run = tsuika.train(_config(cell, tiny_bert_dir, tables, tmp_path))
+    assert (run.path / "report.html").is_file()
     inputs = _inputs(cell, tables)
     loaded = tsuika.load(run.path)
     assert loaded.task.to_meta() == run.task.to_meta()
@@ -152,7 +153,8 @@ def _inputs(cell, tables) -> list[str]:
 def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(
     cell, tiny_bert_dir, tables, tmp_path, monkeypatch
 ) -> None:
-    extra = {"train": {"epochs": 3, "checkpoint_every": 2}}
+    # The report is written (and checked) by the save → load test of every cell.
+    extra = {"train": {"epochs": 3, "checkpoint_every": 2}, "report": False}
     whole = tsuika.train(_config(cell, tiny_bert_dir, tables, tmp_path / "a", **extra))
 
     calls = {"n": 0}
@@ -182,9 +184,9 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(
 
 @pytest.mark.parametrize("cell", CELLS, ids=_ids)
 def test_cache_on_and_off_give_the_same_model(cell, tiny_bert_dir, tables, tmp_path) -> None:
-    cached = tsuika.train(_config(cell, tiny_bert_dir, tables, tmp_path / "on"))
+    cached = tsuika.train(_config(cell, tiny_bert_dir, tables, tmp_path / "on", report=False))
     plain = tsuika.train(
-        _config(cell, tiny_bert_dir, tables, tmp_path / "off", train={"cache": "off"})
+        _config(cell, tiny_bert_dir, tables, tmp_path / "off", train={"cache": "off"}, report=False)
     )
     config = _config(cell, tiny_bert_dir, tables, tmp_path / "x")
     config = METHODS[config.method].configured(config)

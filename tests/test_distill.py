@@ -230,7 +230,9 @@ def test_teacher_stays_bit_identical_while_the_student_trains(
 def test_distilled_run_reports_teacher_student_and_the_undistilled_baseline(
     teacher_run, data_file, tmp_path
 ):
-    run = tsuika.train(distill_config(teacher_run, data_file, tmp_path / "runs"))
+    run = tsuika.train(
+        {**distill_config(teacher_run, data_file, tmp_path / "runs"), "report": True}
+    )
     summary = run.summary
     assert summary["method"] == "distill"
     kd = summary["distillation"]

@@ -128,6 +128,18 @@ def test_transfer_learns_and_leaves_backbone_and_batchnorm_untouched(tmp_path):
     assert run.predict([str(save_png(tmp_path / "x.png", COLOURS["red"], 999))]) == ["red"]
 
 
+def test_image_size_is_what_the_model_sees_and_what_a_loaded_run_keeps(tmp_path):
+    train = image_folder(tmp_path / "images")
+    run = tsuika.train(config(tmp_path, train, data={"image_size": 20}, train={"epochs": 2}))
+    probe = save_png(tmp_path / "x.png", COLOURS["red"], 999)
+    feed = input_feed(run.model, [decode(probe, 10**6)])
+    assert feed.batch([0]).state["pixels"].shape[-2:] == (20, 20)
+    loaded = tsuika.load(run.path)
+    assert loaded.model.spec["image"]["size"] == 20
+    assert loaded.model.preprocess.spec.size == 20
+    assert loaded.predict([str(probe)]) == run.predict([str(probe)])
+
+
 def test_finetune_frozen_stem_keeps_batchnorm_statistics(tmp_path):
     train = image_folder(tmp_path / "images")
     run = tsuika.train(

@@ -78,7 +78,8 @@ def test_efficientnet_transfer_on_bundled_fashion_with_100_per_class(tmp_path):
     run = tsuika.train(
         model="efficientnet-lite0",
         method="transfer",
-        data={"train": "bundled:fashion", "k": 100},
+        # 28-px images at 128 px instead of the model's 224: a third of the time.
+        data={"train": "bundled:fashion", "k": 100, "image_size": 128},
         baselines={"scratch": False},
         output=str(tmp_path / "runs"),
         progress=False,
@@ -86,7 +87,9 @@ def test_efficientnet_transfer_on_bundled_fashion_with_100_per_class(tmp_path):
     summary = run.summary
     assert summary["data"]["train"] == 1000 and summary["data"]["test"] == 1000
     assert summary["baselines"]["majority"]["accuracy"] == pytest.approx(0.1)
-    # Measured 0.848 on 2026-11-23 (2-core CPU); asserted with a 4.8-point margin.
+    print("efficientnet transfer:", summary["test"]["accuracy"])
+    # Measured 0.848 at 224 px on 2026-11-23 (2-core CPU), 0.843 at 128 px on 2026-12-04;
+    # asserted with a 4-point margin.
     assert summary["test"]["accuracy"] >= 0.80
 
 
@@ -113,7 +116,7 @@ def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
     config = build_config(
         {
             "model": "efficientnet-lite0",
-            "data": {"k": 20},
+            "data": {"k": 20, "image_size": 128},
             "train": {"epochs": 30},
             "progress": False,
         }
@@ -121,6 +124,7 @@ def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
     task, splits = task_and_data(config)
     assert task.labels["label"] and len(task.labels["label"]) == 10
     splits.test = splits.test.subset(list(range(0, 1000, 4)))  # 250 images, 25 per class
+    splits.val = splits.val.subset(list(range(0, len(splits.val), 3)))  # 50 images
     truth = np.array(splits.test.targets["label"])
     assert np.bincount(truth).tolist() == [25] * 10
     scores = {}
@@ -134,7 +138,9 @@ def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
             model, method, splits, config, Progress(False), MetricsLog(None), "transfer"
         )
         scores[pretrained] = float((phase.predicted["label"] == truth).mean())
-    # Measured on 2026-11-23: 0.804 with the ImageNet weights, 0.100 (chance) with random ones.
+    print("probe on pretrained and on random features:", scores)
+    # Measured on 2026-11-23 at 224 px: 0.804 with the ImageNet weights, 0.100 (chance) with
+    # random ones; 2026-12-04 at 128 px (validation every third image): 0.780 and 0.100.
     assert scores[True] >= 0.70
     assert scores[True] - scores[False] >= 0.5
 

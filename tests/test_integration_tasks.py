@@ -58,8 +58,15 @@ def _train(tables: tuple[Path, Path], output: Path, task: str = "auto", **data) 
         output=str(output),
         progress=False,
         baselines={"scratch": False},
-        # The tables list the bundled images where they lie, outside the tables' folder.
-        data={"train": str(train), "test": str(test), "allow_outside_paths": True, **data},
+        # The tables list the bundled images where they lie, outside the tables' folder; 28-px
+        # images at 128 px instead of 224 cost a third (data.image_size).
+        data={
+            "train": str(train),
+            "test": str(test),
+            "allow_outside_paths": True,
+            "image_size": 128,
+            **data,
+        },
     )
 
 
@@ -95,9 +102,11 @@ def test_regression_of_ink_coverage_on_fashion(fashion_tables, tmp_path) -> None
     test, mean = summary["test"], summary["baselines"]["mean"]
     ridge = summary["baselines"]["classical"]
     print("regression:", test, mean, ridge, summary["timings"])
-    # Measured 2026-11-25: R² 0.715, RMSE 0.096 against the training mean's 0.181 (test n=300).
-    assert test["r2"] > 0.5
-    assert test["rmse"] < 0.75 * mean["rmse"]
+    # Measured 2026-11-25 at 224 px: R² 0.715, RMSE 0.096 against the training mean's 0.181
+    # (test n=300); 2026-12-04 at 128 px: R² 0.519, RMSE 0.125 (fine detail such as the
+    # share of bright pixels suffers most from the smaller input).
+    assert test["r2"] > 0.35
+    assert test["rmse"] < 0.85 * mean["rmse"]
     assert mean["gain"]["low"] > 0
     # Ink coverage is a count of bright pixels, which ridge regression on 32×32 pixels nearly
     # reads off: measured RMSE 0.060, R² 0.888 (2026-11-29) against the pretrained features'

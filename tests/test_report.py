@@ -317,3 +317,13 @@ def test_compare_refuses_mixed_metrics_one_run_and_an_existing_file(tmp_path: Pa
     existing.write_text("keep me")
     assert main(["compare", str(first), str(second), "--out", str(existing)]) == 2
     assert existing.read_text() == "keep me"
+
+
+def test_a_run_without_its_report_gets_it_from_the_report_command(base_config, capsys):
+    import tsuika
+
+    run = tsuika.train({**base_config, "report": False})
+    assert not (run.path / "report.html").exists()
+    assert (run.path / "summary.json").is_file()
+    assert main(["report", str(run.path)]) == 0
+    assert "<svg" in (run.path / "report.html").read_text(encoding="utf-8")

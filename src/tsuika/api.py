@@ -196,13 +196,14 @@ def _train_in(
             task, splits.test, phase.outputs, phase.predicted, baselines, phase.test_lengths
         )
         write_records(path / PREDICTIONS, records)
-        write_report(path)
+        if config.report:
+            write_report(path)
         # The run is complete: activation caches and resume points are no longer needed.
         shutil.rmtree(path / "cache", ignore_errors=True)
         shutil.rmtree(path / "checkpoints", ignore_errors=True)
         if tracker is not None:
             files = [path / name for name in ("summary.json", "config.yaml", REPORT)]
-            tracker.finish(summary, files)
+            tracker.finish(summary, [f for f in files if f.is_file()])
     barrier()
     return Run(path, model, task, summary, config.data)
 

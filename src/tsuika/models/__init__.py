@@ -129,6 +129,8 @@ class Request:
     `causal-lm` (its own next-token head)."""
     template: str = "auto"
     """Causal LMs: how prompts are formatted (`auto`, `chat`, `plain`)."""
+    image_size: int | None = None
+    """Image models: the side of the square input; None: the model's own."""
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,12 @@ def resolve_source(name: str) -> tuple[str, Path]:
 def load_model(name: str, request: Request) -> AdaptableModel:
     """Pretrained backbone + the task's new head (or the same architecture at random
     initialisation, with `request.pretrained=False`)."""
-    return source_of(name).build(name, request)
+    model = source_of(name).build(name, request)
+    if request.image_size and model.spec.get("family") == "image":
+        from tsuika.models.images import resize_input
+
+        resize_input(model, request.image_size)
+    return model
 
 
 def model_for(
@@ -279,6 +286,7 @@ def model_for(
         config.model_weights,
         kind,
         config.lm.template,
+        config.data.image_size,
     )
     return load_model(config.model, request)
 
@@ -297,6 +305,7 @@ def model_from_spec(spec: dict, new_head: HeadBuilder, pretrained: bool = True) 
         spec.get("weights"),
         FAMILY_KINDS.get(spec.get("family", ""), "encoder"),
         spec.get("template", "auto"),
+        spec.get("image", {}).get("size"),
     )
     model = load_model(spec["source"], request)
     if spec.get("keep_blocks"):  # a student built from a teacher: the same cut

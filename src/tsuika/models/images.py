@@ -9,7 +9,7 @@ preprocessing, never from constants shared across models.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -217,6 +217,16 @@ def efficientnet_lite0(new_head: HeadBuilder, head: HeadConfig, pretrained: bool
     return AdaptableModel(
         stages, _spec("efficientnet-lite0", head, spec), ImagePreprocess(spec), net
     )
+
+
+def resize_input(model: AdaptableModel, size: int) -> None:
+    """The model sees `size`-pixel square inputs instead of its own (the same resize-then-crop
+    recipe, scaled): a convolutional network with global pooling takes any size, and small
+    source images (28-px Fashion-MNIST) gain little from being blown up to 224 while the cost
+    grows with the square of the side."""
+    spec = replace(model.preprocess.spec, size=size)
+    model.preprocess = ImagePreprocess(spec)
+    model.spec["image"] = asdict(spec)
 
 
 def _spec(source: str, head: HeadConfig, image: ImageSpec, **extra) -> dict:
