@@ -17,7 +17,7 @@ def test_defaults_need_no_file():
     config = load_config()
     assert config == Config()
     assert config.model == "minilm-l6"
-    assert config.method == "transfer"
+    assert config.method == "auto"  # chosen from the data when a run starts
     assert config.train.cache == "auto"
 
 

@@ -92,6 +92,7 @@ def image_folder(root: Path, per_class: int = 12, classes=("red", "blue")) -> Pa
 def config(tmp_path: Path, data_path: Path, **extra) -> dict:
     tree = {
         "model": TINY,
+        "method": "transfer",
         "data": {"train": str(data_path)},
         "train": {"epochs": 30, "batch_size": 8, "lr": 0.1},
         "baselines": {"scratch": False},
@@ -154,6 +155,22 @@ def test_finetune_frozen_stem_keeps_batchnorm_statistics(tmp_path):
     assert int(stem_bn.num_batches_tracked) == 0
     assert not torch.equal(block_bn.running_mean, reference.block[1].running_mean)
     assert run.summary["parameters"]["trained_groups"] == ["block", "head"]
+
+
+def test_frozen_batchnorm_statistics_stay_while_scale_and_shift_train(tmp_path):
+    train = image_folder(tmp_path / "images")
+    finetune = {"freeze": 0, "batchnorm": "frozen"}
+    run = tsuika.train(
+        config(tmp_path, train, method="finetune", finetune=finetune, train={"epochs": 3})
+    )
+    reference = build_tiny_cnn(pretrained=True)
+    for ours, theirs in (
+        (run.model.stages[0].layers[0][1], reference.stem[1]),
+        (run.model.stages[1].layers[0][1], reference.block[1]),
+    ):
+        assert torch.equal(ours.running_mean, theirs.running_mean)
+        assert torch.equal(ours.running_var, theirs.running_var)
+        assert not torch.equal(ours.weight, theirs.weight)  # the affine part trained
 
 
 def test_augmentation_applies_to_training_batches_only(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tsuika.config import Config, build_config, load_config, merge, to_yaml
-from tsuika.console import warn
+from tsuika.console import say, warn
 from tsuika.data.reading import load_splits
 from tsuika.data.splits import Splits
 from tsuika.errors import RunInterrupted, TsuikaError
@@ -27,6 +27,7 @@ from tsuika.evaluate.records import test_records, write_records
 from tsuika.evaluate.summary import build_summary
 from tsuika.methods import method_class
 from tsuika.methods.base import Method
+from tsuika.methods.recipe import choose
 from tsuika.models import modality_of
 from tsuika.models.base import AdaptableModel
 from tsuika.report import PREDICTIONS, REPORT, write_report
@@ -47,9 +48,14 @@ RUN_MARKER = ".tsuika-run"
 
 
 def as_config(config: Config | dict | str | Path | None, overrides: dict[str, Any]) -> Config:
+    # Only what was set explicitly is carried over (defaults fill in again), so `method: auto`
+    # can tell the settings a user chose from the ones its recipe may choose.
     if isinstance(config, Config):
-        config = config.model_dump()
-    base = load_config(config).model_dump() if isinstance(config, str | Path) else config or {}
+        config = config.model_dump(exclude_unset=True)
+    if isinstance(config, str | Path):
+        base = load_config(config).model_dump(exclude_unset=True)
+    else:
+        base = config or {}
     return build_config(merge(base, overrides))
 
 
@@ -70,13 +76,21 @@ def train(
         config = resumable_config(Path(resume), config, overrides)
     else:
         config = as_config(config, overrides)
-    config = method_class(config.method).configured(config)
+    if config.method != "auto":
+        config = method_class(config.method).configured(config)
     check_tracking(config)  # a missing tracker package fails before any folder is written
     seed_everything(config.seed)
     modality = modality_of(config.model)
     task = task_for(config, modality)
-    method = method_class(config.method)(config, task)
     splits = read_data(config, modality, task)  # bad data fails before anything is written
+    reason = None
+    if config.method == "auto":  # never when resuming: a run's config names its method
+        recipe = choose(config, task, splits, modality)
+        reason = recipe.reason
+        config = recipe.applied(config)
+        if config.progress:
+            say(f"method auto → {config.method}: {recipe.reason}")
+    method = method_class(config.method)(config, task)
     model = method.build_model(config)
     model.to(training_device())  # precompute on the accelerator too, not only train there
     method.prepare(model)  # once, on the device; a bad freeze setting fails before any folder
@@ -95,11 +109,13 @@ def train(
     barrier()
     try:
         with tracked(config, path, resume is not None) as tracker:
-            return _train_in(
-                path, config, task, method, splits, model, resume is not None, started, tracker
+            resumed = resume is not None
+            run = _train_in(
+                path, config, task, method, splits, model, resumed, started, tracker, reason
             )
     except KeyboardInterrupt:
         raise RunInterrupted(path) from None
+    return run
 
 
 def task_and_data(config: Config) -> tuple[Task, Splits]:
@@ -144,8 +160,10 @@ def _train_in(
     resuming: bool,
     started: float,
     tracker: Tracker | None,
+    reason: str | None = None,
 ) -> Run:
-    """Train, run the baselines, write the summary, predictions and report."""
+    """Train, run the baselines, write the summary, predictions and report; `reason`: why
+    `method: auto` chose this method."""
     main = is_main_process()
     log = MetricsLog(path / "metrics.jsonl" if main else None, tracker.log if tracker else None)
     wanted = wanted_baselines(config, task, method, model)
@@ -176,6 +194,8 @@ def _train_in(
         config, task, splits, model, phase.fit, phase.predicted, baselines, path
     )
     summary |= method.evidence(model, splits, summary)
+    if reason is not None:
+        summary["recipe"] = {"method": config.method, "reason": reason}
     summary["timings"] = {
         **phase.timings,
         "baselines": sum(b.seconds for b in baselines),

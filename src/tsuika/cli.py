@@ -129,7 +129,11 @@ def train(
     data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL")] = None,
     test: Annotated[str | None, typer.Option(help="test file (default: held out)")] = None,
     method: Annotated[
-        str | None, typer.Option(help="transfer | finetune | lora | dora | ia3 | prompt-tuning")
+        str | None,
+        typer.Option(
+            help="auto (the default: chosen from the data) | transfer | finetune | contrastive "
+            "| lora | dora | ia3 | prompt-tuning"
+        ),
     ] = None,
     task: Annotated[
         str | None, typer.Option(help="classify | multi-task | regression | causal-lm")

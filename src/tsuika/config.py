@@ -105,6 +105,10 @@ class TrainConfig(Section):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     patience: int | None = Field(10, ge=1)
     """Epochs without validation improvement before stopping; null disables early stopping."""
+    select: Literal["best", "last"] = "best"
+    """Which epoch's weights the run keeps: the best on validation, or the last (a fixed
+    schedule, for data too small to hold out a validation split worth choosing by; the
+    validation figures are still reported)."""
     max_length: int = Field(128, ge=8)
     """Tokens per text; longer texts are truncated."""
     grad_accum: int = Field(1, ge=1)
@@ -129,6 +133,17 @@ class FinetuneConfig(Section):
     """Rates for named groups (patterns allowed), overriding the rules above; 0 freezes."""
     unfreeze_every: int | None = Field(None, ge=1)
     """Gradual unfreezing (ULMFiT): head only, then one more group every E epochs."""
+    batchnorm: Literal["update", "frozen"] = "update"
+    """`frozen`: BatchNorm layers keep their pretrained running statistics and normalise with
+    them in training as in evaluation (their scale and shift still train). With small batches
+    of a new domain, training otherwise normalises by batch statistics that evaluation never
+    uses: EfficientNet-Lite0's running statistics move by 1 % a step."""
+    head_init: Literal["new", "probe"] = "new"
+    """`probe`: before the first epoch the new head is fitted on the pretrained model's pooled
+    features of the training split (linear probing, then fine-tuning: LP-FT, Kumar et al.
+    2022), so fine-tuning starts from a fitted head instead of a random one, whose large
+    early gradients distort the pretrained features. Costs one inference pass over the
+    training split."""
 
 
 class AdapterConfig(Section):
@@ -312,8 +327,10 @@ class Config(Section):
     `causal-lm` (prompt → completion with a causal language model), `text-to-image` (teach a
     diffusion model a new concept from a few pictures); `auto`: classify, or
     multi-task when `data.label_column` lists several columns."""
-    method: str = "transfer"
-    """`transfer`, `finetune`, the PEFT methods `lora`, `dora`, `ia3` and (causal
+    method: str = "auto"
+    """`auto` (chosen from the data and said in one line: see `tsuika.methods.recipe`),
+    `transfer`, `finetune`, `contrastive` (SetFit-style pairs), the PEFT methods `lora`,
+    `dora`, `ia3` and (causal
     language models) `prompt-tuning`, `distill`, or (text-to-image) `textual-inversion`,
     `dreambooth`, `dreambooth-lora`, `hypernetwork` (see `tsuika.methods`)."""
     data: DataConfig = DataConfig()

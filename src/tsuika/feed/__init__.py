@@ -72,6 +72,19 @@ class Batch:
         return Batch(state, self.start, targets, self.indices, self.weight)
 
 
+class Repeated:
+    """A sequence of items seen `times` over, by index (item i is item i mod n)."""
+
+    def __init__(self, items, times: int) -> None:
+        self.items, self.times, self.n = items, times, len(items)
+
+    def __len__(self) -> int:
+        return self.n * self.times
+
+    def __getitem__(self, index: int):
+        return self.items[index % self.n]
+
+
 @dataclass
 class Feed:
     items: list[State] | object  # a list, or an ActivationCache (indexable, len())
@@ -105,6 +118,22 @@ class Feed:
     def batches(self, order: list[list[int]]) -> Iterator[Batch]:
         for indices in order:
             yield self.batch(indices)
+
+    def repeated(self, times: int) -> Feed:
+        """Every example `times` times (views, nothing copied): an epoch of a few examples
+        becomes enough batches to learn from between two validations."""
+        if times <= 1:
+            return self
+        return Feed(
+            Repeated(self.items, times),
+            {key: value.repeat(times) for key, value in self.targets.items()},
+            self.start,
+            self.collate,
+            self.lengths * times if self.lengths else None,
+            self.units * times if self.units else None,
+            self.augmented,
+            self.inputs * times if self.inputs is not None else None,
+        )
 
     def at(self, items: object, start: int, collate: Collate) -> Feed:
         """The same examples and targets, entering the model at `start` (a cached feed)."""

@@ -9,6 +9,7 @@ from tsuika.methods.concepts import (
     HypernetworkMethod,
     TextualInversion,
 )
+from tsuika.methods.contrastive import Contrastive
 from tsuika.methods.distill import Distill
 from tsuika.methods.finetune import Finetune
 from tsuika.methods.prompt_tuning import PromptTuning
@@ -17,6 +18,7 @@ from tsuika.methods.transfer import Transfer
 METHODS: dict[str, type[Method]] = {
     "transfer": Transfer,
     "finetune": Finetune,
+    "contrastive": Contrastive,
     "lora": Lora,
     "dora": Dora,
     "ia3": IA3,
@@ -30,6 +32,11 @@ METHODS: dict[str, type[Method]] = {
 
 
 def method_class(name: str) -> type[Method]:
+    if name == "auto":  # resolved by `tsuika.methods.recipe` once the data is read
+        raise TsuikaError(
+            "method `auto` is chosen from the training data when a run starts; name a method "
+            f"here ({', '.join(METHODS)})"
+        )
     if name not in METHODS:
         raise TsuikaError(f"unknown method `{name}`; methods are {', '.join(METHODS)}")
     return METHODS[name]
@@ -38,6 +45,7 @@ def method_class(name: str) -> type[Method]:
 __all__ = [
     "IA3",
     "METHODS",
+    "Contrastive",
     "Distill",
     "Dora",
     "DreamBooth",

@@ -8,13 +8,21 @@ unfrozen one at a time from the top (gradual unfreezing, Howard & Ruder 2018, UL
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fnmatch import fnmatch
+
+import torch
 
 from tsuika.config import Config
 from tsuika.errors import TsuikaError
+from tsuika.feed import Feed
+from tsuika.feed.cache import CacheSettings, cache_boundary
 from tsuika.methods.base import Method, decay_groups, set_trainable
 from tsuika.models.base import AdaptableModel
 from tsuika.tasks.base import Task
+
+PROBE_STEPS = 100
+PROBE_LR = 1e-2
 
 
 def frozen_groups(model: AdaptableModel, freeze: int | str | list[str]) -> set[int]:
@@ -83,6 +91,7 @@ class Finetune(Method):
         return sorted(self._rates(model), reverse=True)
 
     def prepare(self, model: AdaptableModel) -> None:
+        model.frozen_statistics = self.settings.batchnorm == "frozen"
         order = self._schedule(model)
         start = order[:1] if self.settings.unfreeze_every else order
         set_trainable(model, set(start))
@@ -104,6 +113,14 @@ class Finetune(Method):
             set_trainable(model, wanted)
         return [f"unfroze {name}" for name in newly]
 
+    def precompute(
+        self, model: AdaptableModel, feed: Feed, settings: CacheSettings, name: str
+    ) -> Feed:
+        feed = super().precompute(model, feed, settings, name)
+        if name == "train" and self.settings.head_init == "probe" and self.new_head:
+            fit_head_on_features(model, feed, self.task, settings, self.config.train.weight_decay)
+        return feed
+
     def param_groups(self, model: AdaptableModel) -> list[dict]:
         """Every group that may ever train gets its rate; those still frozen get no gradient
         and therefore no optimizer state until they unfreeze."""
@@ -119,3 +136,27 @@ class Finetune(Method):
             for p in module.parameters():
                 p.requires_grad_(id(p) in trainable)
         return out
+
+
+def fit_head_on_features(
+    model: AdaptableModel, feed: Feed, task: Task, settings: CacheSettings, weight_decay: float
+) -> None:
+    """LP-FT's first stage: the head alone, full-batch AdamW on the pooled features of `feed`
+    (computed once, in memory, by the model as it is: pretrained), with the task's loss."""
+    pooled_at = model.num_stages - 1
+    in_memory = replace(settings, mode="memory", folder=None, progress=None)
+    features = cache_boundary(model, feed, pooled_at, in_memory, "probe")
+    everything = features.batch(list(range(len(features))))
+    device = next(model.head.parameters()).device
+    state = {k: v.to(device) for k, v in everything.state.items()}
+    targets = {k: v.to(device) for k, v in everything.targets.items()}
+    head = model.head
+    optimizer = torch.optim.AdamW(head.parameters(), lr=PROBE_LR, weight_decay=weight_decay)
+    was_training = head.training
+    head.train()
+    for _ in range(PROBE_STEPS):
+        loss = task.loss(head(state), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    head.train(was_training)

@@ -68,6 +68,9 @@ class AdaptableModel(nn.Module):
         # parameters are the stages' and must not appear twice in `state_dict()`.
         object.__setattr__(self, "library", library)
         object.__setattr__(self, "adapters", None)
+        self.frozen_statistics = False
+        """True: every BatchNorm layer normalises with its running statistics in training
+        too, and never updates them (`finetune.batchnorm: frozen`)."""
         """The PEFT model wrapping `library` once a method injected adapters."""
 
     @property
@@ -116,10 +119,8 @@ class AdaptableModel(nn.Module):
             # (adapters on a frozen base) keeps its running statistics too.
             for module in self.modules():
                 params = list(module.parameters(recurse=False))
-                if (
-                    isinstance(module, nn.modules.batchnorm._BatchNorm)
-                    and params
-                    and not any(p.requires_grad for p in params)
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+                    self.frozen_statistics or (params and not any(p.requires_grad for p in params))
                 ):
                     module.eval()
         return self

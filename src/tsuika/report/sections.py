@@ -131,6 +131,7 @@ def trained(run: RunFiles) -> Section:
     body = (
         f"<p>{parameters.get('trained', 0):,} of {total:,} parameters trained "
         f"(<b>{percent(share)}</b>), method <b>{text(run.summary['method'])}</b>.</p>"
+        + chosen_because(run.summary)
         + table(
             ["layer group", "parameters", "trained", "base rate"], rows, [False, True, False, True]
         )
@@ -328,3 +329,11 @@ def concept(run: RunFiles) -> list[Section]:
         f"Concept prompt: {text(found['prompt'])}.</p>"
     )
     return [Section("concept", "The new concept and what the model knew", body)]
+
+
+def chosen_because(summary: dict) -> str:
+    """Why `method: auto` chose the method (nothing when the user named one)."""
+    recipe = summary.get("recipe")
+    if not recipe:
+        return ""
+    return f"<p>Chosen by <code>method: auto</code>: {text(recipe['reason'])}.</p>"

@@ -190,7 +190,8 @@ class Loop:
         state.history.append(record)
         score, loss = record[f"val_{task.selection}"], record["val_loss"]
         tie = score == state.best_score and loss < state.best_loss
-        if state.best_score is None or task.better(score, state.best_score) or tie:
+        last = self.config.select == "last"  # every epoch replaces the one kept
+        if last or state.best_score is None or task.better(score, state.best_score) or tie:
             state.best_score, state.best_loss = score, loss
             state.best_epoch = record["epoch"]
             self.best = self._copy()

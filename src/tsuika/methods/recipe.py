@@ -1,0 +1,130 @@
+"""`method: auto` — the method and settings a run gets when none is named, chosen from the
+data (how many examples each class has, text or images) and said in one line.
+
+The rules are measured, not assumed (bench/small_data.py; figures in bench/RESULTS.md), and
+every choice is an ordinary config setting the user can override by naming a method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import median
+
+from tsuika.config import Config, merge
+from tsuika.data.splits import Splits
+from tsuika.tasks.base import Task
+
+SMALL_IMAGE = 64
+"""Source images whose median shorter side is at most this many pixels are read at
+`SMALL_IMAGE_INPUT` instead of the model's own size (28-px Fashion-MNIST: 0.851 at 224 px,
+0.843 at 128 px, a third of the time)."""
+SMALL_IMAGE_INPUT = 128
+FEW_SHOT = 128
+"""Up to this many examples in the smallest class, text classifiers learn from contrastive
+pairs; above it, from the labels directly."""
+
+
+@dataclass
+class Recipe:
+    method: str
+    settings: dict
+    """Config overrides (sections as nested dicts) that come with the method."""
+    reason: str
+
+    def applied(self, config: Config) -> Config:
+        """The config with the recipe's method and settings; what the user set explicitly
+        in those sections is not overridden (`train.epochs=…` still wins)."""
+        chosen = merge(config.model_dump(), {"method": self.method, **self.settings})
+        explicit = config.model_dump(exclude_unset=True)
+        return Config.model_validate(merge(chosen, _without(explicit, "method")))
+
+
+def _without(tree: dict, key: str) -> dict:
+    return {k: v for k, v in tree.items() if k != key}
+
+
+def per_class(splits: Splits, task: Task) -> int:
+    """Training examples of the rarest class (what few-shot methods scale with)."""
+    labels = splits.train.targets[task.columns[0]]
+    counts: dict = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return min(counts.values()) if counts else 0
+
+
+def image_side(splits: Splits) -> int:
+    """Median shorter side of the training images, in pixels."""
+    return int(median(min(image.shape[-2:]) for image in splits.train.inputs))
+
+
+def choose(config: Config, task: Task, splits: Splits, modality: str) -> Recipe:
+    if task.name == "causal-lm":
+        return Recipe("lora", {}, "causal language model: LoRA adapters (PEFT)")
+    if task.name == "text-to-image":
+        return Recipe(
+            "dreambooth",
+            {},
+            "text-to-image: DreamBooth with prior preservation (the most "
+            "faithful of the four concept methods on the bundled model)",
+        )
+    if task.name != "classify":
+        return Recipe(
+            "transfer",
+            {},
+            f"{task.name}: transfer learning (a new head on frozen "
+            "features; name a method to fine-tune)",
+        )
+    k = per_class(splits, task)
+    if modality == "image":
+        return _images(config, splits, k)
+    return _text(k)
+
+
+def fixed_schedule(epochs: int, batch_size: int, backbone_lr: float, lr: float) -> dict:
+    """`train` settings of a schedule run to its end: warmup then cosine decay, no early
+    stopping, the last epoch kept (with a few examples, a validation split is too small to
+    choose an epoch by; it still reports)."""
+    return {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "backbone_lr": backbone_lr,
+        "lr": lr,
+        "warmup": 0.1,
+        "patience": None,
+        "select": "last",
+    }
+
+
+def _text(k: int) -> Recipe:
+    """Both schedules keep the embeddings frozen (their output is cached: half of MiniLM's
+    parameters, and their AdamW update, leave every step) and start from a probe's head."""
+    start = {"freeze": 1, "head_init": "probe"}
+    if k <= FEW_SHOT:
+        method, schedule = "contrastive", fixed_schedule(8, 32, backbone_lr=1e-4, lr=1e-2)
+        how = (
+            "contrastive pairs as in SetFit, every pair of a batch from one pass, 8 epochs of "
+            "at least 128 examples"
+        )
+    else:
+        method, schedule = "finetune", fixed_schedule(3, 16, backbone_lr=5e-5, lr=1e-3)
+        how = "a probe's head, then fine-tuning above the embeddings, 3 epochs"
+    reason = f"{k} examples in the smallest class: {how}, the last kept"
+    return Recipe(method, {"finetune": start, "train": schedule}, reason)
+
+
+def _images(config: Config, splits: Splits, k: int) -> Recipe:
+    """Every layer fine-tuned from a probe's head, BatchNorm statistics frozen (batches of 32
+    from a new domain would otherwise train against statistics evaluation never uses)."""
+    settings: dict = {
+        "finetune": {"freeze": 0, "head_init": "probe", "batchnorm": "frozen"},
+        "train": fixed_schedule(4, 32, backbone_lr=3e-4, lr=1e-3),
+    }
+    why = [
+        f"{k} images in the smallest class: a probe's head, then every layer fine-tuned "
+        "(BatchNorm statistics frozen), 4 epochs, the last kept"
+    ]
+    side = image_side(splits)
+    if config.data.image_size is None and side <= SMALL_IMAGE:
+        settings["data"] = {"image_size": SMALL_IMAGE_INPUT}
+        why.append(f"{side}-px images read at {SMALL_IMAGE_INPUT} px")
+    return Recipe("finetune", settings, "; ".join(why))

@@ -1,0 +1,223 @@
+"""The small-data recipe (`method: auto`) and its parts: the contrastive pair loss and method,
+a feed repeated within an epoch, a head fitted by a probe before fine-tuning (LP-FT), and
+`train.select`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import fast_config
+
+import tsuika
+from tsuika.api import task_and_data
+from tsuika.config import build_config
+from tsuika.data.splits import Examples, Splits
+from tsuika.feed.cache import CacheSettings
+from tsuika.methods import Contrastive, Finetune
+from tsuika.methods.contrastive import pair_loss
+from tsuika.methods.recipe import SMALL_IMAGE_INPUT, choose
+from tsuika.tasks import task_for
+from tsuika.train.phase import feed_of
+
+
+# -- the pair loss ---------------------------------------------------------------------------
+def test_pair_loss_is_setfits_cosine_loss_with_positives_and_negatives_weighed_equally():
+    features = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    cos01, cos02, cos12 = 1 / math.sqrt(2), 0.0, 1 / math.sqrt(2)
+    positives = (cos01 - 1) ** 2  # the one pair of the same class
+    negatives = ((cos02 - 0) ** 2 + (cos12 - 0) ** 2) / 2
+    expected = (positives + negatives) / 2
+    assert pair_loss(features, labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_pair_loss_is_zero_when_classes_are_orthogonal_and_tight():
+    features = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.0, 1.0]])
+    assert pair_loss(features, torch.tensor([0, 0, 1, 1])).item() == pytest.approx(0.0)
+
+
+def test_pair_loss_with_one_kind_of_pair_or_none():
+    same = pair_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([1, 1]))
+    assert same.item() == pytest.approx(1.0)  # cos 0, target 1
+    single = pair_loss(torch.tensor([[1.0, 0.0]], requires_grad=True), torch.tensor([0]))
+    assert single.item() == 0.0
+    single.backward()  # a batch of one still has a graph
+
+
+# -- the recipe's choices --------------------------------------------------------------------
+def _splits(per_class: int, inputs=None) -> Splits:
+    labels = ["a", "b"] * per_class
+    inputs = inputs or [f"text {i}" for i in range(len(labels))]
+    train = Examples(inputs, {"label": labels})
+    return Splits(train, Examples([], {"label": []}), Examples([], {"label": []}))
+
+
+def _choice(per_class: int, modality: str = "text", inputs=None, **tree):
+    config = build_config({"model": "minilm-l6", **tree})
+    task = task_for(config, modality)
+    splits = _splits(per_class, inputs)
+    recipe = choose(config, task, splits, modality)
+    return recipe, recipe.applied(config)
+
+
+@pytest.mark.parametrize("per_class", [1, 8, 64, 128])
+def test_few_texts_per_class_get_contrastive_pairs_and_a_fixed_schedule(per_class):
+    recipe, config = _choice(per_class)
+    assert config.method == "contrastive"
+    assert config.train.select == "last" and config.train.patience is None
+    assert f"{per_class} examples" in recipe.reason
+
+
+def test_many_texts_per_class_get_fine_tuning_from_a_probes_head():
+    recipe, config = _choice(512)
+    assert config.method == "finetune" and config.finetune.head_init == "probe"
+    assert config.finetune.freeze == 1  # the embeddings: cached
+    assert "512 examples" in recipe.reason
+
+
+def test_what_the_user_set_wins_over_the_recipe():
+    _, config = _choice(8, train={"epochs": 3, "lr": 0.5})
+    assert config.method == "contrastive"
+    assert config.train.epochs == 3 and config.train.lr == 0.5
+    assert config.train.select == "last"  # the rest still comes from the recipe
+
+
+def test_small_images_are_read_at_a_smaller_size_unless_set():
+    small = [torch.zeros(3, 28, 28, dtype=torch.uint8)] * 20
+    _, config = _choice(10, "image", small, model="efficientnet-lite0")
+    assert config.data.image_size == SMALL_IMAGE_INPUT
+    assert config.finetune.batchnorm == "frozen" and config.finetune.head_init == "probe"
+    _, config = _choice(10, "image", small, model="efficientnet-lite0", data={"image_size": 96})
+    assert config.data.image_size == 96
+    large = [torch.zeros(3, 300, 400, dtype=torch.uint8)] * 20
+    recipe, config = _choice(10, "image", large, model="efficientnet-lite0")
+    assert config.data.image_size is None and "px" not in recipe.reason
+
+
+def test_other_tasks_keep_transfer_learning():
+    recipe, config = _choice(8, task="regression")
+    assert config.method == "transfer" and "regression" in recipe.reason
+
+
+# -- end to end ------------------------------------------------------------------------------
+def test_train_without_a_method_says_what_it_chose_and_records_it(
+    tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+):
+    config = fast_config(tiny_bert_dir, tiny_csv, tmp_path / "runs", progress=True, report=True)
+    del config["method"]
+    del config["train"]  # the recipe's schedule
+    run = tsuika.train(config)
+    err = capsys.readouterr().err
+    assert "method auto → contrastive" in err
+    assert run.summary["recipe"]["method"] == "contrastive"
+    assert "examples in the smallest class" in run.summary["recipe"]["reason"]
+    saved = (run.path / "config.yaml").read_text(encoding="utf-8")
+    assert "method: contrastive" in saved  # resuming trains the same method
+    assert run.summary["training"]["best_epoch"] == run.summary["training"]["epochs_run"]
+    assert "Chosen by <code>method: auto</code>" in (run.path / "report.html").read_text()
+
+
+def test_select_last_keeps_the_final_epoch(tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path):
+    config = fast_config(
+        tiny_bert_dir, tiny_csv, tmp_path / "runs", train={"epochs": 4, "select": "last"}
+    )
+    run = tsuika.train(config)
+    assert run.summary["training"]["best_epoch"] == 4
+
+
+# -- the parts -------------------------------------------------------------------------------
+def _prepared(method_class, tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path, **tree):
+    config = build_config(
+        {**fast_config(tiny_bert_dir, tiny_csv, tmp_path), "finetune": {"freeze": 1}, **tree}
+    )
+    task, splits = task_and_data(config)
+    method = method_class(config, task)
+    model = method.build_model(config)
+    method.prepare(model)
+    return method, model, feed_of(model, task, splits.train)
+
+
+def test_a_repeated_feed_is_views_of_the_same_examples(tiny_bert_dir, tiny_csv, tmp_path):
+    _, _, feed = _prepared(Finetune, tiny_bert_dir, tiny_csv, tmp_path)
+    n = len(feed)
+    twice = feed.repeated(3)
+    assert len(twice) == 3 * n and twice.lengths == feed.lengths * 3
+    again, first = twice.batch([n + 2]), feed.batch([2])
+    assert torch.equal(again.state["input_ids"], first.state["input_ids"])
+    assert torch.equal(again.targets["label"], first.targets["label"])
+    assert feed.repeated(1) is feed
+
+
+def test_a_probe_fits_the_head_before_fine_tuning_and_touches_nothing_else(
+    tiny_bert_dir, tiny_csv, tmp_path
+):
+    method, model, feed = _prepared(
+        Finetune,
+        tiny_bert_dir,
+        tiny_csv,
+        tmp_path,
+        method="finetune",
+        finetune={"freeze": 1, "head_init": "probe"},
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    everything = feed.batch(list(range(len(feed))))
+
+    def head_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return method.task.loss(model(everything.state), everything.targets).item()
+
+    untrained = head_loss()
+    method.precompute(model, feed, CacheSettings(mode="memory"), "train")
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    head = f"stages.{model.num_stages - 1}."
+    assert changed and all(n.startswith(head) for n in changed)
+    assert head_loss() < 0.5 * untrained
+    method.precompute(model, feed, CacheSettings(mode="memory"), "val")  # not on validation
+    assert {n for n, p in model.named_parameters() if not torch.equal(p, before[n])} == changed
+
+
+def test_contrastive_body_learns_from_the_pairs_and_the_head_from_the_labels(
+    tiny_bert_dir, tiny_csv, tmp_path
+):
+    method, model, feed = _prepared(
+        Contrastive, tiny_bert_dir, tiny_csv, tmp_path, method="contrastive"
+    )
+    model.eval()  # no dropout: the two passes below compute the same numbers
+    batch = feed.batch(list(range(16)))
+    out = method.step(model, batch)
+    out["loss"].backward()
+    step_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    pooled_at = model.num_stages - 1
+    features = model(batch.state, 0, pooled_at)["features"]
+    pair_loss(features, batch.targets["label"]).backward()
+    head = f"stages.{pooled_at}."
+    body = {n for n in step_grads if not n.startswith(head)}
+    assert body and any(n.startswith(head) for n in step_grads)
+    for name in body:  # the cross-entropy on detached features never reaches the body
+        assert torch.allclose(step_grads[name], dict(model.named_parameters())[name].grad)
+
+
+def test_contrastive_epochs_hold_at_least_128_examples_in_random_batches(
+    tiny_bert_dir, tiny_csv, tmp_path
+):
+    method, model, feed = _prepared(
+        Contrastive, tiny_bert_dir, tiny_csv, tmp_path, method="contrastive"
+    )
+    settings = CacheSettings(mode="memory")
+    train = method.precompute(model, feed, settings, "train")
+    assert len(train) >= 128 and len(train) % len(feed) == 0
+    assert train.lengths is None  # not length buckets: new pairs every epoch
+    assert len(method.precompute(model, feed, settings, "val")) == len(feed)
+
+
+def test_inspect_without_a_method_asks_for_one(tiny_bert_dir, capsys):
+    from tsuika.cli import main
+
+    assert main(["inspect", str(tiny_bert_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "method `auto` is chosen from the training data" in err and "finetune" in err
