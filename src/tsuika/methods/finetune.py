@@ -146,10 +146,9 @@ def fit_head_on_features(
     pooled_at = model.num_stages - 1
     in_memory = replace(settings, mode="memory", folder=None, progress=None)
     features = cache_boundary(model, feed, pooled_at, in_memory, "probe")
-    everything = features.batch(list(range(len(features))))
     device = next(model.head.parameters()).device
-    state = {k: v.to(device) for k, v in everything.state.items()}
-    targets = {k: v.to(device) for k, v in everything.targets.items()}
+    everything = features.batch(list(range(len(features)))).to(device)
+    state, targets = everything.state, everything.targets
     head = model.head
     optimizer = torch.optim.AdamW(head.parameters(), lr=PROBE_LR, weight_decay=weight_decay)
     was_training = head.training
