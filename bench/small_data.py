@@ -20,11 +20,12 @@ images), 100 per class:
     1e-3, batch 32, 3 epochs, the features recomputed every epoch (no cache).
 
 Training seconds: wall time from the model as loaded to the model ready to predict — the
-feature extraction of a probe, SetFit's and Trainer's `train()`, tsuika's cache + fit
-(its per-epoch validation included; validation is 50 other examples per class, and the recipe
-keeps the last epoch, so they only report). Model loading, tokenising and the test pass are
-not counted, for any side. Peak memory: each side runs in its own process (this script with
-`--side`); its `ru_maxrss`. Needs `pip install .[bench]` (SetFit, datasets).
+feature extraction of a probe, SetFit's and Trainer's `train()`, tsuika's cache + the probe's
+head (LP-FT) + fit (its per-epoch validation included; validation is 50 other examples per
+class, and the recipe keeps the last epoch, so they only report). Model loading, tokenising
+and the test pass are not counted, for any side. Peak memory: each side runs in its own
+process (this script with `--side`); its `ru_maxrss`. Needs `pip install .[bench]` (SetFit,
+datasets).
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ def run_tsuika(splits: tuple, column: str, model: str, folder: Path, seed: int) 
     recipe = run.summary.get("recipe", {})
     return {
         "accuracy": run.summary["test"]["accuracy"],
-        "train_s": timings.get("cache", 0.0) + timings["fit"],
+        # Every part of the adaptation: the frozen prefix's cache, LP-FT's head, the fit.
+        "train_s": sum(timings.get(part, 0.0) for part in ("cache", "head", "fit")),
         "note": f"{recipe.get('method')}, {run.summary['training']['epochs_run']} epochs"
         if "training" in run.summary and "epochs_run" in run.summary["training"]
         else recipe.get("method", ""),
@@ -410,6 +412,11 @@ def main() -> None:
         "(the newest run of each side, k and seed), so a part can be re-run alone",
     )
     parser.add_argument("--fresh", action="store_true", help="start a new results file")
+    parser.add_argument(
+        "--missing",
+        action="store_true",
+        help="skip each side, k and seed that already has a result in the results file",
+    )
     parser.add_argument("--side")
     parser.add_argument("--k", type=int)
     parser.add_argument("--seed", type=int, default=0)
@@ -436,8 +443,10 @@ def main() -> None:
     if args.part in ("images", "all"):
         plan += [("images", side, 100) for side in IMAGE_SIDES]
     plan = [p for p in plan if not args.sides or p[1] in args.sides]
+    done = newest(store) if args.missing and store.exists() else {}
     for part, side, k in plan:
-        for seed in seeds:
+        finished = {r["seed"] for r in done.get((part, side, k), []) if "error" not in r}
+        for seed in (s for s in seeds if s not in finished):
             result = run_side(part, side, k, seed)
             record = {"part": part, "side": side, "k": k, "seed": seed, "date": str(date.today())}
             with store.open("a", encoding="utf-8") as f:

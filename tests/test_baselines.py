@@ -21,7 +21,7 @@ from tsuika.evaluate.budget import adapted_flops, matched_epochs, stage_flops
 from tsuika.evaluate.classical import classical_features
 from tsuika.evaluate.summary import strongest
 from tsuika.evaluate.verdicts import transfer_verdict
-from tsuika.feed import input_feed
+from tsuika.feed import Pretrained, input_feed
 from tsuika.feed.cache import CacheSettings
 from tsuika.methods import method_class
 from tsuika.models import model_for
@@ -215,8 +215,8 @@ def test_probe_features_from_the_cache_equal_a_live_pass(base_config):
     assert cached.start == 2
     hook_cached = BeforeTraining(task, features=True, outputs=False)
     hook_live = BeforeTraining(task, features=True, outputs=False)
-    hook_cached(model, {"train": cached, "val": cached, "test": cached})
-    hook_live(model, {"train": feed, "val": feed, "test": feed})
+    hook_cached(model, Pretrained(model, {"train": cached, "val": cached, "test": cached}))
+    hook_live(model, Pretrained(model, {"train": feed, "val": feed, "test": feed}))
     torch.testing.assert_close(
         torch.from_numpy(hook_cached.features[0]), torch.from_numpy(hook_live.features[0])
     )

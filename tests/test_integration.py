@@ -205,3 +205,19 @@ def test_minilm_distilled_into_three_blocks_beats_the_same_student_without_teach
     assert kd["teacher"]["accuracy"] >= 0.66
     assert gain["gain"] >= 0.01
     assert kd["retained_percent"] >= 97
+
+
+@pytest.mark.integration
+def test_check_finds_the_near_duplicate_across_the_bundled_review_split():
+    """The bundled NOTICE names one near duplicate: a test review that is also in train,
+    wrapped in quotes (measured cosine 0.985; the next pair that is not a paraphrase of one
+    another, 0.895). The exact check passes; the embeddings find it."""
+    from tsuika.advise import check
+
+    findings = check(model="minilm-l6", data={"train": "bundled:reviews"})
+    found = {(f.check, f.verdict): f for f in findings}
+    assert ("leakage", "problem") in found
+    leaked = [row["input"] for pair in found[("leakage", "problem")].examples for row in pair]
+    assert any(text.startswith("'Stock up on silver bullets") for text in leaked)
+    assert found[("leakage", "problem")].count <= 3  # measured 2 (the other: a paraphrase)
+    assert found[("balance", "ok")].numbers["ratio"] == 1.0

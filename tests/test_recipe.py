@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import fast_config
+from helpers import fast_config, run_folders
 
 import tsuika
+import tsuika.feed
 from tsuika.api import task_and_data
 from tsuika.config import build_config
 from tsuika.data.splits import Examples, Splits
+from tsuika.feed import Pretrained
 from tsuika.feed.cache import CacheSettings
 from tsuika.methods import Contrastive, Finetune
 from tsuika.methods.contrastive import pair_loss
@@ -63,12 +65,12 @@ def _choice(per_class: int, modality: str = "text", inputs=None, **tree):
     return recipe, recipe.applied(config)
 
 
-@pytest.mark.parametrize("per_class", [1, 8, 64, 128])
-def test_few_texts_per_class_get_contrastive_pairs_and_a_fixed_schedule(per_class):
+@pytest.mark.parametrize("per_class,epochs", [(1, 8), (8, 8), (31, 8), (32, 16), (128, 16)])
+def test_few_texts_per_class_get_contrastive_pairs_and_a_fixed_schedule(per_class, epochs):
     recipe, config = _choice(per_class)
-    assert config.method == "contrastive"
+    assert config.method == "contrastive" and config.train.epochs == epochs
     assert config.train.select == "last" and config.train.patience is None
-    assert f"{per_class} examples" in recipe.reason
+    assert f"{per_class} examples" in recipe.reason and f"{epochs} epochs" in recipe.reason
 
 
 def test_many_texts_per_class_get_fine_tuning_from_a_probes_head():
@@ -118,6 +120,27 @@ def test_train_without_a_method_says_what_it_chose_and_records_it(
     assert "method: contrastive" in saved  # resuming trains the same method
     assert run.summary["training"]["best_epoch"] == run.summary["training"]["epochs_run"]
     assert "Chosen by <code>method: auto</code>" in (run.path / "report.html").read_text()
+
+
+def test_the_recipe_applies_to_a_config_file_and_what_it_sets_wins(
+    tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path
+):
+    import yaml
+
+    from tsuika.cli import main
+
+    config = fast_config(tiny_bert_dir, tiny_csv, tmp_path / "runs", train={"epochs": 2})
+    del config["method"]
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["train", str(config_file), "train.lr=0.02", "--quiet"]) == 0
+    (folder,) = run_folders(tmp_path / "runs")
+    saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["method"] == "contrastive"
+    assert saved["train"]["select"] == "last"  # from the recipe
+    assert saved["finetune"]["head_init"] == "probe"
+    assert saved["train"]["epochs"] == 2 and saved["train"]["batch_size"] == 8  # the file's
+    assert saved["train"]["lr"] == 0.02  # the command line's
 
 
 def test_select_last_keeps_the_final_epoch(tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path):
@@ -172,12 +195,39 @@ def test_a_probe_fits_the_head_before_fine_tuning_and_touches_nothing_else(
 
     untrained = head_loss()
     method.precompute(model, feed, CacheSettings(mode="memory"), "train")
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    method.before_fit(model, Pretrained(model, {"train": feed}))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     head = f"stages.{model.num_stages - 1}."
     assert changed and all(n.startswith(head) for n in changed)
     assert head_loss() < 0.5 * untrained
-    method.precompute(model, feed, CacheSettings(mode="memory"), "val")  # not on validation
-    assert {n for n, p in model.named_parameters() if not torch.equal(p, before[n])} == changed
+
+
+def test_the_probe_baseline_and_the_probes_head_share_one_pass_per_split(
+    tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path, monkeypatch
+):
+    passes = []
+    real = tsuika.feed.gather_outputs
+
+    def counted(model, feed, *args, **kwargs):
+        if kwargs.get("stop") == model.num_stages - 1:  # pooled features
+            passes.append(len(feed))
+        return real(model, feed, *args, **kwargs)
+
+    monkeypatch.setattr(tsuika.feed, "gather_outputs", counted)
+    config = fast_config(
+        tiny_bert_dir,
+        tiny_csv,
+        tmp_path,
+        method="finetune",
+        finetune={"freeze": 1, "head_init": "probe"},
+        baselines={"probe": True},
+        train={"epochs": 1},
+    )
+    run = tsuika.train(config)
+    assert "probe" in run.summary["baselines"]
+    data = run.summary["data"]
+    assert sorted(passes) == sorted([data["train"], data["validation"], data["test"]])
 
 
 def test_contrastive_body_learns_from_the_pairs_and_the_head_from_the_labels(

@@ -12,6 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from tsuika.advice import Finding, cheap_checks, label_columns
 from tsuika.config import Config, build_config, load_config, merge, to_yaml
 from tsuika.console import say, warn
 from tsuika.data.reading import load_splits
@@ -83,6 +84,11 @@ def train(
     modality = modality_of(config.model)
     task = task_for(config, modality)
     splits = read_data(config, modality, task)  # bad data fails before anything is written
+    findings = data_warnings(splits, task) if resume is None else []
+    if config.train.balance == "weights":
+        task.balance(splits.train)
+    elif config.train.balance == "sampler":  # a task without classes fails here, not later
+        task.draw_weights(task.targets(splits.train))
     reason = None
     if config.method == "auto":  # never when resuming: a run's config names its method
         recipe = choose(config, task, splits, modality)
@@ -111,11 +117,32 @@ def train(
         with tracked(config, path, resume is not None) as tracker:
             resumed = resume is not None
             run = _train_in(
-                path, config, task, method, splits, model, resumed, started, tracker, reason
+                path,
+                config,
+                task,
+                method,
+                splits,
+                model,
+                resumed,
+                started,
+                tracker,
+                reason,
+                findings,
             )
     except KeyboardInterrupt:
         raise RunInterrupted(path) from None
     return run
+
+
+def data_warnings(splits: Splits, task: Task) -> list[Finding]:
+    """The data checks that need no model (`tsuika check` runs them all), each finding
+    beyond `ok` said as a warning."""
+    findings = cheap_checks(splits, label_columns(task.name, task.columns))
+    for finding in findings:
+        if finding.verdict != "ok":
+            fix = f"; fix: {finding.fix}" if finding.fix else ""
+            warn(f"data check, {finding.check}: {finding.text}{fix}")
+    return findings
 
 
 def task_and_data(config: Config) -> tuple[Task, Splits]:
@@ -161,9 +188,10 @@ def _train_in(
     started: float,
     tracker: Tracker | None,
     reason: str | None = None,
+    findings: list[Finding] | None = None,
 ) -> Run:
     """Train, run the baselines, write the summary, predictions and report; `reason`: why
-    `method: auto` chose this method."""
+    `method: auto` chose this method; `findings`: the data checks run before training."""
     main = is_main_process()
     log = MetricsLog(path / "metrics.jsonl" if main else None, tracker.log if tracker else None)
     wanted = wanted_baselines(config, task, method, model)
@@ -196,6 +224,8 @@ def _train_in(
     summary |= method.evidence(model, splits, summary)
     if reason is not None:
         summary["recipe"] = {"method": config.method, "reason": reason}
+    if findings:
+        summary["checks"] = [finding.as_dict() for finding in findings]
     summary["timings"] = {
         **phase.timings,
         "baselines": sum(b.seconds for b in baselines),

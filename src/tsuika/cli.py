@@ -244,6 +244,93 @@ def _block_list(text: str) -> list[int]:
 
 
 @app.command()
+def check(
+    args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
+    data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL or image folder")] = None,
+    test: Annotated[str | None, typer.Option(help="test file (default: held out)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model whose frozen features compare inputs")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option(help="data of another domain, to measure the shift from")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="findings as JSON")] = False,
+    quick: Annotated[bool, typer.Option(help="only the checks that need no model")] = False,
+) -> None:
+    """Is the data sound? Class balance, empty and extreme inputs, exact and near
+    duplicates, leakage between splits, suspected label errors, and with --source the
+    domain shift: each with a count, examples, a verdict and the fix."""
+    from tsuika.advise import check as check_api
+
+    flags = {"data.train": data, "data.test": test, "model": model}
+    config = _config_from(args, flags, quiet=True)
+    findings = check_api(config, source=source, features=not quick)
+    if as_json:
+        out.print_json(json.dumps([f.as_dict() for f in findings]))
+        return
+    out.print(findings_table(findings))
+    for finding in findings:
+        if finding.verdict == "ok":
+            continue
+        out.print(f"[bold]{finding.check}[/bold]: {escape(finding.text)}")
+        for example in finding.examples:
+            out.print(f"    {escape(json.dumps(example, ensure_ascii=False))}")
+        if finding.fix:
+            out.print(f"  fix: {escape(finding.fix)}")
+
+
+VERDICT_STYLES = {"ok": "green", "warning": "yellow", "problem": "bold red"}
+
+
+def findings_table(findings: list) -> Table:
+    table = Table("verdict", "check", "count", "finding", title="data checks")
+    for finding in findings:
+        style = VERDICT_STYLES.get(finding.verdict, "")
+        table.add_row(
+            f"[{style}]{finding.verdict}[/{style}]",
+            finding.check,
+            str(finding.count),
+            escape(finding.text),
+        )
+    return table
+
+
+@app.command()
+def rank(
+    args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
+    data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL or image folder")] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(help="candidates (repeat the option); random:NAME = NAME untrained"),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="training examples scored per model")] = 2000,
+    as_json: Annotated[bool, typer.Option("--json", help="scores as JSON")] = False,
+) -> None:
+    """Order candidate pretrained models for your data without fine-tuning any: LogME
+    on their frozen features, and a cross-validated linear probe."""
+    from tsuika.advise import rank as rank_api
+
+    config = _config_from(args, {"data.train": data}, quiet=True)
+    results = rank_api(config, models=models, limit=limit)
+    if as_json:
+        out.print_json(json.dumps(results))
+        return
+    table = Table("rank", "model", "LogME", "probe (5-fold)", "seconds", title="model ranking")
+    for place, row in enumerate(results, 1):
+        seconds = row["seconds"]
+        table.add_row(
+            str(place),
+            escape(row["model"]),
+            f"{row['logme']:.4f}",
+            f"{row['probe']:.3f} {row['probe_metric']}",
+            f"{seconds['features']:.1f} features + {seconds['logme']:.2f} LogME + "
+            f"{seconds['probe']:.1f} probe",
+        )
+    table.caption = f"{results[0]['examples']} training examples each; higher is better"
+    out.print(table)
+
+
+@app.command()
 def inspect(
     model: Annotated[str, typer.Argument(help="bundled name or local model folder")],
     config: Annotated[Path | None, typer.Argument(help="a config: show what trains")] = None,

@@ -109,6 +109,10 @@ class TrainConfig(Section):
     """Which epoch's weights the run keeps: the best on validation, or the last (a fixed
     schedule, for data too small to hold out a validation split worth choosing by; the
     validation figures are still reported)."""
+    balance: Literal["none", "weights", "sampler"] = "none"
+    """Imbalanced classes (classification): `weights` weighs each class's examples by
+    n / (classes × its count) in the loss; `sampler` draws each epoch's examples with
+    replacement, every class equally often. `tsuika check` says when either is worth it."""
     max_length: int = Field(128, ge=8)
     """Tokens per text; longer texts are truncated."""
     grad_accum: int = Field(1, ge=1)

@@ -19,7 +19,7 @@ from tsuika.config import Config, build_config
 from tsuika.data.splits import Splits
 from tsuika.evaluate.budget import adapted_flops, matched_epochs, stage_flops
 from tsuika.evaluate.classical import classical_features
-from tsuika.feed import gather_outputs
+from tsuika.feed import Pretrained
 from tsuika.methods import Finetune
 from tsuika.methods.base import Method
 from tsuika.models.base import AdaptableModel, State
@@ -27,7 +27,7 @@ from tsuika.tasks.base import Arrays, Task
 from tsuika.tasks.linear import FeatureSplits, in_training_span, standardised
 from tsuika.train.distributed import training_device
 from tsuika.train.metrics_log import MetricsLog
-from tsuika.train.phase import Feeds, PhaseResult, run_phase, seed_everything
+from tsuika.train.phase import PhaseResult, run_phase, seed_everything
 from tsuika.train.progress import Progress
 
 
@@ -80,17 +80,15 @@ class BeforeTraining:
         self.validation: dict[str, float] = {}
         self.seconds = 0.0
 
-    def __call__(self, model: AdaptableModel, feeds: Feeds) -> None:
+    def __call__(self, model: AdaptableModel, pretrained: Pretrained) -> None:
         started = time.perf_counter()
         if self.want_features:
-            stop = model.num_stages - 1  # everything but the (new) head
             self.features = tuple(  # type: ignore[assignment]
-                gather_outputs(model, feeds[split], stop=stop)["features"].numpy()
-                for split in ("train", "val", "test")
+                pretrained.features(split).numpy() for split in ("train", "val", "test")
             )
         if self.want_outputs:
-            self.validation = self.task.evaluate(model, feeds["val"])
-            self.outputs = self.task.gather(model, feeds["test"])
+            self.validation = self.task.evaluate(model, pretrained.feed("val"))
+            self.outputs = self.task.gather(model, pretrained.feed("test"))
         self.seconds = time.perf_counter() - started
 
 

@@ -100,6 +100,9 @@ class Feed:
     inputs: list | None = None
     """The raw inputs (texts, decoded images) the items were encoded from, for a model with
     its own preprocessing (a distillation teacher) to encode them its way."""
+    draw: list[float] | None = None
+    """Training epochs draw examples with replacement in proportion to these weights
+    (`train.balance: sampler`) instead of shuffling every example once."""
 
     def __len__(self) -> int:
         return len(self.items)
@@ -213,3 +216,30 @@ def gather_outputs(
             for index, row in zip(batch.indices, value, strict=True):
                 column[index] = row
     return {key: torch.stack(column) for key, column in rows.items()}
+
+
+class Pretrained:
+    """What the model gives before training, on each split's feed: its pooled state (every
+    stage but the head), computed at most once per split and only when asked. The
+    linear-probe baseline and LP-FT's first head start from the same pass over the training
+    split. Valid until the model trains. A feed may be given as a function that makes it,
+    called only when the split is first needed."""
+
+    def __init__(self, model: AdaptableModel, feeds: dict[str, Feed | Callable[[], Feed]]) -> None:
+        self.model, self._feeds = model, dict(feeds)
+        self._pooled: dict[str, State] = {}
+
+    def feed(self, split: str) -> Feed:
+        made = self._feeds[split]
+        if not isinstance(made, Feed):
+            made = self._feeds[split] = made()
+        return made
+
+    def pooled(self, split: str) -> State:
+        if split not in self._pooled:
+            stop = self.model.num_stages - 1
+            self._pooled[split] = gather_outputs(self.model, self.feed(split), stop=stop)
+        return self._pooled[split]
+
+    def features(self, split: str) -> torch.Tensor:
+        return self.pooled(split)["features"]

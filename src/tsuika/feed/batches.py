@@ -15,14 +15,23 @@ def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def training_batches(
-    n: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None = None
+    n: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    lengths: list[int] | None = None,
+    draw: list[float] | None = None,
 ) -> list[list[int]]:
     """A shuffled epoch. With `lengths`, batches are drawn from length buckets: shuffle, sort
     each window of 50 batches by length, cut, then shuffle the batches — most of the padding
-    saving of sorting, with the randomness SGD needs."""
+    saving of sorting, with the randomness SGD needs. With `draw` weights, the epoch is n
+    examples drawn with replacement in proportion to them."""
     rng = random.Random(seed * 100_003 + epoch)
-    order = list(range(n))
-    rng.shuffle(order)
+    if draw is not None:
+        order = rng.choices(range(n), weights=draw, k=n)
+    else:
+        order = list(range(n))
+        rng.shuffle(order)
     if lengths is not None:
         window = batch_size * 50
         order = [

@@ -28,7 +28,7 @@ from torch import nn
 from tsuika.config import Config
 from tsuika.data.splits import Splits
 from tsuika.errors import TsuikaError
-from tsuika.feed import Batch, Feed
+from tsuika.feed import Batch, Feed, Pretrained
 from tsuika.feed.cache import CacheSettings, cache_boundary
 from tsuika.files import match_umask
 from tsuika.models import model_for
@@ -145,6 +145,10 @@ class Method:
         (for baselines). Weights start as loaded and adapters start as the identity, so
         this is usually nothing; a soft prompt must be left out."""
         return contextlib.nullcontext()
+
+    def before_fit(self, model: AdaptableModel, pretrained: Pretrained) -> None:
+        """Last preparation with the pretrained model's outputs at hand (after `precompute`,
+        before the first step): e.g. a head fitted on its features."""
 
     def on_epoch_start(self, model: AdaptableModel, epoch: int) -> list[str]:
         """Change what trains at an epoch boundary; returns events to log."""

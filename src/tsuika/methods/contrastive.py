@@ -22,7 +22,7 @@ from tsuika.config import Config
 from tsuika.feed import Batch, Feed
 from tsuika.feed.cache import CacheSettings
 from tsuika.methods.finetune import Finetune
-from tsuika.models.base import AdaptableModel
+from tsuika.models.base import AdaptableModel, unwrapped
 from tsuika.tasks.base import Task
 
 EPOCH_EXAMPLES = 128
@@ -72,15 +72,10 @@ class Contrastive(Finetune):
 
     def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         state = self.task.inputs(batch.state, batch.targets)
-        pooled_at = len(batch_model(model).stages) - 1
+        pooled_at = len(unwrapped(model).stages) - 1
         pooled = model(state, batch.start, pooled_at)
         pairs = pair_loss(pooled["features"], batch.targets[self.column])
         detached = {**pooled, "features": pooled["features"].detach()}
         outputs = model(detached, pooled_at)
         loss = self.task.losses(outputs, batch.targets).mean() + pairs
         return {"loss": loss, "outputs": outputs, "pair_loss": pairs.detach()}
-
-
-def batch_model(model: nn.Module) -> nn.Module:
-    """The AdaptableModel inside whatever wraps it for data parallelism."""
-    return getattr(model, "module", model)

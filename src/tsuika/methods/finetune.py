@@ -8,17 +8,16 @@ unfrozen one at a time from the top (gradual unfreezing, Howard & Ruder 2018, UL
 
 from __future__ import annotations
 
-from dataclasses import replace
 from fnmatch import fnmatch
 
 import torch
+from torch import nn
 
 from tsuika.config import Config
 from tsuika.errors import TsuikaError
-from tsuika.feed import Feed
-from tsuika.feed.cache import CacheSettings, cache_boundary
+from tsuika.feed import Pretrained, Targets
 from tsuika.methods.base import Method, decay_groups, set_trainable
-from tsuika.models.base import AdaptableModel
+from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Task
 
 PROBE_STEPS = 100
@@ -113,13 +112,10 @@ class Finetune(Method):
             set_trainable(model, wanted)
         return [f"unfroze {name}" for name in newly]
 
-    def precompute(
-        self, model: AdaptableModel, feed: Feed, settings: CacheSettings, name: str
-    ) -> Feed:
-        feed = super().precompute(model, feed, settings, name)
-        if name == "train" and self.settings.head_init == "probe" and self.new_head:
-            fit_head_on_features(model, feed, self.task, settings, self.config.train.weight_decay)
-        return feed
+    def before_fit(self, model: AdaptableModel, pretrained: Pretrained) -> None:
+        if self.settings.head_init == "probe" and self.new_head:
+            targets = pretrained.feed("train").targets
+            fit_head(model.head, pretrained.pooled("train"), targets, self.task, self.config)
 
     def param_groups(self, model: AdaptableModel) -> list[dict]:
         """Every group that may ever train gets its rate; those still frozen get no gradient
@@ -138,18 +134,13 @@ class Finetune(Method):
         return out
 
 
-def fit_head_on_features(
-    model: AdaptableModel, feed: Feed, task: Task, settings: CacheSettings, weight_decay: float
-) -> None:
-    """LP-FT's first stage: the head alone, full-batch AdamW on the pooled features of `feed`
-    (computed once, in memory, by the model as it is: pretrained), with the task's loss."""
-    pooled_at = model.num_stages - 1
-    in_memory = replace(settings, mode="memory", folder=None, progress=None)
-    features = cache_boundary(model, feed, pooled_at, in_memory, "probe")
-    device = next(model.head.parameters()).device
-    everything = features.batch(list(range(len(features)))).to(device)
-    state, targets = everything.state, everything.targets
-    head = model.head
+def fit_head(head: nn.Module, pooled: State, targets: Targets, task: Task, config: Config) -> None:
+    """LP-FT's first stage (Kumar et al. 2022): the head alone, full-batch AdamW with the
+    task's loss on the pretrained model's pooled outputs of the training split."""
+    device = next(head.parameters()).device
+    state = {key: value.to(device) for key, value in pooled.items()}
+    targets = {key: value.to(device) for key, value in targets.items()}
+    weight_decay = config.train.weight_decay
     optimizer = torch.optim.AdamW(head.parameters(), lr=PROBE_LR, weight_decay=weight_decay)
     was_training = head.training
     head.train()

@@ -22,6 +22,10 @@ SMALL_IMAGE_INPUT = 128
 FEW_SHOT = 128
 """Up to this many examples in the smallest class, text classifiers learn from contrastive
 pairs; above it, from the labels directly."""
+LONGER_CONTRASTIVE = 32
+"""From this many examples per class, contrastive training runs 16 epochs instead of 8.
+Measured on the reviews over 3 seeds: at k = 64, 8 → 16 epochs 71.8 → 73.5 %; at k = 8 it
+overfits the 16 sentences, 61.5 → 58.1 %. The boundary between 8 and 64 was not measured."""
 
 
 @dataclass
@@ -100,10 +104,11 @@ def _text(k: int) -> Recipe:
     parameters, and their AdamW update, leave every step) and start from a probe's head."""
     start = {"freeze": 1, "head_init": "probe"}
     if k <= FEW_SHOT:
-        method, schedule = "contrastive", fixed_schedule(8, 32, backbone_lr=1e-4, lr=1e-2)
+        epochs = 8 if k < LONGER_CONTRASTIVE else 16
+        method, schedule = "contrastive", fixed_schedule(epochs, 32, backbone_lr=1e-4, lr=1e-2)
         how = (
-            "contrastive pairs as in SetFit, every pair of a batch from one pass, 8 epochs of "
-            "at least 128 examples"
+            "contrastive pairs as in SetFit, every pair of a batch from one pass, "
+            f"{epochs} epochs of at least 128 examples"
         )
     else:
         method, schedule = "finetune", fixed_schedule(3, 16, backbone_lr=5e-5, lr=1e-3)

@@ -124,3 +124,8 @@ class AdaptableModel(nn.Module):
                 ):
                     module.eval()
         return self
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside whatever wraps it for data parallelism (DDP's `.module`)."""
+    return getattr(model, "module", model)

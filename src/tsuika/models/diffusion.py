@@ -37,7 +37,7 @@ from transformers import AutoTokenizer, CLIPTextModel
 
 from tsuika.data.captioned import CaptionedImage
 from tsuika.errors import TsuikaError
-from tsuika.models.base import AdaptableModel, State
+from tsuika.models.base import AdaptableModel, State, unwrapped
 from tsuika.models.judge import ImageJudge
 from tsuika.models.pixel_pipeline import PixelDiffusionPipeline
 
@@ -310,7 +310,7 @@ def generate(
     """One image per prompt from its own seed's noise (so a prompt and seed give the same
     image whatever else is in the batch), [N, C, S, S] in [0, 1], in eval mode; `guidance`
     None: the model's recommended scale."""
-    model = getattr(model, "module", model)  # under DDP, the wrapped model
+    model = unwrapped(model)
     pipeline = model.library
     if guidance is None:
         guidance = pipeline.config.get("guidance_scale", DEFAULT_GUIDANCE)

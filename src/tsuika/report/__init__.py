@@ -31,6 +31,7 @@ def build_report(run: RunFiles) -> str:
         sections.trained(run),
         *task_sections(run),
         sections.examples(run),
+        sections.data_checks(run),
         sections.cost(run),
     ]
     return page(f"tsuika run {run.name}", subtitle, parts)

@@ -35,6 +35,37 @@ def verdicts(run: RunFiles) -> Section:
     return Section("verdicts", "Verdicts", "".join(items) or "<p>No verdicts recorded.</p>")
 
 
+def data_checks(run: RunFiles) -> Section:
+    """The checks that ran before training (`tsuika check` runs the rest): what was found,
+    where, and the fix."""
+    findings = run.summary.get("checks", [])
+    flagged = [f for f in findings if f["verdict"] != "ok"]
+    if not findings:
+        body = "<p>No data checks recorded.</p>"
+    elif not flagged:
+        body = (
+            f"<p>All {len(findings)} checks that read the data alone passed (class balance, "
+            "empty and extreme inputs, exact duplicates, leakage between splits). "
+            "<code>tsuika check</code> also looks for near duplicates and label errors.</p>"
+        )
+    else:
+        rows = [
+            [f["verdict"].upper(), f["check"], f["text"], f.get("fix", ""), _where(f)]
+            for f in flagged
+        ]
+        body = table(["verdict", "check", "finding", "fix", "for example"], rows)
+    return Section("checks", "Data checks", body)
+
+
+def _where(finding: dict) -> str:
+    """The first example of a finding in a few words: split and line (or file)."""
+    if not finding.get("examples"):
+        return ""
+    first = finding["examples"][0]
+    rows = first if isinstance(first, list) else [first]
+    return "; ".join(f"{r['split']} {r.get('line', r.get('file', ''))}".strip() for r in rows)
+
+
 def versus_baselines(run: RunFiles) -> Section:
     summary, task = run.summary, run.task
     metric = summary["selection"]["metric"]

@@ -20,6 +20,7 @@ from torch import nn
 
 from tsuika.config import Config, HeadConfig
 from tsuika.data.splits import Examples
+from tsuika.errors import TsuikaError
 from tsuika.feed import Feed, gather_outputs, input_feed, run_model
 from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.linear import FeatureSplits
@@ -147,6 +148,14 @@ class Task:
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         """Metrics (including `loss` and `selection`) from summed statistics."""
         raise NotImplementedError
+
+    def balance(self, examples: Examples) -> None:
+        """`train.balance: weights`: weigh the classes of `examples` equally in the loss."""
+        raise TsuikaError(f"train.balance applies to classification; this task is {self.name}")
+
+    def draw_weights(self, targets: dict[str, torch.Tensor]) -> list[float]:
+        """`train.balance: sampler`: how often to draw each training example."""
+        raise TsuikaError(f"train.balance applies to classification; this task is {self.name}")
 
     def evaluate(self, model: nn.Module, feed: Feed) -> dict[str, float]:
         """Metrics of `model` over a whole feed, in one eval-mode pass."""

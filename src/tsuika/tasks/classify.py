@@ -50,6 +50,8 @@ class Classify(Task):
                 f"({', '.join(columns)})"
             )
         self.weights = {c: float((weights or {}).get(c, 1.0)) for c in columns}
+        self.class_weights: dict[str, torch.Tensor] = {}
+        """`train.balance: weights`: column → the loss weight of each class."""
 
     @classmethod
     def from_config(cls, config: Config) -> Classify:
@@ -148,9 +150,28 @@ class Classify(Task):
         """Per-example weighted sum of the columns' cross-entropies, [B]."""
         total = 0
         for column, logits in self.split_logits(outputs["logits"].float()).items():
-            loss = nn.functional.cross_entropy(logits, targets[column], reduction="none")
+            weight = self.class_weights.get(column)
+            weight = weight.to(logits.device) if weight is not None else None
+            loss = nn.functional.cross_entropy(
+                logits, targets[column], weight=weight, reduction="none"
+            )
             total = total + self.weights[column] * loss
         return total
+
+    def balance(self, examples: Examples) -> None:
+        """Each class weighs n / (classes × its count) in the loss (scikit-learn's
+        `class_weight="balanced"`): every class contributes equally to a training epoch."""
+        for column, size in zip(self.columns, self.sizes, strict=True):
+            counts = torch.bincount(torch.tensor(examples.targets[column]), minlength=size)
+            counts = counts.float()
+            self.class_weights[column] = counts.sum() / (size * counts.clamp(min=1))
+
+    def draw_weights(self, targets: dict[str, torch.Tensor]) -> list[float]:
+        """Per-example probability weights for `train.balance: sampler`: 1 / the count of
+        its class in the first label column, so every class is drawn equally often."""
+        labels = targets[self.columns[0]]
+        counts = torch.bincount(labels).float()
+        return (1.0 / counts[labels]).tolist()
 
     def sums(
         self,

@@ -149,8 +149,9 @@ class Loop:
     def run_epoch(self, epoch: int, events: list[str]) -> dict:
         config, state = self.config, self.state
         self.wrapped.train()
+        feed = self.train_feed
         order = training_batches(
-            len(self.train_feed), config.batch_size, self.seed, epoch, self.train_feed.lengths
+            len(feed), config.batch_size, self.seed, epoch, feed.lengths, feed.draw
         )
         world = self.accelerator.num_processes
         for micro in range(state.micro, len(order)):

@@ -7,7 +7,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 from tsuika.config import Config
 from tsuika.console import warn
 from tsuika.data.splits import Examples, Splits
-from tsuika.feed import Feed, input_feed
+from tsuika.feed import Feed, Pretrained, input_feed
 from tsuika.feed.cache import CacheSettings
 from tsuika.methods.base import Method
 from tsuika.models.base import AdaptableModel, State
@@ -48,11 +48,10 @@ class PhaseResult:
     """Tokens in one pass over the training split (text models)."""
 
 
-Feeds = dict[str, Feed]
-BeforeFit = Callable[[AdaptableModel, Feeds], None]
-"""Sees the model as it is before training (pretrained weights, new head) and the train,
-val and test feeds after `precompute`: e.g. to take a linear probe's features from the
-cached frozen prefix rather than running the network again."""
+BeforeFit = Callable[[AdaptableModel, Pretrained], None]
+"""Sees the model as it is before training (pretrained weights, new head) and its outputs
+on the train, val and test feeds after `precompute`: e.g. a linear probe's features, from
+the cached frozen prefix and the same pass LP-FT's head starts from."""
 
 
 def progress_bars(progress: Progress, phase: str):
@@ -110,17 +109,25 @@ def run_phase(
     train_feed = method.precompute(model, train_feed, cache, "train")
     val_feed = method.precompute(model, val_feed, cache, "val")
     test_feed = method.precompute(model, test_feed, cache, "test")
+    if settings.balance == "sampler":
+        train_feed = replace(train_feed, draw=task.draw_weights(train_feed.targets))
     cached = bool(train_feed.start or val_feed.start)
     if cached:
         timings["cache"] = time.perf_counter() - started
+    # Augmented training batches differ every pass, and a method may add or repeat examples
+    # (distillation's unlabelled ones, contrastive epochs): the pretrained outputs are of the
+    # training split as it is, encoded again only if asked for.
+    fixed: Feed | Callable[[], Feed] = train_feed
+    if train_feed.augmented or len(train_feed) != len(splits.train):
+        fixed = lambda: feed_of(model, task, splits.train)  # noqa: E731
+    pretrained = Pretrained(model, {"train": fixed, "val": val_feed, "test": test_feed})
     if before_fit is not None:
-        # Augmented training batches differ every pass, and a method may add examples of its
-        # own (distillation's unlabelled ones): the hook sees the training split as it is.
-        fixed = train_feed
-        if train_feed.augmented or len(train_feed) != len(splits.train):
-            fixed = feed_of(model, task, splits.train)
         with method.unadapted(model):
-            before_fit(model, {"train": fixed, "val": val_feed, "test": test_feed})
+            before_fit(model, pretrained)
+    if not resume:  # a checkpoint holds what `before_fit` set up
+        started = time.perf_counter()
+        method.before_fit(model, pretrained)  # e.g. LP-FT's head: part of the adaptation
+        timings["head"] = time.perf_counter() - started
 
     result = fit(
         model,

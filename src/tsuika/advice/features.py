@@ -1,0 +1,18 @@
+"""Frozen pooled features of a model over raw inputs: what the checks compare."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tsuika.feed import gather_outputs, input_feed
+from tsuika.models.base import AdaptableModel
+
+
+def pooled_features(model: AdaptableModel, inputs: list) -> np.ndarray:
+    """[N, D] pooled features (every stage but the head), in input order, length-sorted
+    batches; an empty list gives an empty array."""
+    if not inputs:
+        return np.zeros((0, 0), dtype=np.float32)
+    feed = input_feed(model, inputs)
+    stop = model.num_stages - 1
+    return gather_outputs(model, feed, batch_size=32, stop=stop)["features"].numpy()
