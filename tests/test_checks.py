@@ -152,6 +152,7 @@ def test_check_command_prints_json_findings(tiny_bert_dir: Path, write_file, cap
     findings = json.loads(capsys.readouterr().out)
     leaks = [f for f in findings if f["check"] == "leakage"]
     assert leaks and leaks[0]["count"] == 1 and leaks[0]["verdict"] == "problem"
+    assert {row["label"] for row in leaks[0]["examples"][0]} == {"pos"}  # names, not indices
     assert {f["check"] for f in findings} >= {"balance", "label-errors", "duplicates"}
 
 

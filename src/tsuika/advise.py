@@ -18,6 +18,7 @@ from tsuika.advice.checks import (
     label_columns,
     label_errors,
     near_duplicates,
+    with_label_names,
 )
 from tsuika.advice.features import pooled_features
 from tsuika.advice.rank import logme, probe_score
@@ -48,7 +49,7 @@ def check(
     columns = label_columns(task.name, task.columns)
     findings = cheap_checks(splits, columns)
     if not features or task.name in GENERATIVE:
-        return findings
+        return with_label_names(findings, getattr(task, "labels", {}))
     model = model_for(config, lambda width: nn.Identity()).eval()
     pooled = {s: pooled_features(model, getattr(splits, s).inputs) for s in SPLITS}
     findings += near_duplicates(splits, pooled)
@@ -57,7 +58,7 @@ def check(
     if source_inputs is not None:
         source_pooled = pooled_features(model, source_inputs)
         findings.append(domain_shift(source_pooled, pooled["train"], config.seed))
-    return findings
+    return with_label_names(findings, getattr(task, "labels", {}))
 
 
 def read_source(config: Config, source: str) -> list:

@@ -12,7 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from tsuika.advice import Finding, cheap_checks, label_columns
+from tsuika.advice import Finding, cheap_checks, label_columns, with_label_names
 from tsuika.config import Config, build_config, load_config, merge, to_yaml
 from tsuika.console import say, warn
 from tsuika.data.reading import load_splits
@@ -138,6 +138,7 @@ def data_warnings(splits: Splits, task: Task) -> list[Finding]:
     """The data checks that need no model (`tsuika check` runs them all), each finding
     beyond `ok` said as a warning."""
     findings = cheap_checks(splits, label_columns(task.name, task.columns))
+    findings = with_label_names(findings, getattr(task, "labels", {}))
     for finding in findings:
         if finding.verdict != "ok":
             fix = f"; fix: {finding.fix}" if finding.fix else ""
