@@ -49,7 +49,7 @@ def check(
     columns = label_columns(task.name, task.columns)
     findings = cheap_checks(splits, columns)
     if not features or task.name in GENERATIVE:
-        return with_label_names(findings, getattr(task, "labels", {}))
+        return with_label_names(findings, task)
     model = model_for(config, lambda width: nn.Identity()).eval()
     pooled = {s: pooled_features(model, getattr(splits, s).inputs) for s in SPLITS}
     findings += near_duplicates(splits, pooled)
@@ -58,7 +58,7 @@ def check(
     if source_inputs is not None:
         source_pooled = pooled_features(model, source_inputs)
         findings.append(domain_shift(source_pooled, pooled["train"], config.seed))
-    return with_label_names(findings, getattr(task, "labels", {}))
+    return with_label_names(findings, task)
 
 
 def read_source(config: Config, source: str) -> list:

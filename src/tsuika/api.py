@@ -138,7 +138,7 @@ def data_warnings(splits: Splits, task: Task) -> list[Finding]:
     """The data checks that need no model (`tsuika check` runs them all), each finding
     beyond `ok` said as a warning."""
     findings = cheap_checks(splits, label_columns(task.name, task.columns))
-    findings = with_label_names(findings, getattr(task, "labels", {}))
+    findings = with_label_names(findings, task)
     for finding in findings:
         if finding.verdict != "ok":
             fix = f"; fix: {finding.fix}" if finding.fix else ""

@@ -244,9 +244,13 @@ def _duplicate_findings(kind: str, within: list, conflicting: list, leaks: list)
     return findings
 
 
-def with_label_names(findings: list[Finding], names: dict[str, list[str]]) -> list[Finding]:
-    """Examples show class names, not the indices the splits hold (`names`: column → class
-    names of a classification task; one column's names serve `label` and `probe_says`)."""
+def with_label_names(findings: list[Finding], task: object) -> list[Finding]:
+    """Examples show class names, not the indices the splits hold (a classification task's
+    `labels`: column → class names; the first column's serve `label` and `probe_says`).
+    Other tasks' targets are shown as they are."""
+    names = getattr(task, "labels", None)
+    if not isinstance(names, dict):  # not a classifier (a causal LM's `labels` is a method)
+        return findings
     classes = next(iter(names.values()), None)
     if not classes:
         return findings
