@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tsuika.advice import Finding, cheap_checks, label_columns, with_label_names
+from tsuika.advice.forgetting import Retention, retention
 from tsuika.config import Config, build_config, load_config, merge, to_yaml
 from tsuika.console import say, warn
 from tsuika.data.reading import load_splits
@@ -100,6 +101,7 @@ def train(
     model = method.build_model(config)
     model.to(training_device())  # precompute on the accelerator too, not only train there
     method.prepare(model)  # once, on the device; a bad freeze setting fails before any folder
+    retained = retention(config, task, method, model)  # a bad retain file too
     main = is_main_process()
     if resume is not None:
         path = Path(resume)
@@ -128,6 +130,7 @@ def train(
                 tracker,
                 reason,
                 findings,
+                retained,
             )
     except KeyboardInterrupt:
         raise RunInterrupted(path) from None
@@ -190,9 +193,11 @@ def _train_in(
     tracker: Tracker | None,
     reason: str | None = None,
     findings: list[Finding] | None = None,
+    retained: Retention | None = None,
 ) -> Run:
     """Train, run the baselines, write the summary, predictions and report; `reason`: why
-    `method: auto` chose this method; `findings`: the data checks run before training."""
+    `method: auto` chose this method; `findings`: the data checks run before training;
+    `retained`: the retain set, measured every epoch (forgetting)."""
     main = is_main_process()
     log = MetricsLog(path / "metrics.jsonl" if main else None, tracker.log if tracker else None)
     wanted = wanted_baselines(config, task, method, model)
@@ -200,9 +205,21 @@ def _train_in(
     if "probe" in wanted or "base" in wanted:
         before = BeforeTraining(task, "probe" in wanted, "base" in wanted)
     with Progress(config.progress and main) as progress:
+        on_epoch = retained.on_epoch(model) if retained else None
         phase = run_phase(
-            model, method, splits, config, progress, log, config.method, path, resuming, before
+            model,
+            method,
+            splits,
+            config,
+            progress,
+            log,
+            config.method,
+            path,
+            resuming,
+            before,
+            on_epoch=on_epoch,
         )
+        forgetting = retained.verdict(model) if retained else None
         if main:
             save_model(path / "model", model, task, method, config.model)
         baselines = run_baselines(
@@ -227,6 +244,12 @@ def _train_in(
         summary["recipe"] = {"method": config.method, "reason": reason}
     if findings:
         summary["checks"] = [finding.as_dict() for finding in findings]
+    if forgetting is not None:
+        summary["forgetting"] = forgetting
+        sentence = forgetting_sentence(forgetting)
+        summary.setdefault("verdicts", {})["forgetting"] = {"text": sentence}
+        if forgetting["verdict"] == "FORGETTING" and main:
+            warn(sentence)
     summary["timings"] = {
         **phase.timings,
         "baselines": sum(b.seconds for b in baselines),
@@ -257,6 +280,21 @@ def _train_in(
             tracker.finish(summary, [f for f in files if f.is_file()])
     barrier()
     return Run(path, model, task, summary, config.data)
+
+
+def forgetting_sentence(found: dict) -> str:
+    """The forgetting verdict in words."""
+    low, high = found["interval"]
+    return (
+        f"{found['verdict']}: retain {found['metric']} {found['pretrained']:.3f} before "
+        f"training, {found['kept']:.3f} after ({found['change']:+.3f}, 95 % interval "
+        f"{low:+.3f} to {high:+.3f}, {found['examples']} examples of {found['data']})"
+        + (
+            "; finetune.l2sp or finetune.lwf keep more of it"
+            if found["verdict"] == "FORGETTING"
+            else ""
+        )
+    )
 
 
 def disk_usage(folder: Path) -> dict[str, int]:

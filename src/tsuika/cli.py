@@ -331,6 +331,44 @@ def rank(
 
 
 @app.command()
+def plan(
+    args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
+    data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL or image folder")] = None,
+    model: Annotated[str | None, typer.Option(help="the pretrained model to adapt")] = None,
+    budget: Annotated[str, typer.Option(help="wall-clock for the search: 10m, 90s, 1h")] = "10m",
+    max_steps: Annotated[
+        int | None, typer.Option(help="optimizer steps for the search, over all trials")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the plan as JSON")] = False,
+) -> None:
+    """Try transfer, the small-data recipe, fine-tuning at two depths and rates and LoRA at
+    two ranks under a budget (successive halving); train the best on validation once as a
+    run, tested once, and say why it won."""
+    from tsuika.plan import parse_budget
+    from tsuika.plan import plan as plan_api
+
+    config = _config_from(args, {"data.train": data, "model": model}, quiet=as_json)
+    result = plan_api(config, budget_seconds=parse_budget(budget), budget_steps=max_steps)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    table = Table("strategy", "outcome", "best val", "epochs", "steps", "seconds", title="plan")
+    for trial in result["trials"]:
+        score = "" if trial["score"] is None else f"{trial['score']:.3f}"
+        table.add_row(
+            escape(trial["strategy"]),
+            trial["state"],
+            score,
+            str(trial["epochs"]),
+            str(trial["steps"]),
+            f"{trial['seconds']:.1f}",
+        )
+    out.print(table)
+    out.print(escape(result["explanation"]))
+    out.print(f"run: {result['run']}")
+
+
+@app.command()
 def inspect(
     model: Annotated[str, typer.Argument(help="bundled name or local model folder")],
     config: Annotated[Path | None, typer.Argument(help="a config: show what trains")] = None,

@@ -73,8 +73,15 @@ class DataConfig(Section):
     """Image tables: allow `path` entries that lead outside the table's folder (absolute paths,
     `..`). Off by default, so a table received from someone else cannot read arbitrary files."""
     augment: AugmentConfig = AugmentConfig()
+    retain: str | None = None
+    """Examples of what the model could do before, measured every epoch (forgetting): for an
+    encoder a labelled table or image folder of another task (a linear probe on the current
+    features scores it), for a causal LM a prompt/completion JSONL of general use (loss per
+    completion token). `bundled:speeches`: party-convention sentences labelled by party."""
+    retain_label_column: str = "label"
+    """The label column of `retain` (encoders)."""
 
-    @field_validator("train", "validation", "test")
+    @field_validator("train", "validation", "test", "retain")
     @classmethod
     def _path_not_blank(cls, value: str | None) -> str | None:
         # An empty path must not quietly mean "the bundled data".
@@ -148,6 +155,14 @@ class FinetuneConfig(Section):
     2022), so fine-tuning starts from a fitted head instead of a random one, whose large
     early gradients distort the pretrained features. Costs one inference pass over the
     training split."""
+    l2sp: float = Field(0.0, ge=0)
+    """L2-SP (Li et al. 2018): `l2sp / 2 × ‖w − w₀‖²` over the pretrained weights that train,
+    pulling them toward their pretrained values w₀ instead of toward zero. Reduces
+    forgetting; 0 is plain fine-tuning. Typical: 0.01–1."""
+    lwf: float = Field(0.0, ge=0)
+    """Learning without forgetting (Li & Hoiem 2016), for encoders: `lwf ×` the mean squared
+    distance between the pooled features and the pretrained model's on the same training
+    inputs (computed once before training). 0: off."""
 
 
 class AdapterConfig(Section):

@@ -124,6 +124,9 @@ class CacheSettings:
     batch_size: int = 64
     progress: Callable[[str, int], Callable[[int], None]] | None = None
     """`progress(label, total)` → `advance(n)`, or None for silence."""
+    shared: dict | None = None
+    """Feeds already cached, by split, start and boundary, kept across runs that load the
+    same pretrained weights and data (`tsuika plan`'s trials): each frozen prefix runs once."""
 
 
 @torch.no_grad()

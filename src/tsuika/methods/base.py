@@ -138,7 +138,12 @@ class Method:
         boundary = self.cache_boundary(model)
         if settings.mode == "off" or boundary <= feed.start or feed.augmented:
             return feed
-        return cache_boundary(model, feed, boundary, settings, name)
+        if settings.shared is None:
+            return cache_boundary(model, feed, boundary, settings, name)
+        key = (name, len(feed), feed.start, boundary)
+        if key not in settings.shared:
+            settings.shared[key] = cache_boundary(model, feed, boundary, settings, name)
+        return settings.shared[key]
 
     def unadapted(self, model: AdaptableModel) -> contextlib.AbstractContextManager:
         """A context in which the model, before training, computes as the pretrained one
@@ -149,6 +154,10 @@ class Method:
     def before_fit(self, model: AdaptableModel, pretrained: Pretrained) -> None:
         """Last preparation with the pretrained model's outputs at hand (after `precompute`,
         before the first step): e.g. a head fitted on its features."""
+
+    def remember(self, model: AdaptableModel, pretrained: Pretrained) -> None:
+        """Keep what training is compared with (LwF's pretrained features), before the first
+        step; unlike `before_fit`, also when resuming (a checkpoint does not hold it)."""
 
     def on_epoch_start(self, model: AdaptableModel, epoch: int) -> list[str]:
         """Change what trains at an epoch boundary; returns events to log."""

@@ -78,4 +78,6 @@ class Contrastive(Finetune):
         detached = {**pooled, "features": pooled["features"].detach()}
         outputs = model(detached, pooled_at)
         loss = self.task.losses(outputs, batch.targets).mean() + pairs
+        if self.anchor or self.remembered is not None:
+            loss = loss + self.penalty(model, pooled, batch)
         return {"loss": loss, "outputs": outputs, "pair_loss": pairs.detach()}

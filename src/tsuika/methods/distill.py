@@ -91,6 +91,11 @@ class Distill(Finetune):
     def __init__(self, config: Config, task: Task) -> None:
         super().__init__(config, task)
         self.kd = config.distill
+        if config.finetune.lwf:
+            raise TsuikaError(
+                "finetune.lwf: distillation already learns from a teacher (distill.alpha); "
+                "use finetune.l2sp to keep the student near its starting weights"
+            )
         if self.kd.teacher is None:
             raise TsuikaError("method distill needs distill.teacher=<a finished run folder>")
         self.teacher, self.teacher_task, self.teacher_meta = load_teacher(self.kd.teacher)

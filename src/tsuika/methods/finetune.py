@@ -15,9 +15,9 @@ from torch import nn
 
 from tsuika.config import Config
 from tsuika.errors import TsuikaError
-from tsuika.feed import Pretrained, Targets
+from tsuika.feed import Batch, Pretrained, Targets
 from tsuika.methods.base import Method, decay_groups, set_trainable
-from tsuika.models.base import AdaptableModel, State
+from tsuika.models.base import AdaptableModel, State, unwrapped
 from tsuika.tasks.base import Task
 
 PROBE_STEPS = 100
@@ -53,6 +53,15 @@ class Finetune(Method):
     def __init__(self, config: Config, task: Task) -> None:
         super().__init__(config, task)
         self.settings = config.finetune
+        if self.settings.lwf and task.name in ("causal-lm", "text-to-image"):
+            raise TsuikaError(
+                "finetune.lwf distils pooled features, which an encoder has; for a "
+                f"{task.name} run use finetune.l2sp"
+            )
+        self.anchor: dict[str, torch.Tensor] = {}
+        """L2-SP's pretrained values of the weights that train, by name."""
+        self.remembered: torch.Tensor | None = None
+        """LwF's targets: the pretrained pooled features of the training split, by example."""
 
     @property
     def new_head(self) -> bool:
@@ -94,6 +103,48 @@ class Finetune(Method):
         order = self._schedule(model)
         start = order[:1] if self.settings.unfreeze_every else order
         set_trainable(model, set(start))
+        if self.settings.l2sp:  # before any step (and before a checkpoint is loaded)
+            groups = model.layer_groups()
+            pretrained = {
+                id(p) for i in order if i != groups[-1].index for p in groups[i].parameters()
+            }
+            self.anchor = {
+                name: p.detach().clone()
+                for name, p in model.named_parameters()
+                if id(p) in pretrained
+            }
+
+    def remember(self, model: AdaptableModel, pretrained: Pretrained) -> None:
+        if self.settings.lwf:
+            self.remembered = pretrained.features("train").float()
+
+    def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        if not self.settings.lwf:
+            out = super().step(model, batch)
+            if self.anchor:
+                out["loss"] = out["loss"] + self.penalty(model, None, batch)
+            return out
+        state = self.task.inputs(batch.state, batch.targets)
+        pooled_at = len(unwrapped(model).stages) - 1
+        pooled = model(state, batch.start, pooled_at)
+        outputs = model(pooled, pooled_at)
+        loss = self.task.loss(outputs, batch.targets) + self.penalty(model, pooled, batch)
+        return {"loss": loss, "outputs": outputs}
+
+    def penalty(self, model: nn.Module, pooled: State | None, batch: Batch) -> torch.Tensor:
+        """What keeps the pretrained knowledge: L2-SP toward the pretrained weights, and LwF
+        toward the pretrained features of these examples (0 when both are off)."""
+        weights = dict(unwrapped(model).named_parameters())
+        total = torch.zeros((), device=next(iter(weights.values())).device)
+        if self.anchor:
+            distance = sum(((weights[n] - w0) ** 2).sum() for n, w0 in self.anchor.items())
+            total = total + self.settings.l2sp / 2 * distance
+        if pooled is not None and self.remembered is not None:
+            rows = torch.tensor(batch.indices) % len(self.remembered)
+            target = self.remembered[rows].to(pooled["features"].device)
+            drift = (pooled["features"].float() - target) ** 2
+            total = total + self.settings.lwf * drift.sum(-1).mean()
+        return total
 
     def trainable_groups(self, model: AdaptableModel) -> set[int]:
         return set(self._rates(model))

@@ -23,10 +23,12 @@ def build_report(run: RunFiles) -> str:
     )
     parts = [
         sections.verdicts(run),
+        *sections.plan(run),
         sections.versus_baselines(run),
         *sections.distillation(run),
         *sections.concept(run),
         sections.learning_curves(run),
+        *sections.forgetting(run),
         sections.schedule(run),
         sections.trained(run),
         *task_sections(run),

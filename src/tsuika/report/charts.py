@@ -73,6 +73,27 @@ def learning_curves(history: list[dict], metric: str, best_epoch: int, stopped_e
         return to_svg(figure)
 
 
+def forgetting(history: list[dict], metric: str, retained: dict) -> str:
+    """The target's validation metric and the retain set's score per epoch, side by side;
+    the pretrained model's retain score as a line."""
+    with plt.rc_context(STYLE):
+        figure, (target, retain) = _figure(2.6, 2)
+        epochs = [r["epoch"] for r in history]
+        target.plot(epochs, [r.get(f"val_{metric}") for r in history], "o-", ms=3, color=VAL)
+        target.set_title(f"target: validation {metric}")
+        key = f"retain_{retained['metric']}"
+        scores = [r.get(key) for r in history]
+        retain.plot(epochs, scores, "o-", ms=3, color=TRAIN, label="during training")
+        retain.axhline(retained["pretrained"], color=BASE, ls="--", lw=1, label="pretrained")
+        retain.set_title(f"retained: {retained['metric']} ({retained['verdict']})")
+        retain.legend(fontsize=7, loc="best")
+        for axis in (target, retain):
+            axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        figure.tight_layout()
+        return to_svg(figure)
+
+
 def lr_schedule(schedule: dict, steps_run: int) -> str:
     """Each optimizer group's learning rate at every step of the plan; the steps after early
     stopping shaded (planned, never taken)."""

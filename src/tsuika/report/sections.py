@@ -57,6 +57,46 @@ def data_checks(run: RunFiles) -> Section:
     return Section("checks", "Data checks", body)
 
 
+def forgetting(run: RunFiles) -> list[Section]:
+    """With `data.retain`: what the model could do before, every epoch, and the verdict."""
+    found = run.summary.get("forgetting")
+    if not found:
+        return []
+    metric = run.summary["selection"]["metric"]
+    svg = charts.forgetting(run.history, metric, found)
+    low, high = found["interval"]
+    caption = (
+        f"{found['examples']} examples of {found['data']}: {found['metric']} "
+        f"{found['pretrained']:.3f} before training, {found['kept']:.3f} for the kept model "
+        f"(change {found['change']:+.3f}, 95 % paired-bootstrap interval {low:+.3f} to "
+        f"{high:+.3f}): {found['verdict']}."
+    )
+    return [Section("forgetting", "Forgetting", chart("forgetting", svg, caption))]
+
+
+def plan(run: RunFiles) -> list[Section]:
+    """A run `tsuika plan` chose: the strategies it tried and why this one won."""
+    chosen = run.summary.get("plan")
+    if not chosen:
+        return []
+    body = f"<p>{text(chosen['explanation'])}</p>"
+    trials = chosen.get("trials", [])
+    if trials:
+        rows = [
+            [
+                t["strategy"],
+                t["state"],
+                "" if t["score"] is None else f"{t['score']:.3f}",
+                str(t["epochs"]),
+                str(t["steps"]),
+                f"{t['seconds']:.1f}",
+            ]
+            for t in trials
+        ]
+        body += table(["strategy", "outcome", "best validation", "epochs", "steps", "s"], rows)
+    return [Section("plan", "Why this strategy", body)]
+
+
 def _where(finding: dict) -> str:
     """The first example of a finding in a few words: split and line (or file)."""
     if not finding.get("examples"):

@@ -37,6 +37,9 @@ class FitResult:
     best_score: float = 0.0
     """The task's selection metric on validation at the best epoch."""
     stopped_early: bool = False
+    """Early stopping ended the run (patience ran out), not the epoch count."""
+    stopped_by: str | None = None
+    """`max_steps` or `on_epoch` when the caller's limit or hook ended the fit first."""
     steps: int = 0
     seconds: float = 0.0
     schedule: dict = field(default_factory=dict)
@@ -216,11 +219,18 @@ def fit(
     label: str = "training",
     checkpoints: Path | None = None,
     resume: bool = False,
+    max_steps: int | None = None,
+    on_epoch: Callable[[dict], bool] | None = None,
 ) -> FitResult:
     """Train `model` (already `method.prepare`d) and leave it holding the best epoch's
     weights. `log` receives the whole history after every epoch (and once after resuming); it
     writes the epochs it has not written yet. With `resume`, continue from the newest checkpoint in
-    `checkpoints`; the result equals an uninterrupted run's."""
+    `checkpoints`; the result equals an uninterrupted run's.
+
+    `max_steps`: no epoch starts that would take the run past this many optimizer steps (the
+    schedule stays the one for `config.epochs`, so a cut run follows the full run's rates).
+    `on_epoch(record)`: called after each epoch (before it is logged, so it may add to the
+    record); returning True ends the fit there."""
     started = time.perf_counter()
     loop = Loop(model, method, train, val, config, seed, checkpoints)
     if resume:  # the generator comes back from the checkpoint
@@ -236,11 +246,17 @@ def fit(
     task = progress.task(label, total=config.epochs) if progress else None
     if task is not None:
         progress.advance(task, state.epoch - 1)
+    stopped_by = None
     while not state.finished:
+        if max_steps is not None and state.step + loop.steps_per_epoch > max_steps:
+            stopped_by = "max_steps"
+            break
         epoch = state.epoch
         events = method.on_epoch_start(model, epoch) if state.micro == 0 else []
         record = loop.run_epoch(epoch, events)
         loop.end_epoch(record)
+        if on_epoch is not None and on_epoch(record) and not state.finished:
+            state.finished, stopped_by = True, "on_epoch"
         loop.save()
         if log and loop.accelerator.is_main_process:
             log(state.history)
@@ -259,6 +275,7 @@ def fit(
         stopped_early=bool(
             state.patience_left is not None and state.patience_left <= 0 and last < config.epochs
         ),
+        stopped_by=stopped_by,
         steps=state.step,
         seconds=time.perf_counter() - started,
         schedule={

@@ -69,34 +69,44 @@ def feed_of(model: AdaptableModel, task: Task, examples: Examples, augment=None)
     return input_feed(model, examples.inputs, task.targets(examples), augment, task.units(examples))
 
 
-def run_phase(
+@dataclass
+class Prepared:
+    """A phase's feeds after `precompute`, and what the model gives on them before training."""
+
+    train: Feed
+    val: Feed
+    test: Feed | None
+    pretrained: Pretrained
+    timings: dict[str, float]
+    cached: bool
+
+
+def cache_settings(config: Config, progress: Progress, phase: str, run_path: Path | None):
+    rank = os.environ.get("RANK", "0")
+    return CacheSettings(
+        mode=config.train.cache,
+        memory_limit_mb=config.train.cache_memory_mb,
+        folder=run_path / "cache" / phase / f"rank{rank}" if run_path else None,
+        batch_size=max(64, config.train.batch_size),
+        progress=progress_bars(progress, phase),
+    )
+
+
+def prepare(
     model: AdaptableModel,
     method: Method,
     splits: Splits,
     config: Config,
-    progress: Progress,
-    log: MetricsLog,
+    cache: CacheSettings,
     phase: str,
-    run_path: Path | None = None,
-    resume: bool = False,
-    before_fit: BeforeFit | None = None,
-) -> PhaseResult:
-    """Precompute, fit and predict the test split, for a model already on its device and
-    `method.prepare`d. Checkpoints go to `<run>/checkpoints/<phase>`; `resume` continues
-    from the newest one. The test split goes through the frozen prefix once too: its cached
-    activations serve `before_fit` and the final predictions alike."""
+    test: bool = True,
+) -> Prepared:
+    """Every split through what stays fixed (the frozen prefix), once; `test=False` leaves
+    the test split untouched (a trial that selects on validation alone)."""
     task, settings = method.task, config.train
-    rank = os.environ.get("RANK", "0")
-    cache = CacheSettings(
-        mode=settings.cache,
-        memory_limit_mb=settings.cache_memory_mb,
-        folder=run_path / "cache" / phase / f"rank{rank}" if run_path else None,
-        batch_size=max(64, settings.batch_size),
-        progress=progress_bars(progress, phase),
-    )
     train_feed = feed_of(model, task, splits.train, config.data.augment)
     val_feed = feed_of(model, task, splits.val)
-    test_feed = feed_of(model, task, splits.test)
+    test_feed = feed_of(model, task, splits.test) if test else None
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if train_feed.augmented and settings.cache != "off" and method.cache_boundary(model) > 0:
@@ -108,7 +118,8 @@ def run_phase(
         )
     train_feed = method.precompute(model, train_feed, cache, "train")
     val_feed = method.precompute(model, val_feed, cache, "val")
-    test_feed = method.precompute(model, test_feed, cache, "test")
+    if test_feed is not None:
+        test_feed = method.precompute(model, test_feed, cache, "test")
     if settings.balance == "sampler":
         train_feed = replace(train_feed, draw=task.draw_weights(train_feed.targets))
     cached = bool(train_feed.start or val_feed.start)
@@ -120,10 +131,66 @@ def run_phase(
     fixed: Feed | Callable[[], Feed] = train_feed
     if train_feed.augmented or len(train_feed) != len(splits.train):
         fixed = lambda: feed_of(model, task, splits.train)  # noqa: E731
-    pretrained = Pretrained(model, {"train": fixed, "val": val_feed, "test": test_feed})
+    feeds = {"train": fixed, "val": val_feed}
+    if test_feed is not None:
+        feeds["test"] = test_feed
+    pretrained = Pretrained(model, feeds)
+    return Prepared(train_feed, val_feed, test_feed, pretrained, timings, cached)
+
+
+def run_trial(
+    model: AdaptableModel,
+    method: Method,
+    splits: Splits,
+    config: Config,
+    cache: CacheSettings,
+    max_steps: int | None = None,
+    on_epoch: Callable[[dict], bool] | None = None,
+) -> FitResult:
+    """Train and select on validation without touching the test split, writing nothing:
+    one candidate of `tsuika plan`. `max_steps` and `on_epoch` as in `fit`."""
+    prepared = prepare(model, method, splits, config, cache, "trial", test=False)
+    method.remember(model, prepared.pretrained)
+    method.before_fit(model, prepared.pretrained)
+    return fit(
+        model,
+        method,
+        prepared.train,
+        prepared.val,
+        config.train,
+        config.seed,
+        max_steps=max_steps,
+        on_epoch=on_epoch,
+    )
+
+
+def run_phase(
+    model: AdaptableModel,
+    method: Method,
+    splits: Splits,
+    config: Config,
+    progress: Progress,
+    log: MetricsLog,
+    phase: str,
+    run_path: Path | None = None,
+    resume: bool = False,
+    before_fit: BeforeFit | None = None,
+    on_epoch: Callable[[dict], bool] | None = None,
+) -> PhaseResult:
+    """Precompute, fit and predict the test split, for a model already on its device and
+    `method.prepare`d. Checkpoints go to `<run>/checkpoints/<phase>`; `resume` continues
+    from the newest one. The test split goes through the frozen prefix once too: its cached
+    activations serve `before_fit` and the final predictions alike. `on_epoch` as in `fit`."""
+    task = method.task
+    cache = cache_settings(config, progress, phase, run_path)
+    prepared = prepare(model, method, splits, config, cache, phase)
+    train_feed, val_feed, test_feed = prepared.train, prepared.val, prepared.test
+    assert test_feed is not None
+    timings, pretrained = prepared.timings, prepared.pretrained
     if before_fit is not None:
         with method.unadapted(model):
             before_fit(model, pretrained)
+    method.remember(model, pretrained)
     if not resume:  # a checkpoint holds what `before_fit` set up
         started = time.perf_counter()
         method.before_fit(model, pretrained)  # e.g. LP-FT's head: part of the adaptation
@@ -134,13 +201,14 @@ def run_phase(
         method,
         train_feed,
         val_feed,
-        settings,
+        config.train,
         config.seed,
         log.writer(phase),
         progress,
         phase,
         run_path / "checkpoints" / phase if run_path else None,
         resume,
+        on_epoch=on_epoch,
     )
     timings["fit"] = result.seconds
     started = time.perf_counter()
@@ -148,4 +216,6 @@ def run_phase(
     timings["test"] = time.perf_counter() - started
     predicted = task.predictions(outputs)
     tokens = sum(train_feed.lengths) if train_feed.lengths else None
-    return PhaseResult(result, predicted, outputs, timings, cached, test_feed.lengths, tokens)
+    return PhaseResult(
+        result, predicted, outputs, timings, prepared.cached, test_feed.lengths, tokens
+    )

@@ -1,0 +1,172 @@
+"""Forgetting: what the model could do before, measured every epoch next to the target metric.
+
+`data.retain` names examples of it. For an encoder (classifiers, regressors), a labelled set of
+another task: a linear probe, cross-validated on the model's current pooled features, scores
+how well the features still serve it (accuracy). For a causal language model, prompts with
+completions of general use: the loss per completion token. The pretrained model is measured
+once before training; every epoch adds `retain_<metric>` to the record (so to metrics.jsonl
+and the report's curve); after training, the kept model is measured again and compared with
+the pretrained one example by example (paired bootstrap). FORGETTING when the whole 95 %
+interval of the change is on the worse side.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from tsuika.config import Config
+from tsuika.data.reading import read_examples
+from tsuika.errors import TsuikaError
+from tsuika.feed import Feed, gather_outputs, input_feed
+from tsuika.feed.cache import CacheSettings
+from tsuika.methods.base import Method
+from tsuika.models.base import AdaptableModel
+from tsuika.tasks.base import Task
+
+RETAIN_LIMIT = 1000
+"""At most this many retain examples (drawn once, by the run's seed): each epoch measures them."""
+FOLDS = 5
+BOOTSTRAP = 1000
+
+
+@dataclass
+class Retention:
+    """The retain set and every measurement of it during one run."""
+
+    kind: str
+    """`probe` (accuracy, higher is better) or `loss` (per completion token, lower is better)."""
+    feed: Feed
+    source: str
+    labels: np.ndarray | None = None
+    """The probe's classes, per example."""
+    losses: Callable[[AdaptableModel], np.ndarray] | None = None
+    """A causal LM's loss per completion token, per example."""
+    seed: int = 0
+    pretrained: np.ndarray | None = None
+    """Per example: probe correctness (0/1) or loss, of the pretrained model."""
+    curve: list[dict] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        return "accuracy" if self.kind == "probe" else "loss"
+
+    def outcomes(self, model: AdaptableModel) -> np.ndarray:
+        """Per-example outcomes of `model` as it is now."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                if self.losses is not None:
+                    return self.losses(model)
+                stop = model.num_stages - 1
+                features = gather_outputs(model, self.feed, batch_size=64, stop=stop)["features"]
+                return probe_outcomes(features.float().numpy(), self.labels, self.seed)
+        finally:
+            model.train(was_training)
+
+    def start(self, model: AdaptableModel) -> None:
+        self.pretrained = self.outcomes(model)
+
+    def on_epoch(self, model: AdaptableModel):
+        """The hook `fit` calls after each epoch: adds `retain_<metric>`, never stops."""
+
+        def measure(record: dict) -> bool:
+            score = float(self.outcomes(model).mean())
+            record[f"retain_{self.metric}"] = score
+            self.curve.append({"epoch": record["epoch"], "score": score})
+            return False
+
+        return measure
+
+    def verdict(self, model: AdaptableModel) -> dict:
+        """The kept model against the pretrained one, example by example."""
+        assert self.pretrained is not None
+        kept = self.outcomes(model)
+        change = kept - self.pretrained
+        rng = np.random.default_rng(self.seed)
+        draws = rng.integers(0, len(change), size=(BOOTSTRAP, len(change)))
+        low, high = np.percentile(change[draws].mean(axis=1), [2.5, 97.5])
+        worse = high < 0 if self.kind == "probe" else low > 0
+        return {
+            "data": self.source,
+            "examples": len(change),
+            "metric": self.metric,
+            "higher_is_better": self.kind == "probe",
+            "pretrained": float(self.pretrained.mean()),
+            "kept": float(kept.mean()),
+            "change": float(change.mean()),
+            "interval": [float(low), float(high)],
+            "verdict": "FORGETTING" if worse else "retained",
+            "curve": self.curve,
+        }
+
+
+def probe_outcomes(features: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """Out-of-fold correctness (0/1) of a logistic-regression probe, per example."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = max(2, min(FOLDS, int(np.unique(labels, return_counts=True)[1].min())))
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore")
+        predicted = cross_val_predict(probe, features, labels, cv=split)
+    return (predicted == labels).astype(np.float64)
+
+
+def retention(
+    config: Config, task: Task, method: Method, model: AdaptableModel
+) -> Retention | None:
+    """The run's retain set read and the pretrained model measured on it (None without
+    `data.retain`). A bad file fails here, before any run folder is written."""
+    path = config.data.retain
+    if path is None:
+        return None
+    family = model.spec.get("family")
+    settings = config.data.model_copy(update={"strict": True})
+    problems: list[str] = []
+    if task.name == "causal-lm":
+        raw = read_examples("chat", path, "train", settings, [], problems)
+        examples = task.encode(raw)
+        feed = input_feed(
+            model, examples.inputs, task.targets(examples), None, task.units(examples)
+        )
+
+        def losses(current: AdaptableModel) -> np.ndarray:
+            return task.losses(task.gather(current, feed), feed.targets).double().numpy()
+
+        found = Retention("loss", feed, path, losses=losses, seed=config.seed)
+    elif task.name == "text-to-image":
+        raise TsuikaError("data.retain: forgetting is measured for encoders and causal LMs")
+    else:
+        modality = "image" if family == "image" else "text"
+        column = config.data.retain_label_column
+        raw = read_examples(modality, path, "train", settings, [column], problems)
+        if problems:
+            raise TsuikaError(f"data.retain: {problems[0]}")
+        labels = np.array(raw.targets[column])
+        if len(set(labels.tolist())) < 2:
+            raise TsuikaError(
+                f"data.retain {path}: column {column!r} needs at least two classes "
+                "(data.retain_label_column names it)"
+            )
+        rows = np.arange(len(labels))
+        if len(rows) > RETAIN_LIMIT:
+            rows = np.sort(np.random.default_rng(config.seed).choice(rows, RETAIN_LIMIT, False))
+        inputs = [raw.inputs[i] for i in rows]
+        feed = method.precompute(
+            model, input_feed(model, inputs), CacheSettings(mode=config.train.cache), "retain"
+        )
+        found = Retention("probe", feed, path, labels=labels[rows], seed=config.seed)
+    with method.unadapted(model):
+        found.start(model)
+    return found

@@ -1,0 +1,362 @@
+"""`tsuika plan`: try adaptation strategies under a budget, keep the best on validation, train
+it once as an ordinary run (tested once, with its report), and say why in a few sentences.
+
+Candidates: transfer (a head on frozen features), the small-data recipe (`method: auto`),
+fine-tuning at two freeze depths and two rates, LoRA at two ranks — those the model and task
+allow. Optuna runs them one after another with successive halving (Jamieson & Talwalkar
+2016, the asynchronous form of Li et al. 2018): each trial reports its validation score every
+epoch, and one that is not among the best third of those that reached the same epoch stops
+there. The cheap ones run first, so later trials have something to be compared with. Trials
+share the frozen prefixes' activations (`CacheSettings.shared`): a boundary is computed once
+for all trials that cache it. No trial sees the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tsuika.api import as_config, task_and_data, train
+from tsuika.config import Config, merge
+from tsuika.console import say
+from tsuika.data.splits import Splits
+from tsuika.errors import TsuikaError
+from tsuika.feed.cache import CacheSettings
+from tsuika.methods import method_class
+from tsuika.methods.recipe import choose
+from tsuika.models import modality_of
+from tsuika.runs import write_atomic
+from tsuika.tasks.base import Task
+from tsuika.train.distributed import training_device
+from tsuika.train.phase import run_trial, seed_everything
+
+SEARCH_TRAINING = {"epochs": 10, "patience": 3}
+"""Fine-tuning and LoRA candidates: at most 10 epochs, stopping after 3 without a better
+validation score (transfer keeps its own defaults: its epochs cost milliseconds on cached
+features; the recipe keeps its fixed schedule)."""
+RATES = (3e-5, 1e-4)
+"""Fine-tuning's backbone rates: the default, and 3× it (the recipe's contrastive rate)."""
+RANKS = (4, 16)
+FIRST_RUNG, REDUCTION = 2, 3
+"""Successive halving's rungs: epochs 2, 6, 18; at each, a trial continues only if its
+validation score is among the best third of the trials that reached that epoch."""
+
+
+@dataclass
+class Strategy:
+    name: str
+    settings: dict
+    """Config overrides (sections as nested dicts), the method among them."""
+
+
+@dataclass
+class Budget:
+    seconds: float | None = None
+    steps: int | None = None
+    """Optimizer steps over all trials: a limit no trial goes past (whole epochs only)."""
+    started: float = field(default_factory=time.perf_counter)
+    spent_steps: int = 0
+
+    def seconds_left(self) -> float:
+        if self.seconds is None:
+            return math.inf
+        return self.seconds - (time.perf_counter() - self.started)
+
+    def steps_left(self) -> int | None:
+        return None if self.steps is None else self.steps - self.spent_steps
+
+    def spent(self) -> bool:
+        steps = self.steps_left()
+        return self.seconds_left() <= 0 or (steps is not None and steps <= 0)
+
+
+@dataclass
+class Trial:
+    strategy: str
+    settings: dict
+    state: str
+    """`complete`, `pruned` (successive halving), `budget` (stopped when the budget ran out),
+    `not run` (no budget left, or not one step fits) or `not applicable` (and why, in `why`)."""
+    score: float | None = None
+    """The best validation score it reached (the task's selection metric)."""
+    best_epoch: int = 0
+    epochs: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    scores: list[float] = field(default_factory=list)
+    """Validation score after each epoch."""
+    overfit: str | None = None
+    why: str | None = None
+
+
+def parse_budget(text: str) -> float:
+    """`10m`, `90s`, `1h` or plain seconds → seconds."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not found or float(found.group(1)) <= 0:
+        raise TsuikaError(f"--budget {text!r}: give a duration such as 10m, 90s or 1h")
+    return float(found.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[found.group(2)]
+
+
+def strategies(config: Config, task: Task, splits: Splits, groups: int) -> list[Strategy]:
+    """The candidates, cheapest first. `groups`: the model's layer groups (embeddings, blocks,
+    head), from which the freeze depths are counted."""
+    recipe = choose(config, task, splits, modality_of(config.model))
+    search = {"train": SEARCH_TRAINING}
+    found = [
+        Strategy("transfer", {"method": "transfer"}),
+        Strategy(f"recipe ({recipe.method})", {"method": recipe.method, **recipe.settings}),
+    ]
+    upper = max(1, (groups - 1) // 2)  # the upper half of the pretrained groups trains
+    for freeze, where in ((upper, "upper half"), (1, "all above the embeddings")):
+        for rate in RATES:
+            settings = {"method": "finetune", "finetune": {"freeze": freeze, "head_init": "probe"}}
+            settings["train"] = {**SEARCH_TRAINING, "backbone_lr": rate}
+            found.append(Strategy(f"finetune {where}, lr {rate:g}", settings))
+    for r in RANKS:
+        settings = {"method": "lora", "adapter": {"r": r, "alpha": 2 * r}, **search}
+        found.append(Strategy(f"lora r={r}", settings))
+    return found
+
+
+def configured(base: Config, strategy: Strategy) -> Config:
+    """The user's config with the strategy's settings: the strategy decides what it names."""
+    merged = merge(base.model_dump(exclude_unset=True), strategy.settings)
+    config = as_config(merged, {})
+    return method_class(config.method).configured(config)
+
+
+def overfitting(history: list[dict], selection: str) -> str | None:
+    """Validation loss rising well past its best while the training loss falls: in words."""
+    losses = [record["val_loss"] for record in history if "val_loss" in record]
+    if len(losses) < 3:
+        return None
+    best = min(range(len(losses)), key=losses.__getitem__)
+    if best < len(losses) - 1 and losses[-1] > losses[best] * 1.1:
+        return (
+            f"validation loss rose from {losses[best]:.3f} (epoch {best + 1}) to "
+            f"{losses[-1]:.3f} (epoch {len(losses)})"
+        )
+    return None
+
+
+def plan(
+    config: Config | dict | str | Path | None = None,
+    *,
+    budget_seconds: float | None = 600.0,
+    budget_steps: int | None = None,
+    final: bool = True,
+    **overrides,
+) -> dict:
+    """Search, then (with `final`) train the winner as an ordinary run. Returns the plan:
+    `trials`, `best`, `explanation`, and `run` (the run folder) when trained."""
+    import optuna
+
+    base = as_config(config, overrides)
+    if base.method != "auto":
+        raise TsuikaError(
+            f"plan chooses the method itself; drop method={base.method} (or run `tsuika train`)"
+        )
+    task, splits = task_and_data(base)
+    if task.name in ("causal-lm", "text-to-image"):
+        raise TsuikaError(f"plan searches classifiers and regressors, not {task.name} runs")
+    if base.train.balance == "weights":
+        task.balance(splits.train)
+    groups = len(_built(base, "transfer", task).layer_groups())
+    candidates = strategies(base, task, splits, groups)
+    budget = Budget(budget_seconds, budget_steps)
+    shared: dict = {}
+    trials: list[Trial] = []
+    maximize = task.higher_is_better
+
+    def objective(trial: optuna.Trial) -> float:
+        strategy = candidates[trial.number]
+        trial.suggest_categorical("strategy", [s.name for s in candidates])
+        done = _attempt(strategy, base, task, splits, budget, shared, trial)
+        trials.append(done)
+        if base.progress:
+            score = "" if done.score is None else f", best validation {done.score:.3f}"
+            say(f"plan: {done.strategy}: {done.state}{score} ({done.seconds:.1f} s)")
+        if done.state != "complete":
+            raise optuna.TrialPruned(done.state)
+        return float(done.score)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="maximize" if maximize else "minimize",
+        pruner=optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=FIRST_RUNG, reduction_factor=REDUCTION
+        ),
+    )
+    for strategy in candidates:
+        study.enqueue_trial({"strategy": strategy.name})
+    study.optimize(objective, n_trials=len(candidates), catch=())
+    best = _best(trials, maximize)
+    if best is None:
+        raise TsuikaError(
+            "plan: no strategy trained a whole epoch within the budget; give a larger --budget"
+        )
+    result = {
+        "budget": {"seconds": budget_seconds, "steps": budget_steps},
+        "spent": {
+            "seconds": time.perf_counter() - budget.started,
+            "steps": budget.spent_steps,
+        },
+        "examples": {"train": len(splits.train), "validation": len(splits.val)},
+        "selection": f"val_{task.selection}",
+        "trials": [asdict(t) for t in trials],
+        "best": best.strategy,
+    }
+    result["explanation"] = explain(result, task, maximize)
+    if final:
+        chosen = next(s for s in candidates if s.name == best.strategy)
+        run = train(configured(base, chosen))
+        result["run"] = str(run.path)
+        result["test"] = run.summary.get("test", {})
+        _record_in_run(run.path, result, run.summary, base.report)
+        if base.progress:
+            say(f"plan: {result['explanation']}")
+    return result
+
+
+def _built(config: Config, method_name: str, task: Task):
+    """The model `config` names with the task's head, as `method_name` builds it."""
+    method = method_class(method_name)(config.model_copy(update={"method": method_name}), task)
+    return method.build_model(config)
+
+
+def _attempt(
+    strategy: Strategy,
+    base: Config,
+    task: Task,
+    splits: Splits,
+    budget: Budget,
+    shared: dict,
+    trial,
+) -> Trial:
+    """One candidate, trained on the training split and scored on validation each epoch."""
+    done = Trial(strategy.name, strategy.settings, "not run")
+    if budget.spent():
+        done.why = "the budget was spent before it started"
+        return done
+    try:
+        config = configured(base, strategy)
+        seed_everything(config.seed)
+        method = method_class(config.method)(config, task)
+        model = method.build_model(config)
+        model.to(training_device())
+        method.prepare(model)
+    except TsuikaError as error:
+        done.state, done.why = "not applicable", str(error)
+        return done
+    selection = f"val_{task.selection}"
+    stopped: list[str] = []
+
+    def on_epoch(record: dict) -> bool:
+        done.scores.append(record[selection])
+        trial.report(record[selection], record["epoch"])
+        if trial.should_prune():
+            stopped.append("pruned")
+        elif budget.seconds_left() <= 0:
+            stopped.append("budget")
+        return bool(stopped)
+
+    cache = CacheSettings(mode=config.train.cache, shared=shared)
+    started = time.perf_counter()
+    result = run_trial(model, method, splits, config, cache, budget.steps_left(), on_epoch)
+    budget.spent_steps += result.steps
+    done.seconds = time.perf_counter() - started
+    done.steps, done.epochs = result.steps, len(result.history)
+    if not result.history:
+        done.why = "not one epoch fitted in the steps left"
+        return done
+    done.score, done.best_epoch = result.best_score, result.best_epoch
+    done.overfit = overfitting(result.history, task.selection)
+    if stopped:
+        done.state = stopped[0]
+    elif result.stopped_by == "max_steps":
+        done.state = "budget"
+    else:
+        done.state = "complete"
+    if done.state == "pruned":
+        done.why = f"after epoch {done.epochs}, not among the best third at that epoch"
+    elif done.state == "budget":
+        done.why = f"the budget ran out after epoch {done.epochs}"
+    return done
+
+
+def _best(trials: list[Trial], maximize: bool) -> Trial | None:
+    """The best completed trial on validation; when none completed, the best one cut short."""
+    sign = 1 if maximize else -1
+    for states in (("complete",), ("complete", "budget", "pruned")):
+        scored = [t for t in trials if t.state in states and t.score is not None]
+        if scored:
+            return max(scored, key=lambda t: sign * t.score)
+    return None
+
+
+def interval(score: float, n: int) -> float:
+    """Half-width of a 95 % interval for an accuracy on `n` examples (Agresti–Coull: two
+    successes and two failures added, so a perfect score on a few examples is not certain)."""
+    shrunk = (score * n + 2) / (n + 4)
+    return 1.96 * math.sqrt(shrunk * (1 - shrunk) / (n + 4))
+
+
+def explain(result: dict, task: Task, maximize: bool) -> str:
+    """A few sentences: the data size, the choice and its margin, overfitting, what was
+    pruned and why."""
+    trials = [t for t in result["trials"] if t["score"] is not None]
+    best = next(t for t in trials if t["strategy"] == result["best"])
+    n = result["examples"]["validation"]
+    metric = result["selection"].removeprefix("val_")
+    sentences = [
+        f"{result['examples']['train']} training and {n} validation examples; "
+        f"{len(result['trials'])} strategies considered in {result['spent']['seconds']:.0f} s "
+        f"and {result['spent']['steps']} optimizer steps."
+    ]
+    chosen = f"Chose {best['strategy']}: validation {metric} {best['score']:.3f}"
+    proportion = task.name == "classify" and 0 <= best["score"] <= 1
+    others = [t for t in trials if t is not best and t["state"] == "complete"]
+    if others:
+        sign = 1 if maximize else -1
+        runner = max(others, key=lambda t: sign * t["score"])
+        gap = best["score"] - runner["score"]
+        chosen += f", {gap:+.3f} over the next best completed ({runner['strategy']}"
+        if proportion:
+            # Unpaired (the per-example outcomes are not kept): wider than a paired interval.
+            half = math.hypot(interval(best["score"], n), interval(runner["score"], n))
+            chosen += f"; 95 % interval ±{half:.3f} on {n} examples"
+            if abs(gap) <= half:
+                chosen += ", so the two are not told apart"
+        if gap == 0:
+            chosen += "; a tie goes to the strategy tried first, the cheaper"
+        chosen += ")"
+    sentences.append(chosen + ".")
+    overfit = [f"{t['strategy']} ({t['overfit']})" for t in result["trials"] if t["overfit"]]
+    if overfit:
+        sentences.append("Overfitting seen: " + "; ".join(overfit) + ".")
+    for state, words in (
+        ("pruned", "Pruned by successive halving"),
+        ("budget", "Cut short by the budget"),
+        ("not run", "Not run"),
+        ("not applicable", "Not applicable"),
+    ):
+        named = [f"{t['strategy']} ({t['why']})" for t in result["trials"] if t["state"] == state]
+        if named:
+            sentences.append(f"{words}: " + "; ".join(named) + ".")
+    return " ".join(sentences)
+
+
+def _record_in_run(path: Path, result: dict, summary: dict, report: bool) -> None:
+    """The plan goes into the run's folder (plan.json, and the summary the report reads)."""
+    plan_part = {key: value for key, value in result.items() if key not in ("run", "test")}
+    write_atomic(path / "plan.json", json.dumps(plan_part, indent=2))
+    summary["plan"] = {key: result[key] for key in ("best", "explanation", "trials")}
+    write_atomic(path / "summary.json", json.dumps(summary, indent=2))
+    if report:
+        from tsuika.report import write_report
+
+        write_report(path)

@@ -1,0 +1,162 @@
+"""`tsuika plan`: the step budget, the best trial, successive halving's wiring, the run it
+writes; and the two limits it adds to the one loop (`max_steps`, `on_epoch`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tsuika
+from tsuika.errors import TsuikaError
+from tsuika.plan import Budget, Strategy, _attempt, parse_budget, plan
+
+
+def test_fit_stops_before_an_epoch_that_would_pass_max_steps(base_config, monkeypatch):
+    from tsuika.train import phase
+
+    seen: list[tuple] = []
+    original = phase.fit
+
+    def limited(*args, **kwargs):
+        result = original(*args, **{**kwargs, "max_steps": 9})
+        seen.append((result.steps, len(result.history), result.stopped_by))
+        return result
+
+    monkeypatch.setattr(phase, "fit", limited)
+    tsuika.train(base_config, name="limited")
+    # 40 rows → 32 training rows at batch 8: 4 steps an epoch; a third epoch would end at 12.
+    assert seen == [(8, 2, "max_steps")]
+
+
+def test_on_epoch_adds_to_the_logged_record_and_ends_the_fit(base_config, monkeypatch):
+    from tsuika.train import phase
+
+    calls: list[int] = []
+
+    def hook(record: dict) -> bool:
+        calls.append(record["epoch"])
+        record["extra"] = 7.0
+        return record["epoch"] == 2
+
+    original = phase.run_phase
+
+    def hooked(*args, **kwargs):
+        return original(*args, **{**kwargs, "on_epoch": hook})
+
+    monkeypatch.setattr("tsuika.api.run_phase", hooked)
+    run = tsuika.train(base_config, name="hooked")
+    assert calls == [1, 2]
+    assert run.summary["training"]["epochs_run"] == 2
+    logged = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["extra"] for r in logged if r.get("phase", "transfer") == "transfer"][:2] == [7.0] * 2
+
+
+@pytest.mark.parametrize("text,seconds", [("10m", 600), ("90s", 90), ("1h", 3600), ("45", 45)])
+def test_budget_durations(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "0m", "-5s"])
+def test_a_bad_budget_is_refused(text):
+    with pytest.raises(TsuikaError, match="--budget"):
+        parse_budget(text)
+
+
+def test_plan_spends_at_most_its_steps_and_keeps_the_best_completed_trial(base_config):
+    config = {k: v for k, v in base_config.items() if k != "method"}
+    result = plan(config, budget_seconds=None, budget_steps=60, final=False)
+    trials = result["trials"]
+    assert sum(t["steps"] for t in trials) == result["spent"]["steps"] <= 60
+    assert trials[0]["strategy"] == "transfer" and trials[0]["state"] == "complete"
+    completed = [t for t in trials if t["state"] == "complete"]
+    assert result["best"] == max(completed, key=lambda t: t["score"])["strategy"]
+    # The budget ran out: the last trials did not run, and the explanation says so.
+    assert any(t["state"] in ("not run", "budget") for t in trials)
+    assert "Not run" in result["explanation"] or "budget" in result["explanation"]
+    assert "test" not in result and "run" not in result
+
+
+def test_successive_halving_stops_a_trial_at_the_epoch_it_is_pruned(base_config):
+    """The pruner's answer ends the trial after that epoch; what was reported reaches Optuna."""
+
+    class PrunedAtTwo:
+        def __init__(self):
+            self.reported: list[tuple[float, int]] = []
+
+        def report(self, value: float, step: int) -> None:
+            self.reported.append((value, step))
+
+        def should_prune(self) -> bool:
+            return len(self.reported) == 2
+
+    from tsuika.api import as_config, task_and_data
+
+    config = as_config({k: v for k, v in base_config.items() if k != "method"}, {})
+    task, splits = task_and_data(config)
+    trial = PrunedAtTwo()
+    done = _attempt(
+        Strategy("transfer", {"method": "transfer"}), config, task, splits, Budget(), {}, trial
+    )
+    assert done.state == "pruned" and done.epochs == 2 and len(trial.reported) == 2
+    assert [step for _, step in trial.reported] == [1, 2]
+
+
+def test_trials_share_the_frozen_prefix_cache(base_config, monkeypatch):
+    import tsuika.methods.base as base
+
+    computed: list[str] = []
+    original = base.cache_boundary
+
+    def counting(model, feed, boundary, settings, name):
+        computed.append(name)
+        return original(model, feed, boundary, settings, name)
+
+    monkeypatch.setattr(base, "cache_boundary", counting)
+    from tsuika.api import as_config, task_and_data
+
+    config = as_config({k: v for k, v in base_config.items() if k != "method"}, {})
+    task, splits = task_and_data(config)
+    shared: dict = {}
+
+    class Never:
+        def report(self, value, step):
+            pass
+
+        def should_prune(self):
+            return False
+
+    for _ in range(2):
+        _attempt(
+            Strategy("transfer", {"method": "transfer"}),
+            config,
+            task,
+            splits,
+            Budget(),
+            shared,
+            Never(),
+        )
+    assert computed == ["train", "val"]  # once for both trials; never the test split
+
+
+def test_plan_trains_the_winner_once_as_a_run_with_the_plan_in_it(
+    tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path, capsys
+):
+    from tsuika.cli import main
+
+    args = ["plan", "--data", str(tiny_csv), "--model", str(tiny_bert_dir), "--max-steps", "40"]
+    args += [f"output={tmp_path / 'runs'}", "train.batch_size=8", "report=false", "--json"]
+    assert main(args) == 0
+    shown = json.loads(capsys.readouterr().out)
+    folder = Path(shown["run"])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["plan"]["best"] == shown["best"]
+    assert json.loads((folder / "plan.json").read_text())["best"] == shown["best"]
+    assert "accuracy" in shown["test"]
+    assert [p for p in (tmp_path / "runs").iterdir() if p.is_dir()] == [folder]
+
+
+def test_plan_refuses_a_named_method(base_config):
+    with pytest.raises(TsuikaError, match="plan chooses the method"):
+        plan(base_config, budget_steps=10, final=False)
