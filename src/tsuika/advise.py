@@ -13,7 +13,7 @@ from torch import nn
 
 from tsuika.advice.checks import (
     Finding,
-    cheap_checks,
+    data_checks,
     domain_shift,
     label_columns,
     label_errors,
@@ -46,19 +46,19 @@ def check(
     config = as_config(config, overrides)
     task, splits = task_and_data(config)
     source_inputs = read_source(config, source) if source is not None else None
-    columns = label_columns(task.name, task.columns)
-    findings = cheap_checks(splits, columns)
+    findings = data_checks(splits, task)
     if not features or task.name in GENERATIVE:
-        return with_label_names(findings, task)
+        return findings
     model = model_for(config, lambda width: nn.Identity()).eval()
     pooled = {s: pooled_features(model, getattr(splits, s).inputs) for s in SPLITS}
-    findings += near_duplicates(splits, pooled)
+    found = near_duplicates(splits, pooled)
+    columns = label_columns(task.name, task.columns)
     if columns:
-        findings.append(label_errors(splits.train, pooled["train"], columns[0], config.seed))
+        found.append(label_errors(splits.train, pooled["train"], columns[0], config.seed))
     if source_inputs is not None:
         source_pooled = pooled_features(model, source_inputs)
-        findings.append(domain_shift(source_pooled, pooled["train"], config.seed))
-    return with_label_names(findings, task)
+        found.append(domain_shift(source_pooled, pooled["train"], config.seed))
+    return findings + with_label_names(found, task)
 
 
 def read_source(config: Config, source: str) -> list:

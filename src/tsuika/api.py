@@ -12,7 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from tsuika.advice import Finding, cheap_checks, label_columns, with_label_names
+from tsuika.advice import Finding, data_checks
 from tsuika.advice.forgetting import Retention, retention
 from tsuika.config import Config, build_config, load_config, merge, to_yaml
 from tsuika.console import say, warn
@@ -140,8 +140,7 @@ def train(
 def data_warnings(splits: Splits, task: Task) -> list[Finding]:
     """The data checks that need no model (`tsuika check` runs them all), each finding
     beyond `ok` said as a warning."""
-    findings = cheap_checks(splits, label_columns(task.name, task.columns))
-    findings = with_label_names(findings, task)
+    findings = data_checks(splits, task)
     for finding in findings:
         if finding.verdict != "ok":
             fix = f"; fix: {finding.fix}" if finding.fix else ""

@@ -275,6 +275,13 @@ def label_columns(task_name: str, columns: list[str]) -> list[str]:
     return list(columns) if task_name in ("classify", "multi-task") else []
 
 
+def data_checks(splits: Splits, task: object) -> list[Finding]:
+    """The checks that read only the data, for `task`'s splits, classes shown by name: what
+    every `train` runs first and `tsuika check` starts from."""
+    columns = label_columns(task.name, task.columns)  # type: ignore[attr-defined]
+    return with_label_names(cheap_checks(splits, columns), task)
+
+
 def cheap_checks(splits: Splits, label_columns: list[str]) -> list[Finding]:
     """What reads only the data: run at the start of every `train`."""
     return [

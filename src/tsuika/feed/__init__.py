@@ -9,7 +9,7 @@ teacher's logits): every key a feed is given travels with its batches, cached or
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -127,22 +127,21 @@ class Feed:
         becomes enough batches to learn from between two validations."""
         if times <= 1:
             return self
-        return Feed(
-            Repeated(self.items, times),
-            {key: value.repeat(times) for key, value in self.targets.items()},
-            self.start,
-            self.collate,
-            self.lengths * times if self.lengths else None,
-            self.units * times if self.units else None,
-            self.augmented,
-            self.inputs * times if self.inputs is not None else None,
+        # `replace` keeps any field not named here as it is: a new per-example field must be
+        # named here to be repeated with the rest.
+        return replace(
+            self,
+            items=Repeated(self.items, times),
+            targets={key: value.repeat(times) for key, value in self.targets.items()},
+            lengths=self.lengths * times if self.lengths else None,
+            units=self.units * times if self.units else None,
+            inputs=self.inputs * times if self.inputs is not None else None,
+            draw=self.draw * times if self.draw else None,
         )
 
     def at(self, items: object, start: int, collate: Collate) -> Feed:
         """The same examples and targets, entering the model at `start` (a cached feed)."""
-        return Feed(
-            items, self.targets, start, collate, self.lengths, self.units, inputs=self.inputs
-        )
+        return replace(self, items=items, start=start, collate=collate, augmented=False)
 
 
 def input_feed(
