@@ -10,6 +10,7 @@ import pytest
 
 import tsuika
 from tsuika.errors import TsuikaError
+from tsuika.feed.cache import CacheSettings
 from tsuika.plan import Budget, Strategy, _attempt, parse_budget, plan
 
 
@@ -97,7 +98,13 @@ def test_successive_halving_stops_a_trial_at_the_epoch_it_is_pruned(base_config)
     task, splits = task_and_data(config)
     trial = PrunedAtTwo()
     done = _attempt(
-        Strategy("transfer", {"method": "transfer"}), config, task, splits, Budget(), {}, trial
+        Strategy("transfer", {"method": "transfer"}),
+        config,
+        task,
+        splits,
+        Budget(),
+        CacheSettings(shared={}),
+        trial,
     )
     assert done.state == "pruned" and done.epochs == 2 and len(trial.reported) == 2
     assert [step for _, step in trial.reported] == [1, 2]
@@ -118,7 +125,7 @@ def test_trials_share_the_frozen_prefix_cache(base_config, monkeypatch):
 
     config = as_config({k: v for k, v in base_config.items() if k != "method"}, {})
     task, splits = task_and_data(config)
-    shared: dict = {}
+    cache = CacheSettings(shared={})
 
     class Never:
         def report(self, value, step):
@@ -134,7 +141,7 @@ def test_trials_share_the_frozen_prefix_cache(base_config, monkeypatch):
             task,
             splits,
             Budget(),
-            shared,
+            cache,
             Never(),
         )
     assert computed == ["train", "val"]  # once for both trials; never the test split

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -172,10 +174,18 @@ def plan(
     trials: list[Trial] = []
     maximize = task.higher_is_better
 
+    spill = Path(tempfile.mkdtemp(prefix="tsuika-plan-"))  # caches above the memory limit
+
     def objective(trial: optuna.Trial) -> float:
         strategy = candidates[trial.number]
         trial.suggest_categorical("strategy", [s.name for s in candidates])
-        done = _attempt(strategy, base, task, splits, budget, shared, trial)
+        cache = CacheSettings(
+            mode=base.train.cache,
+            memory_limit_mb=base.train.cache_memory_mb,
+            folder=spill / f"trial{trial.number}",
+            shared=shared,
+        )
+        done = _attempt(strategy, base, task, splits, budget, cache, trial)
         trials.append(done)
         if base.progress:
             score = "" if done.score is None else f", best validation {done.score:.3f}"
@@ -193,7 +203,11 @@ def plan(
     )
     for strategy in candidates:
         study.enqueue_trial({"strategy": strategy.name})
-    study.optimize(objective, n_trials=len(candidates), catch=())
+    try:
+        study.optimize(objective, n_trials=len(candidates), catch=())
+    finally:
+        shared.clear()
+        shutil.rmtree(spill, ignore_errors=True)
     best = _best(trials, maximize)
     if best is None:
         raise TsuikaError(
@@ -234,7 +248,7 @@ def _attempt(
     task: Task,
     splits: Splits,
     budget: Budget,
-    shared: dict,
+    cache: CacheSettings,
     trial,
 ) -> Trial:
     """One candidate, trained on the training split and scored on validation each epoch."""
@@ -264,7 +278,6 @@ def _attempt(
             stopped.append("budget")
         return bool(stopped)
 
-    cache = CacheSettings(mode=config.train.cache, shared=shared)
     started = time.perf_counter()
     result = run_trial(model, method, splits, config, cache, budget.steps_left(), on_epoch)
     budget.spent_steps += result.steps
