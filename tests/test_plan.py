@@ -103,7 +103,7 @@ def test_successive_halving_stops_a_trial_at_the_epoch_it_is_pruned(base_config)
         task,
         splits,
         Budget(),
-        CacheSettings(shared={}),
+        lambda config: CacheSettings(shared={}),
         trial,
     )
     assert done.state == "pruned" and done.epochs == 2 and len(trial.reported) == 2
@@ -141,7 +141,7 @@ def test_trials_share_the_frozen_prefix_cache(base_config, monkeypatch):
             task,
             splits,
             Budget(),
-            cache,
+            lambda config: cache,
             Never(),
         )
     assert computed == ["train", "val"]  # once for both trials; never the test split

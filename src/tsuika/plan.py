@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def plan(
     groups = len(_built(base, "transfer", task).layer_groups())
     candidates = strategies(base, task, splits, groups)
     budget = Budget(budget_seconds, budget_steps)
-    shared: dict = {}
+    shared: dict[tuple, dict] = {}  # by how inputs are encoded: activations by boundary
     trials: list[Trial] = []
     maximize = task.higher_is_better
 
@@ -179,13 +180,18 @@ def plan(
     def objective(trial: optuna.Trial) -> float:
         strategy = candidates[trial.number]
         trial.suggest_categorical("strategy", [s.name for s in candidates])
-        cache = CacheSettings(
-            mode=base.train.cache,
-            memory_limit_mb=base.train.cache_memory_mb,
-            folder=spill / f"trial{trial.number}",
-            shared=shared,
-        )
-        done = _attempt(strategy, base, task, splits, budget, cache, trial)
+
+        def cache_for(config: Config) -> CacheSettings:
+            # Activations are shared only between trials that encode the inputs alike.
+            inputs = (config.data.image_size, config.train.max_length)
+            return CacheSettings(
+                mode=config.train.cache,
+                memory_limit_mb=config.train.cache_memory_mb,
+                folder=spill / f"trial{trial.number}",
+                shared=shared.setdefault(inputs, {}),
+            )
+
+        done = _attempt(strategy, base, task, splits, budget, cache_for, trial)
         trials.append(done)
         if base.progress:
             score = "" if done.score is None else f", best validation {done.score:.3f}"
@@ -248,7 +254,7 @@ def _attempt(
     task: Task,
     splits: Splits,
     budget: Budget,
-    cache: CacheSettings,
+    cache_for: Callable[[Config], CacheSettings],
     trial,
 ) -> Trial:
     """One candidate, trained on the training split and scored on validation each epoch."""
@@ -279,6 +285,7 @@ def _attempt(
         return bool(stopped)
 
     started = time.perf_counter()
+    cache = cache_for(config)
     result = run_trial(model, method, splits, config, cache, budget.steps_left(), on_epoch)
     budget.spent_steps += result.steps
     done.seconds = time.perf_counter() - started
