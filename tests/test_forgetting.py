@@ -43,7 +43,7 @@ def built(config: dict):
 def test_every_epoch_records_the_retain_score_and_the_run_judges_the_kept_model(
     base_config, retain_csv
 ):
-    run = tsuika.train(finetune_config(base_config, retain_csv))
+    run = tsuika.train({**finetune_config(base_config, retain_csv), "report": True})
     logged = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     scores = [r["retain_accuracy"] for r in logged if "retain_accuracy" in r]
     assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)
@@ -53,6 +53,8 @@ def test_every_epoch_records_the_retain_score_and_the_run_judges_the_kept_model(
     assert found["change"] == pytest.approx(found["kept"] - found["pretrained"])
     assert found["interval"][0] <= found["change"] <= found["interval"][1]
     assert "forgetting" in run.summary["verdicts"]
+    page = (run.path / "report.html").read_text()
+    assert 'id="forgetting"' in page and found["verdict"] in page
 
 
 def test_the_pretrained_score_is_a_cross_validated_probe_on_the_pretrained_features(

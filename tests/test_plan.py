@@ -153,7 +153,7 @@ def test_plan_trains_the_winner_once_as_a_run_with_the_plan_in_it(
     from tsuika.cli import main
 
     args = ["plan", "--data", str(tiny_csv), "--model", str(tiny_bert_dir), "--max-steps", "40"]
-    args += [f"output={tmp_path / 'runs'}", "train.batch_size=8", "report=false", "--json"]
+    args += [f"output={tmp_path / 'runs'}", "train.batch_size=8", "--json"]
     assert main(args) == 0
     shown = json.loads(capsys.readouterr().out)
     folder = Path(shown["run"])
@@ -161,6 +161,8 @@ def test_plan_trains_the_winner_once_as_a_run_with_the_plan_in_it(
     assert summary["plan"]["best"] == shown["best"]
     assert json.loads((folder / "plan.json").read_text())["best"] == shown["best"]
     assert "accuracy" in shown["test"]
+    page = (folder / "report.html").read_text()
+    assert 'id="plan"' in page and "Why this strategy" in page
     assert [p for p in (tmp_path / "runs").iterdir() if p.is_dir()] == [folder]
 
 
