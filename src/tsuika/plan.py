@@ -237,8 +237,6 @@ def plan(
         result["run"] = str(run.path)
         result["test"] = run.summary.get("test", {})
         _record_in_run(run.path, result, run.summary, base.report)
-        if base.progress:
-            say(f"plan: {result['explanation']}")
     return result
 
 
