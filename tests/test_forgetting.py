@@ -166,3 +166,11 @@ def test_a_causal_lm_retains_its_loss_per_completion_token(tiny_llama_dir, tmp_p
     assert found["pretrained"] > 0 and not found["higher_is_better"]
     logged = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert sum("retain_loss" in r for r in logged) == 3
+
+
+@pytest.mark.parametrize("method", ["transfer", "lora"])
+def test_the_remedies_are_refused_where_no_pretrained_weight_trains(base_config, method):
+    config = {**base_config, "method": method, "finetune": {"l2sp": 1.0}}
+    with pytest.raises(TsuikaError, match=r"finetune\.l2sp applies to"):
+        tsuika.train(config)
+    assert run_folders(Path(base_config["output"])) == []

@@ -80,6 +80,8 @@ class Method:
     model_kinds: frozenset[str] = frozenset({"encoder", "causal-lm"})
     """The kinds of model (`Task.model_kind`) this method can adapt."""
     tasks: frozenset[str] | None = None
+    keeps_pretrained = False
+    """Whether `finetune.l2sp` and `finetune.lwf` apply (methods that move pretrained weights)."""
     """The tasks this method can train (None: every task of those model kinds)."""
 
     def __init__(self, config: Config, task: Task) -> None:
@@ -92,6 +94,13 @@ class Method:
             raise TsuikaError(
                 f"method {self.name} trains {' or '.join(sorted(self.tasks))} tasks, "
                 f"not {task.name}"
+            )
+        remedies = [k for k in ("l2sp", "lwf") if getattr(config.finetune, k)]
+        if remedies and not self.keeps_pretrained:
+            raise TsuikaError(
+                f"finetune.{remedies[0]} applies to methods that train pretrained weights "
+                f"(finetune, contrastive), not {self.name}; an adapter's weight decay "
+                "(train.weight_decay) already pulls it toward the pretrained model"
             )
         self.config = config
         self.task = task

@@ -49,6 +49,7 @@ def frozen_groups(model: AdaptableModel, freeze: int | str | list[str]) -> set[i
 
 class Finetune(Method):
     name = "finetune"
+    keeps_pretrained = True
 
     def __init__(self, config: Config, task: Task) -> None:
         super().__init__(config, task)
