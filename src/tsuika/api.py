@@ -245,7 +245,7 @@ def _train_in(
         summary["checks"] = [finding.as_dict() for finding in findings]
     if forgetting is not None:
         summary["forgetting"] = forgetting
-        sentence = forgetting_sentence(forgetting)
+        sentence = forgetting_sentence(forgetting, method.keeps_pretrained)
         summary.setdefault("verdicts", {})["forgetting"] = {"text": sentence}
         if forgetting["verdict"] == "FORGETTING" and main:
             warn(sentence)
