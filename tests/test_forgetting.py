@@ -174,3 +174,14 @@ def test_the_remedies_are_refused_where_no_pretrained_weight_trains(base_config,
     with pytest.raises(TsuikaError, match=r"finetune\.l2sp applies to"):
         tsuika.train(config)
     assert run_folders(Path(base_config["output"])) == []
+
+
+def test_the_verdict_names_the_remedy_the_method_allows():
+    from tsuika.api import forgetting_sentence
+
+    found = {"verdict": "FORGETTING", "metric": "accuracy", "pretrained": 0.62, "kept": 0.57}
+    found |= {"change": -0.05, "interval": [-0.09, -0.02], "examples": 1000, "data": "r.csv"}
+    assert "finetune.l2sp" in forgetting_sentence(found, True)
+    assert "adapter.lr" in forgetting_sentence(found, False)
+    kept = forgetting_sentence({**found, "verdict": "retained"}, True)
+    assert kept.startswith("retained: retain accuracy 0.620") and "l2sp" not in kept

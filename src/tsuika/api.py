@@ -281,19 +281,19 @@ def _train_in(
     return Run(path, model, task, summary, config.data)
 
 
-def forgetting_sentence(found: dict) -> str:
-    """The forgetting verdict in words."""
+def forgetting_sentence(found: dict, remedies: bool) -> str:
+    """The forgetting verdict in words, with the remedy the method allows."""
     low, high = found["interval"]
-    return (
+    sentence = (
         f"{found['verdict']}: retain {found['metric']} {found['pretrained']:.3f} before "
         f"training, {found['kept']:.3f} after ({found['change']:+.3f}, 95 % interval "
         f"{low:+.3f} to {high:+.3f}, {found['examples']} examples of {found['data']})"
-        + (
-            "; finetune.l2sp or finetune.lwf keep more of it"
-            if found["verdict"] == "FORGETTING"
-            else ""
-        )
     )
+    if found["verdict"] != "FORGETTING":
+        return sentence
+    if remedies:
+        return sentence + "; finetune.l2sp or finetune.lwf keep more of it"
+    return sentence + "; a lower adapter.lr or fewer epochs keep more of it"
 
 
 def disk_usage(folder: Path) -> dict[str, int]:
