@@ -245,7 +245,7 @@ def _train_in(
         summary["checks"] = [finding.as_dict() for finding in findings]
     if forgetting is not None:
         summary["forgetting"] = forgetting
-        sentence = forgetting_sentence(forgetting, method.keeps_pretrained)
+        sentence = forgetting_sentence(forgetting, method.remedies)
         summary.setdefault("verdicts", {})["forgetting"] = {"text": sentence}
         if forgetting["verdict"] == "FORGETTING" and main:
             warn(sentence)
@@ -281,7 +281,7 @@ def _train_in(
     return Run(path, model, task, summary, config.data)
 
 
-def forgetting_sentence(found: dict, remedies: bool) -> str:
+def forgetting_sentence(found: dict, remedies: frozenset[str]) -> str:
     """The forgetting verdict in words, with the remedy the method allows."""
     low, high = found["interval"]
     sentence = (
@@ -292,8 +292,9 @@ def forgetting_sentence(found: dict, remedies: bool) -> str:
     if found["verdict"] != "FORGETTING":
         return sentence
     if remedies:
-        return sentence + "; finetune.l2sp or finetune.lwf keep more of it"
-    return sentence + "; a lower adapter.lr or fewer epochs keep more of it"
+        named = " or ".join(f"finetune.{k}" for k in sorted(remedies))
+        return sentence + f"; {named} keep more of it"
+    return sentence + "; a lower learning rate or fewer epochs keep more of it"
 
 
 def disk_usage(folder: Path) -> dict[str, int]:

@@ -160,9 +160,11 @@ class FinetuneConfig(Section):
     pulling them toward their pretrained values w₀ instead of toward zero. Reduces
     forgetting; 0 is plain fine-tuning. Typical: 0.01–1."""
     lwf: float = Field(0.0, ge=0)
-    """Learning without forgetting (Li & Hoiem 2016), for encoders: `lwf ×` the mean squared
-    distance between the pooled features and the pretrained model's on the same training
-    inputs (computed once before training). 0: off."""
+    """Learning without forgetting (Li & Hoiem 2016): for encoders (`finetune`, `contrastive`,
+    adapters), `lwf ×` the squared distance between the pooled features and the pretrained
+    model's on the same training inputs (computed once before training); for a causal LM with
+    adapters, `lwf ×` the KL divergence of its next-token distributions from those of the same
+    network with its adapters switched off (one more forward pass a step). 0: off."""
 
 
 class AdapterConfig(Section):

@@ -12,10 +12,12 @@ import warnings
 from fnmatch import fnmatch
 from pathlib import Path
 
+import torch
 from peft import IA3Config, LoraConfig, PeftConfig, PeftModel, get_peft_model
 from torch import nn
 
 from tsuika.errors import TsuikaError
+from tsuika.feed import Batch
 from tsuika.methods.base import (
     Method,
     damaged,
@@ -24,7 +26,7 @@ from tsuika.methods.base import (
     stage_state,
     trained_groups,
 )
-from tsuika.models.base import AdaptableModel
+from tsuika.models.base import AdaptableModel, unwrapped
 
 ADAPTER = "adapter"
 """The PEFT folder inside a run's `model/`."""
@@ -94,6 +96,7 @@ class Adapters(Method):
     name = "adapters"
     default_lr = 5e-4
     """`adapter.lr` when the config leaves it unset."""
+    remedies = frozenset({"lwf"})
 
     def peft_config(self, targets: list[str]) -> PeftConfig:
         raise NotImplementedError
@@ -114,6 +117,28 @@ class Adapters(Method):
 
     def trainable_parameters(self, model: AdaptableModel) -> dict[str, nn.Parameter]:
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """With `finetune.lwf`, the loss also keeps the outputs near the pretrained model's:
+        an encoder's pooled features (computed once before training), or a causal LM's
+        next-token distributions, from the same network with its adapters switched off."""
+        if not self.config.finetune.lwf:
+            return super().step(model, batch)
+        if self.remembered is not None:
+            pooled, outputs = self.pooled_step(model, batch)
+            penalty = self.lwf_penalty(pooled, batch)
+        else:
+            state = self.task.inputs(batch.state, batch.targets)
+            outputs = model(state, batch.start)
+            network = unwrapped(model)
+            training = network.training
+            network.eval()  # the pretrained model as it predicts: no dropout
+            with torch.no_grad(), network.adapters.disable_adapter():
+                reference = model(state, batch.start)
+            network.train(training)
+            divergence = self.task.divergence(outputs, reference, batch.targets)
+            penalty = self.config.finetune.lwf * divergence
+        return {"loss": self.task.loss(outputs, batch.targets) + penalty, "outputs": outputs}
 
     def trainable_groups(self, model: AdaptableModel) -> set[int]:
         return {g.index for g in model.layer_groups() if g.trainable}

@@ -32,7 +32,7 @@ from tsuika.feed import Batch, Feed, Pretrained
 from tsuika.feed.cache import CacheSettings, cache_boundary
 from tsuika.files import match_umask
 from tsuika.models import model_for
-from tsuika.models.base import AdaptableModel
+from tsuika.models.base import AdaptableModel, State, unwrapped
 from tsuika.tasks.base import Task
 
 WEIGHTS = "weights.safetensors"
@@ -80,9 +80,10 @@ class Method:
     model_kinds: frozenset[str] = frozenset({"encoder", "causal-lm"})
     """The kinds of model (`Task.model_kind`) this method can adapt."""
     tasks: frozenset[str] | None = None
-    keeps_pretrained = False
-    """Whether `finetune.l2sp` and `finetune.lwf` apply (methods that move pretrained weights)."""
     """The tasks this method can train (None: every task of those model kinds)."""
+    remedies: frozenset[str] = frozenset()
+    """Which forgetting remedies this method applies: `l2sp` (pretrained weights train),
+    `lwf` (the pretrained model's outputs can be had); a config asking for another is refused."""
 
     def __init__(self, config: Config, task: Task) -> None:
         if task.model_kind not in self.model_kinds:
@@ -95,15 +96,19 @@ class Method:
                 f"method {self.name} trains {' or '.join(sorted(self.tasks))} tasks, "
                 f"not {task.name}"
             )
-        remedies = [k for k in ("l2sp", "lwf") if getattr(config.finetune, k)]
-        if remedies and not self.keeps_pretrained:
+        refused = [k for k in ("l2sp", "lwf") if getattr(config.finetune, k)]
+        refused = [k for k in refused if k not in self.remedies]
+        if refused:
+            allowed = " or ".join(f"finetune.{k}" for k in sorted(self.remedies))
+            hint = f"use {allowed}" if allowed else "it keeps the pretrained weights as they are"
             raise TsuikaError(
-                f"finetune.{remedies[0]} applies to methods that train pretrained weights "
-                f"(finetune, contrastive), not {self.name}; an adapter's weight decay "
-                "(train.weight_decay) already pulls it toward the pretrained model"
+                f"finetune.{refused[0]} does not apply to method {self.name} ({hint})"
             )
         self.config = config
         self.task = task
+        self.remembered: torch.Tensor | None = None
+        """LwF's targets for an encoder: the pretrained pooled features of the training
+        split, by example (set by `remember`)."""
 
     @classmethod
     def configured(cls, config: Config) -> Config:
@@ -167,6 +172,24 @@ class Method:
     def remember(self, model: AdaptableModel, pretrained: Pretrained) -> None:
         """Keep what training is compared with (LwF's pretrained features), before the first
         step; unlike `before_fit`, also when resuming (a checkpoint does not hold it)."""
+        if self.config.finetune.lwf and self.task.model_kind == "encoder":
+            self.remembered = pretrained.features("train").float()
+
+    def pooled_step(self, model: nn.Module, batch: Batch) -> tuple[State, State]:
+        """The pooled features and the outputs of a batch, in one pass."""
+        state = self.task.inputs(batch.state, batch.targets)
+        pooled_at = len(unwrapped(model).stages) - 1
+        pooled = model(state, batch.start, pooled_at)
+        return pooled, model(pooled, pooled_at)
+
+    def lwf_penalty(self, pooled: State, batch: Batch) -> torch.Tensor:
+        """Learning without forgetting for an encoder (Li & Hoiem 2016): `finetune.lwf` × the
+        squared distance of these examples' pooled features from the pretrained ones."""
+        assert self.remembered is not None
+        rows = torch.tensor(batch.indices) % len(self.remembered)
+        target = self.remembered[rows].to(pooled["features"].device)
+        drift = (pooled["features"].float() - target) ** 2
+        return self.config.finetune.lwf * drift.sum(-1).mean()
 
     def on_epoch_start(self, model: AdaptableModel, epoch: int) -> list[str]:
         """Change what trains at an epoch boundary; returns events to log."""

@@ -49,7 +49,7 @@ def frozen_groups(model: AdaptableModel, freeze: int | str | list[str]) -> set[i
 
 class Finetune(Method):
     name = "finetune"
-    keeps_pretrained = True
+    remedies = frozenset({"l2sp", "lwf"})
 
     def __init__(self, config: Config, task: Task) -> None:
         super().__init__(config, task)
@@ -61,8 +61,6 @@ class Finetune(Method):
             )
         self.anchor: dict[str, torch.Tensor] = {}
         """L2-SP's pretrained values of the weights that train, by name."""
-        self.remembered: torch.Tensor | None = None
-        """LwF's targets: the pretrained pooled features of the training split, by example."""
 
     @property
     def new_head(self) -> bool:
@@ -115,20 +113,13 @@ class Finetune(Method):
                 if id(p) in pretrained
             }
 
-    def remember(self, model: AdaptableModel, pretrained: Pretrained) -> None:
-        if self.settings.lwf:
-            self.remembered = pretrained.features("train").float()
-
     def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         if not self.settings.lwf:
             out = super().step(model, batch)
             if self.anchor:
                 out["loss"] = out["loss"] + self.penalty(model, None, batch)
             return out
-        state = self.task.inputs(batch.state, batch.targets)
-        pooled_at = len(unwrapped(model).stages) - 1
-        pooled = model(state, batch.start, pooled_at)
-        outputs = model(pooled, pooled_at)
+        pooled, outputs = self.pooled_step(model, batch)
         loss = self.task.loss(outputs, batch.targets) + self.penalty(model, pooled, batch)
         return {"loss": loss, "outputs": outputs}
 
@@ -141,10 +132,7 @@ class Finetune(Method):
             distance = sum(((weights[n] - w0) ** 2).sum() for n, w0 in self.anchor.items())
             total = total + self.settings.l2sp / 2 * distance
         if pooled is not None and self.remembered is not None:
-            rows = torch.tensor(batch.indices) % len(self.remembered)
-            target = self.remembered[rows].to(pooled["features"].device)
-            drift = (pooled["features"].float() - target) ** 2
-            total = total + self.settings.lwf * drift.sum(-1).mean()
+            total = total + self.lwf_penalty(pooled, batch)
         return total
 
     def trainable_groups(self, model: AdaptableModel) -> set[int]:

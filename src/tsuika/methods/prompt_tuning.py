@@ -32,6 +32,7 @@ class PromptTuning(Adapters):
     name = "prompt-tuning"
     model_kinds = frozenset({"causal-lm"})
     default_lr = 3e-2
+    remedies = frozenset()  # nothing pretrained trains; the soft prompt changes the positions
 
     def peft_config(self, targets: list[str]) -> PeftConfig:
         return PromptTuningConfig(

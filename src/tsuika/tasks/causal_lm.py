@@ -206,6 +206,16 @@ class CausalLM(Task):
         counts = learned.per_example(torch.ones_like(learned.wanted, dtype=torch.float))
         return learned.per_example(learned.losses()) / counts.clamp(min=1)
 
+    def divergence(
+        self, outputs: State, reference: State, targets: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Mean KL(reference ‖ outputs) of the next-token distributions over the batch's
+        completion tokens: how far the model has moved from a reference model's predictions
+        (learning without forgetting, with the pretrained model as the reference)."""
+        moved = Learned.of(outputs, targets["labels"]).logits.log_softmax(-1)
+        before = Learned.of(reference, targets["labels"]).logits.log_softmax(-1)
+        return nn.functional.kl_div(moved, before, log_target=True, reduction="batchmean")
+
     def loss(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean over the batch's completion tokens (each token weighs the same)."""
         learned = Learned.of(outputs, targets["labels"])
