@@ -54,10 +54,11 @@ class Finetune(Method):
     def __init__(self, config: Config, task: Task) -> None:
         super().__init__(config, task)
         self.settings = config.finetune
-        if self.settings.lwf and task.name in ("causal-lm", "text-to-image"):
+        if self.settings.lwf and task.model_kind != "encoder":
             raise TsuikaError(
-                "finetune.lwf distils pooled features, which an encoder has; for a "
-                f"{task.name} run use finetune.l2sp"
+                f"finetune.lwf with method {self.name} distils pooled features, which an "
+                f"encoder has; for a {task.name} run use finetune.l2sp, or method lora with "
+                "finetune.lwf (its adapters switch off to give the pretrained predictions)"
             )
         self.anchor: dict[str, torch.Tensor] = {}
         """L2-SP's pretrained values of the weights that train, by name."""
