@@ -169,3 +169,35 @@ def test_plan_trains_the_winner_once_as_a_run_with_the_plan_in_it(
 def test_plan_refuses_a_named_method(base_config):
     with pytest.raises(TsuikaError, match="plan chooses the method"):
         plan(base_config, budget_steps=10, final=False)
+
+
+def candidates_for(config: dict, groups: int = 8) -> list:
+    from tsuika.api import as_config, task_and_data
+    from tsuika.plan import strategies
+
+    config = as_config({k: v for k, v in config.items() if k != "method"}, {})
+    task, splits = task_and_data(config)
+    return strategies(config, task, splits, groups)
+
+
+def test_the_candidates_are_distinct_and_cheapest_first(base_config):
+    # 8 groups (MiniLM-L6: embeddings, 6 blocks, head): the upper half is freeze 3
+    found = candidates_for(base_config)
+    names = [s.name for s in found]
+    assert names[:2] == ["transfer", "recipe (contrastive)"] and len(set(names)) == 8
+    assert [s.settings["method"] for s in found[2:]] == ["finetune"] * 4 + ["lora"] * 2
+    assert [s.settings["finetune"]["freeze"] for s in found[2:6]] == [3, 3, 1, 1]
+    # the tiny BERT's 4 groups: "upper half" would be "all above the embeddings" again
+    small = candidates_for(base_config, groups=4)
+    freezes = [
+        s.settings["finetune"]["freeze"] for s in small if s.settings["method"] == "finetune"
+    ]
+    assert freezes == [1, 1]
+
+
+def test_a_regressor_is_not_offered_transfer_twice(base_config, write_file):
+    rows = "text,score\n" + "".join(f"good movie {i},{i / 10}\n" for i in range(30))
+    data = {"train": str(write_file("scores.csv", rows)), "label_column": "score"}
+    found = candidates_for({**base_config, "task": "regression", "data": data})
+    assert [s.name for s in found].count("transfer") == 1
+    assert not any(s.name.startswith("recipe") for s in found)

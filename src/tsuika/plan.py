@@ -109,12 +109,13 @@ def strategies(config: Config, task: Task, splits: Splits, groups: int) -> list[
     head), from which the freeze depths are counted."""
     recipe = choose(config, task, splits, modality_of(config.model))
     search = {"train": SEARCH_TRAINING}
-    found = [
-        Strategy("transfer", {"method": "transfer"}),
-        Strategy(f"recipe ({recipe.method})", {"method": recipe.method, **recipe.settings}),
-    ]
-    upper = max(1, (groups - 1) // 2)  # the upper half of the pretrained groups trains
-    for freeze, where in ((upper, "upper half"), (1, "all above the embeddings")):
+    found = [Strategy("transfer", {"method": "transfer"})]
+    chosen = {"method": recipe.method, **recipe.settings}
+    if chosen != found[0].settings:  # for regression the recipe is transfer itself
+        found.append(Strategy(f"recipe ({recipe.method})", chosen))
+    upper = (groups - 1) // 2  # the upper half of the pretrained groups trains
+    depths = [(upper, "upper half")] if upper > 1 else []  # a small model has one depth
+    for freeze, where in [*depths, (1, "all above the embeddings")]:
         for rate in RATES:
             settings = {"method": "finetune", "finetune": {"freeze": freeze, "head_init": "probe"}}
             settings["train"] = {**SEARCH_TRAINING, "backbone_lr": rate}
