@@ -123,6 +123,13 @@ def probe_outcomes(features: np.ndarray, labels: np.ndarray, seed: int) -> np.nd
     return (predicted == labels).astype(np.float64)
 
 
+def sampled(n: int, seed: int) -> list[int]:
+    """All n rows, or `RETAIN_LIMIT` of them drawn once by the run's seed, in file order."""
+    if n <= RETAIN_LIMIT:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, RETAIN_LIMIT, replace=False).tolist())
+
+
 def retention(
     config: Config, task: Task, method: Method, model: AdaptableModel
 ) -> Retention | None:
@@ -136,7 +143,7 @@ def retention(
     problems: list[str] = []
     if task.name == "causal-lm":
         raw = read_examples("chat", path, "train", settings, [], problems)
-        examples = task.encode(raw)
+        examples = task.encode(raw.subset(sampled(len(raw), config.seed)))
         feed = input_feed(
             model, examples.inputs, task.targets(examples), None, task.units(examples)
         )
@@ -159,9 +166,7 @@ def retention(
                 f"data.retain {path}: column {column!r} needs at least two classes "
                 "(data.retain_label_column names it)"
             )
-        rows = np.arange(len(labels))
-        if len(rows) > RETAIN_LIMIT:
-            rows = np.sort(np.random.default_rng(config.seed).choice(rows, RETAIN_LIMIT, False))
+        rows = sampled(len(labels), config.seed)
         inputs = [raw.inputs[i] for i in rows]
         feed = method.precompute(
             model, input_feed(model, inputs), CacheSettings(mode=config.train.cache), "retain"
