@@ -65,14 +65,21 @@ def test_a_bad_budget_is_refused(text):
         parse_budget(text)
 
 
-def test_plan_spends_at_most_its_steps_and_keeps_the_best_completed_trial(base_config):
+def test_plan_spends_at_most_its_steps_and_keeps_the_default_unless_beaten(base_config):
     config = {k: v for k, v in base_config.items() if k != "method"}
     result = plan(config, budget_seconds=None, budget_steps=60, final=False)
     trials = result["trials"]
     assert sum(t["steps"] for t in trials) == result["spent"]["steps"] <= 60
     assert trials[0]["strategy"] == "transfer" and trials[0]["state"] == "complete"
-    completed = [t for t in trials if t["state"] == "complete"]
-    assert result["best"] == max(completed, key=lambda t: t["score"])["strategy"]
+    # the default (the recipe) is kept unless a completed trial beats it beyond the interval
+    from tsuika.plan import unpaired
+
+    assert result["default"] == "recipe (contrastive)"
+    completed = {t["strategy"]: t["score"] for t in trials if t["state"] == "complete"}
+    default = completed[result["default"]]
+    n = result["examples"]["validation"]
+    beaten = [s for s, v in completed.items() if v - default > unpaired(v, default, n)]
+    assert result["best"] == (max(beaten, key=completed.get) if beaten else result["default"])
     # The budget ran out: the last trials did not run, and the explanation says so.
     assert any(t["state"] in ("not run", "budget") for t in trials)
     assert "Not run" in result["explanation"] or "budget" in result["explanation"]
@@ -108,6 +115,37 @@ def test_successive_halving_stops_a_trial_at_the_epoch_it_is_pruned(base_config)
     )
     assert done.state == "pruned" and done.epochs == 2 and len(trial.reported) == 2
     assert [step for _, step in trial.reported] == [1, 2]
+    # the default strategy is never pruned: it runs its whole schedule (5 epochs here)
+    kept = _attempt(
+        Strategy("transfer", {"method": "transfer"}, default=True),
+        config,
+        task,
+        splits,
+        Budget(),
+        lambda config: CacheSettings(shared={}),
+        PrunedAtTwo(),
+    )
+    assert kept.state == "complete" and kept.epochs == 5
+
+
+def test_the_default_is_kept_unless_beaten_beyond_the_interval(base_config):
+    from tsuika.api import as_config, task_and_data
+    from tsuika.plan import Trial, _best, unpaired
+
+    task, _ = task_and_data(as_config({k: v for k, v in base_config.items() if k != "method"}, {}))
+    half = unpaired(0.80, 0.70, 100)  # ±0.12 on 100 examples
+    assert 0.11 < half < 0.13
+
+    def trials(default_score, other_score, default_state="complete"):
+        return [
+            Trial("transfer", {}, "complete", score=other_score),
+            Trial("recipe", {}, default_state, score=default_score),
+        ]
+
+    assert _best(trials(0.70, 0.80), True, "recipe", 100, task).strategy == "recipe"
+    assert _best(trials(0.70, 0.85), True, "recipe", 100, task).strategy == "transfer"
+    assert _best(trials(0.70, 0.80), True, "recipe", 1000, task).strategy == "transfer"
+    assert _best(trials(0.70, 0.80, "budget"), True, "recipe", 100, task).strategy == "transfer"
 
 
 def test_trials_share_the_frozen_prefix_cache(base_config, monkeypatch):

@@ -54,6 +54,9 @@ class Strategy:
     name: str
     settings: dict
     """Config overrides (sections as nested dicts), the method among them."""
+    default: bool = False
+    """What `tsuika train` does without a method (the recipe): never pruned, and kept unless
+    another strategy beats it on validation by more than the interval."""
 
 
 @dataclass
@@ -111,8 +114,10 @@ def strategies(config: Config, task: Task, splits: Splits, groups: int) -> list[
     search = {"train": SEARCH_TRAINING}
     found = [Strategy("transfer", {"method": "transfer"})]
     chosen = {"method": recipe.method, **recipe.settings}
-    if chosen != found[0].settings:  # for regression the recipe is transfer itself
-        found.append(Strategy(f"recipe ({recipe.method})", chosen))
+    if chosen != found[0].settings:
+        found.append(Strategy(f"recipe ({recipe.method})", chosen, default=True))
+    else:  # for regression the recipe is transfer itself
+        found[0].default = True
     upper = (groups - 1) // 2  # the upper half of the pretrained groups trains
     depths = [(upper, "upper half")] if upper > 1 else []  # a small model has one depth
     for freeze, where in [*depths, (1, "all above the embeddings")]:
@@ -215,7 +220,8 @@ def plan(
     finally:
         shared.clear()
         shutil.rmtree(spill, ignore_errors=True)
-    best = _best(trials, maximize)
+    default = next(s.name for s in candidates if s.default)
+    best = _best(trials, maximize, default, len(splits.val), task)
     if best is None:
         raise TsuikaError(
             "plan: no strategy trained a whole epoch within the budget; give a larger --budget"
@@ -229,6 +235,7 @@ def plan(
         "examples": {"train": len(splits.train), "validation": len(splits.val)},
         "selection": f"val_{task.selection}",
         "trials": [asdict(t) for t in trials],
+        "default": default,
         "best": best.strategy,
     }
     result["explanation"] = explain(result, task, maximize)
@@ -277,7 +284,7 @@ def _attempt(
     def on_epoch(record: dict) -> bool:
         done.scores.append(record[selection])
         trial.report(record[selection], record["epoch"])
-        if trial.should_prune():
+        if trial.should_prune() and not strategy.default:
             stopped.append("pruned")
         elif budget.seconds_left() <= 0:
             stopped.append("budget")
@@ -307,14 +314,34 @@ def _attempt(
     return done
 
 
-def _best(trials: list[Trial], maximize: bool) -> Trial | None:
-    """The best completed trial on validation; when none completed, the best one cut short."""
+def _best(trials: list[Trial], maximize: bool, default: str, n: int, task: Task) -> Trial | None:
+    """The default strategy, unless a completed one beats it on validation beyond the 95 %
+    interval (with a hundred validation examples, ±0.12 in accuracy: a lead inside it is as
+    likely noise as skill, and the default's choice was measured across seeds and data sizes).
+    Without a completed default (or an interval: regression), the best completed trial; when
+    none completed, the best one cut short."""
     sign = 1 if maximize else -1
-    for states in (("complete",), ("complete", "budget", "pruned")):
-        scored = [t for t in trials if t.state in states and t.score is not None]
-        if scored:
-            return max(scored, key=lambda t: sign * t.score)
-    return None
+    done = [t for t in trials if t.state == "complete" and t.score is not None]
+    kept = next((t for t in done if t.strategy == default), None)
+    if done:
+        leader = max(done, key=lambda t: sign * t.score)
+        if kept is None or not proportion(task, kept.score):
+            return leader
+        margin = sign * (leader.score - kept.score)
+        return leader if margin > unpaired(leader.score, kept.score, n) else kept
+    cut = [t for t in trials if t.state in ("budget", "pruned") and t.score is not None]
+    return max(cut, key=lambda t: sign * t.score) if cut else None
+
+
+def proportion(task: Task, score: float) -> bool:
+    """Whether the selection metric is a share of examples (an interval can be had)."""
+    return task.name == "classify" and 0 <= score <= 1
+
+
+def unpaired(a: float, b: float, n: int) -> float:
+    """Half-width of a 95 % interval for the difference of two accuracies on the same `n`
+    examples, taken as unpaired (the per-example outcomes are not kept): wider than paired."""
+    return math.hypot(interval(a, n), interval(b, n))
 
 
 def interval(score: float, n: int) -> float:
@@ -337,22 +364,23 @@ def explain(result: dict, task: Task, maximize: bool) -> str:
         f"and {result['spent']['steps']} optimizer steps."
     ]
     chosen = f"Chose {best['strategy']}: validation {metric} {best['score']:.3f}"
-    proportion = task.name == "classify" and 0 <= best["score"] <= 1
     others = [t for t in trials if t is not best and t["state"] == "complete"]
     if others:
         sign = 1 if maximize else -1
         runner = max(others, key=lambda t: sign * t["score"])
         gap = best["score"] - runner["score"]
-        chosen += f", {gap:+.3f} over the next best completed ({runner['strategy']}"
-        if proportion:
-            # Unpaired (the per-example outcomes are not kept): wider than a paired interval.
-            half = math.hypot(interval(best["score"], n), interval(runner["score"], n))
-            chosen += f"; 95 % interval ±{half:.3f} on {n} examples"
-            if abs(gap) <= half:
+        chosen += f", {gap:+.3f} against the best other completed ({runner['strategy']}"
+        if proportion(task, best["score"]):
+            half = unpaired(best["score"], runner["score"], n)
+            chosen += f"; 95 % interval ±{half:.3f} on {n} examples)"
+            if best["strategy"] == result["default"] and sign * gap < 0:
+                chosen += ": the default is kept unless beaten beyond the interval"
+            elif abs(gap) <= half:
                 chosen += ", so the two are not told apart"
-        if gap == 0:
+        else:
+            chosen += ")"
+        if gap == 0 and best["strategy"] != result["default"]:
             chosen += "; a tie goes to the strategy tried first, the cheaper"
-        chosen += ")"
     sentences.append(chosen + ".")
     overfit = [f"{t['strategy']} ({t['overfit']})" for t in result["trials"] if t["overfit"]]
     if overfit:
