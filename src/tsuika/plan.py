@@ -6,7 +6,10 @@ fine-tuning at two freeze depths and two rates, LoRA at two ranks — those the 
 allow. Optuna runs them one after another with successive halving (Jamieson & Talwalkar
 2016, the asynchronous form of Li et al. 2018): each trial reports its validation score every
 epoch, and one that is not among the best third of those that reached the same epoch stops
-there. The cheap ones run first, so later trials have something to be compared with. Trials
+there. The cheap ones run first, so later trials have something to be compared with. The
+default (the recipe) is never pruned, and is kept unless another strategy beats it on
+validation beyond the 95 % interval of the difference: a few hundred validation examples
+cannot tell strategies a few points apart, and a measured default is the better bet. Trials
 share the frozen prefixes' activations (`CacheSettings.shared`): a boundary is computed once
 for all trials that cache it. No trial sees the test split.
 """
