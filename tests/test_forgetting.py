@@ -52,6 +52,7 @@ def test_every_epoch_records_the_retain_score_and_the_run_judges_the_kept_model(
     assert found["verdict"] in ("FORGETTING", "retained")
     assert found["change"] == pytest.approx(found["kept"] - found["pretrained"])
     assert found["interval"][0] <= found["change"] <= found["interval"][1]
+    assert [point["score"] for point in found["curve"]] == scores
     assert "forgetting" in run.summary["verdicts"]
     page = (run.path / "report.html").read_text()
     assert 'id="forgetting"' in page and found["verdict"] in page
@@ -75,14 +76,14 @@ def test_a_model_whose_features_are_wiped_is_judged_forgetting_and_an_unchanged_
 ):
     config, task, method, model = built(finetune_config(base_config, retain_csv))
     found = retention(config, task, method, model)
-    unchanged = found.verdict(model)
+    unchanged = found.verdict(model, [])
     assert unchanged["verdict"] == "retained" and unchanged["interval"] == [0.0, 0.0]
     assert found.pretrained.mean() > 0.7  # measured 0.78: the tiny BERT's features serve it
     with torch.no_grad():
         for group in model.layer_groups()[:-1]:  # every feature constant: nothing to probe
             for p in group.parameters():
                 p.zero_()
-    wiped = found.verdict(model)
+    wiped = found.verdict(model, [])
     assert wiped["verdict"] == "FORGETTING" and wiped["interval"][1] < 0
 
 

@@ -218,7 +218,7 @@ def _train_in(
             before,
             on_epoch=on_epoch,
         )
-        forgetting = retained.verdict(model) if retained else None
+        forgetting = retained.verdict(model, phase.fit.history) if retained else None
         if main:
             save_model(path / "model", model, task, method, config.model)
         baselines = run_baselines(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,7 +50,6 @@ class Retention:
     seed: int = 0
     pretrained: np.ndarray | None = None
     """Per example: probe correctness (0/1) or loss, of the pretrained model."""
-    curve: list[dict] = field(default_factory=list)
 
     @property
     def metric(self) -> str:
@@ -77,15 +76,14 @@ class Retention:
         """The hook `fit` calls after each epoch: adds `retain_<metric>`, never stops."""
 
         def measure(record: dict) -> bool:
-            score = float(self.outcomes(model).mean())
-            record[f"retain_{self.metric}"] = score
-            self.curve.append({"epoch": record["epoch"], "score": score})
+            record[f"retain_{self.metric}"] = float(self.outcomes(model).mean())
             return False
 
         return measure
 
-    def verdict(self, model: AdaptableModel) -> dict:
-        """The kept model against the pretrained one, example by example."""
+    def verdict(self, model: AdaptableModel, history: list[dict]) -> dict:
+        """The kept model against the pretrained one, example by example; `history`: the
+        fit's epochs (with those before a resume), whose retain scores make the curve."""
         assert self.pretrained is not None
         kept = self.outcomes(model)
         change = kept - self.pretrained
@@ -103,7 +101,11 @@ class Retention:
             "change": float(change.mean()),
             "interval": [float(low), float(high)],
             "verdict": "FORGETTING" if worse else "retained",
-            "curve": self.curve,
+            "curve": [
+                {"epoch": r["epoch"], "score": r[f"retain_{self.metric}"]}
+                for r in history
+                if f"retain_{self.metric}" in r
+            ],
         }
 
 
