@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from tsuika.advice.rank import classification_probe
 from tsuika.config import Config
 from tsuika.data.reading import read_examples
 from tsuika.errors import TsuikaError
@@ -31,7 +32,6 @@ from tsuika.tasks.base import Task
 
 RETAIN_LIMIT = 1000
 """At most this many retain examples (drawn once, by the run's seed): each epoch measures them."""
-FOLDS = 5
 BOOTSTRAP = 1000
 
 
@@ -110,15 +110,10 @@ class Retention:
 
 
 def probe_outcomes(features: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
-    """Out-of-fold correctness (0/1) of a logistic-regression probe, per example."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    """Out-of-fold correctness (0/1) of `tsuika rank`'s linear probe, per example."""
+    from sklearn.model_selection import cross_val_predict
 
-    folds = max(2, min(FOLDS, int(np.unique(labels, return_counts=True)[1].min())))
-    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
+    probe, split = classification_probe(labels, seed)
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")
         predicted = cross_val_predict(probe, features, labels, cv=split)

@@ -76,27 +76,37 @@ def column_evidence(
     return float(evidence / n), alpha, beta
 
 
+def classification_probe(labels: np.ndarray, seed: int):
+    """The linear probe on frozen features and its folds: standardised logistic regression,
+    5-fold stratified (fewer when a class has fewer examples). Shared by `tsuika rank` and
+    the forgetting measure."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(5, int(np.unique(labels, return_counts=True)[1].min()))
+    split = StratifiedKFold(max(folds, 2), shuffle=True, random_state=seed)
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1)), split
+
+
 def probe_score(
     features: np.ndarray, labels: np.ndarray, classification: bool, seed: int = 0
 ) -> float:
     """Out-of-fold accuracy (classification) or R² (regression) of a linear probe, 5-fold
     (fewer when a class has fewer examples)."""
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if classification:
-        folds = min(5, int(np.unique(labels, return_counts=True)[1].min()))
-        split = StratifiedKFold(max(folds, 2), shuffle=True, random_state=seed)
-        model = LogisticRegression(max_iter=1000, C=0.1)
+        probe, split = classification_probe(labels, seed)
         scoring = "accuracy"
     else:
         split = KFold(5, shuffle=True, random_state=seed)
-        model, scoring = Ridge(alpha=1.0), "r2"
+        probe, scoring = make_pipeline(StandardScaler(), Ridge(alpha=1.0)), "r2"
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")
-        scores = cross_val_score(
-            make_pipeline(StandardScaler(), model), features, labels, cv=split, scoring=scoring
-        )
+        scores = cross_val_score(probe, features, labels, cv=split, scoring=scoring)
     return float(np.mean(scores))
