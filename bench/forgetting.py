@@ -23,7 +23,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from small_data import draw, review_rows, write_table
+from small_data import review_files
 
 import tsuika
 
@@ -46,14 +46,7 @@ def main() -> None:
         "retain bundled:speeches"
     )
     folder = Path(tempfile.mkdtemp())
-    train, val = draw(review_rows("train"), "label", args.k, args.seed, 50)
-    columns = ["text", "label"]
-    data = {
-        "train": write_table(folder / "train.csv", train, columns),
-        "validation": write_table(folder / "val.csv", val, columns),
-        "test": write_table(folder / "test.csv", review_rows("test"), columns),
-        "retain": "bundled:speeches",
-    }
+    data = {**review_files(folder, args.k, args.seed), "retain": "bundled:speeches"}
     sides = [] if args.no_reference else [("reference, default rate", 3e-5, {})]
     sides.append(("high rate", args.lr, {}))
     sides += [(f"high rate + l2sp {w:g}", args.lr, {"l2sp": w}) for w in _floats(args.l2sp)]

@@ -20,7 +20,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from small_data import draw, review_rows, write_table
+from small_data import review_files
 
 import tsuika
 from tsuika.plan import parse_budget, plan
@@ -39,13 +39,7 @@ def main() -> None:
     print(f"# bench/plan.py · {date.today()} · {platform.machine()} · torch {torch.__version__}")
     print(f"# k={args.k} per class, seed {args.seed}, budget {args.budget}")
     folder = Path(tempfile.mkdtemp())
-    train, val = draw(review_rows("train"), "label", args.k, args.seed, 50)
-    columns = ["text", "label"]
-    data = {
-        "train": write_table(folder / "train.csv", train, columns),
-        "validation": write_table(folder / "val.csv", val, columns),
-        "test": write_table(folder / "test.csv", review_rows("test"), columns),
-    }
+    data = review_files(folder, args.k, args.seed)
     common = {
         "model": "minilm-l6",
         "data": data,

@@ -84,6 +84,18 @@ def write_table(path: Path, rows: list[dict], columns: list[str]) -> str:
     return str(path)
 
 
+def review_files(folder: Path, k: int, seed: int) -> dict[str, str]:
+    """The text sides' draw as `data` settings: k reviews per class for training, 50 other
+    ones per class for validation, the bundled test split — CSV files in `folder`."""
+    train, val = draw(review_rows("train"), "label", k, seed, 50)
+    columns = ["text", "label"]
+    return {
+        "train": write_table(folder / "train.csv", train, columns),
+        "validation": write_table(folder / "val.csv", val, columns),
+        "test": write_table(folder / "test.csv", review_rows("test"), columns),
+    }
+
+
 def image_rows(split: str) -> list[dict]:
     root = ROOT / "src" / "tsuika" / "data" / "bundled" / "fashion" / split
     return [
