@@ -346,6 +346,7 @@ def plan(
     run, tested once, and say why it won."""
     from tsuika.plan import parse_budget
     from tsuika.plan import plan as plan_api
+    from tsuika.report.sections import trial_row
 
     config = _config_from(args, {"data.train": data, "model": model}, quiet=as_json)
     result = plan_api(config, budget_seconds=parse_budget(budget), budget_steps=max_steps)
@@ -354,15 +355,7 @@ def plan(
         return
     table = Table("strategy", "outcome", "best val", "epochs", "steps", "seconds", title="plan")
     for trial in result["trials"]:
-        score = "" if trial["score"] is None else f"{trial['score']:.3f}"
-        table.add_row(
-            escape(trial["strategy"]),
-            trial["state"],
-            score,
-            str(trial["epochs"]),
-            str(trial["steps"]),
-            f"{trial['seconds']:.1f}",
-        )
+        table.add_row(*map(escape, trial_row(trial)))
     out.print(table)
     out.print(escape(result["explanation"]))
     out.print(f"run: {result['run']}")

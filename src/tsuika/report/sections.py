@@ -82,19 +82,16 @@ def plan(run: RunFiles) -> list[Section]:
     body = f"<p>{text(chosen['explanation'])}</p>"
     trials = chosen.get("trials", [])
     if trials:
-        rows = [
-            [
-                t["strategy"],
-                t["state"],
-                "" if t["score"] is None else f"{t['score']:.3f}",
-                str(t["epochs"]),
-                str(t["steps"]),
-                f"{t['seconds']:.1f}",
-            ]
-            for t in trials
-        ]
+        rows = [trial_row(t) for t in trials]
         body += table(["strategy", "outcome", "best validation", "epochs", "steps", "s"], rows)
     return [Section("plan", "Why this strategy", body)]
+
+
+def trial_row(trial: dict) -> list[str]:
+    """One trial of a plan as table cells (the report's table and `tsuika plan`'s)."""
+    score = "" if trial["score"] is None else f"{trial['score']:.3f}"
+    cells = [trial["state"], score, str(trial["epochs"]), str(trial["steps"])]
+    return [trial["strategy"], *cells, f"{trial['seconds']:.1f}"]
 
 
 def _where(finding: dict) -> str:
