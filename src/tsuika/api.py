@@ -97,10 +97,7 @@ def train(
         config = recipe.applied(config)
         if config.progress:
             say(f"method auto → {config.method}: {recipe.reason}")
-    method = method_class(config.method)(config, task)
-    model = method.build_model(config)
-    model.to(training_device())  # precompute on the accelerator too, not only train there
-    method.prepare(model)  # once, on the device; a bad freeze setting fails before any folder
+    method, model = adapting(config, task)  # a bad freeze setting fails before any folder
     retained = retention(config, task, method, model)  # a bad retain file too
     main = is_main_process()
     if resume is not None:
@@ -135,6 +132,15 @@ def train(
     except KeyboardInterrupt:
         raise RunInterrupted(path) from None
     return run
+
+
+def adapting(config: Config, task: Task) -> tuple[Method, AdaptableModel]:
+    """The config's method and the model it adapts, on the training device and prepared."""
+    method = method_class(config.method)(config, task)
+    model = method.build_model(config)
+    model.to(training_device())  # precompute on the accelerator too, not only train there
+    method.prepare(model)  # once, on the device
+    return method, model
 
 
 def data_warnings(splits: Splits, task: Task) -> list[Finding]:

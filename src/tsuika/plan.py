@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tsuika.api import as_config, task_and_data, train
+from tsuika.api import adapting, as_config, task_and_data, train
 from tsuika.config import Config, merge
 from tsuika.console import say
 from tsuika.data.splits import Splits
@@ -37,7 +37,6 @@ from tsuika.methods.recipe import choose
 from tsuika.models import modality_of
 from tsuika.runs import write_atomic
 from tsuika.tasks.base import Task
-from tsuika.train.distributed import training_device
 from tsuika.train.phase import run_trial, seed_everything
 
 SEARCH_TRAINING = {"epochs": 10, "patience": 3}
@@ -274,10 +273,7 @@ def _attempt(
     try:
         config = configured(base, strategy)
         seed_everything(config.seed)
-        method = method_class(config.method)(config, task)
-        model = method.build_model(config)
-        model.to(training_device())
-        method.prepare(model)
+        method, model = adapting(config, task)
     except TsuikaError as error:
         done.state, done.why = "not applicable", str(error)
         return done
