@@ -54,6 +54,9 @@ def fast_config(
         "method": "transfer",
         "data": {"train": str(train_file)},
         "train": {"epochs": 5, "batch_size": 8, "lr": 0.05, "patience": None},
+        # These runs exercise the loop (epochs, checkpoints, resume, logs): the head trains by
+        # steps. The closed-form head, `transfer`'s default, has its own tests.
+        "head": {"fit": "steps"},
         "baselines": {"scratch": False, "bootstrap": 200},
         "output": str(output),
         "progress": False,

@@ -14,6 +14,7 @@ from helpers import csv_text
 from tsuika.advice.checks import (
     cheap_checks,
     class_balance,
+    data_checks,
     domain_shift,
     exact_duplicates,
     input_sizes,
@@ -21,6 +22,8 @@ from tsuika.advice.checks import (
     near_duplicates,
 )
 from tsuika.data.splits import Examples, Splits
+from tsuika.tasks import Classify
+from tsuika.tasks.classify import MultiTask
 
 
 def examples(texts: list[str], labels: list[str]) -> Examples:
@@ -56,6 +59,54 @@ def test_imbalance_is_measured_and_named_with_its_fix():
     assert "train.balance" in finding.fix
     splits.train = examples([f"text {i}" for i in range(10)], ["a"] * 5 + ["b"] * 5)
     assert class_balance(splits, ["label"])[0].verdict == "ok"
+
+
+def encoded(targets: dict[str, list[int]]) -> Splits:
+    """Splits as a classification task holds them: class indices, not label strings."""
+    n = len(next(iter(targets.values())))
+    train = Examples([f"text {i}" for i in range(n)], targets, "data.csv", list(range(2, n + 2)))
+    empty = Examples([], {column: [] for column in targets})
+    return Splits(train, empty, empty)
+
+
+def test_imbalance_names_the_classes_by_label_not_by_index():
+    # Labels that look like numbers ("5" is index 2) tell a label from an index apart.
+    task = Classify(["stars"], {"stars": ["1", "3", "5"]})
+    splits = encoded({"stars": [2] * 12 + [1] * 3 + [0] * 6})
+    (finding,) = [f for f in data_checks(splits, task) if f.check == "balance"]
+    assert finding.verdict == "warning"
+    assert "`5` has 12 training examples, `3` 3" in finding.text, finding.text
+    assert "favours `5`" in finding.text
+    assert "2 has" not in finding.text and "`2`" not in finding.text
+    assert finding.numbers["counts"] == {"1": 6, "3": 3, "5": 12}
+    balanced = encoded({"stars": [0, 1, 2] * 4})
+    (ok,) = [f for f in data_checks(balanced, task) if f.check == "balance"]
+    assert ok.numbers["counts"] == {"1": 4, "3": 4, "5": 4}
+
+
+def test_multi_task_imbalance_names_the_column_and_its_own_labels():
+    labels = {"topic": ["news", "sport"], "mood": ["negative", "neutral", "positive"]}
+    task = MultiTask(["topic", "mood"], labels)
+    splits = encoded({"topic": [0, 1] * 8, "mood": [2] * 12 + [1] * 4})
+    found = [f for f in data_checks(splits, task) if f.check == "balance"]
+    assert [f.verdict for f in found] == ["ok", "warning"]
+    text = found[1].text
+    assert "in `mood`" in text and "`positive` has 12 training examples, `neutral` 4" in text
+    assert found[0].numbers["counts"] == {"news": 8, "sport": 8}
+
+
+def test_a_conflicting_duplicate_shows_its_labels_by_name():
+    task = Classify(["label"], {"label": ["negative", "positive"]})
+    splits = encoded({"label": [0, 1, 0, 1]})
+    splits.train.inputs[1] = splits.train.inputs[0]
+    (conflict,) = [f for f in data_checks(splits, task) if f.verdict == "problem"]
+    assert {row["label"] for row in conflict.examples[0]} == {"negative", "positive"}
+
+
+def test_imbalance_fix_says_what_the_default_balance_does():
+    splits = encoded({"label": [0] * 12 + [1] * 3})
+    (finding,) = class_balance(splits, ["label"])
+    assert "`train.balance: auto`" in finding.fix and "`train.balance: sampler`" in finding.fix
 
 
 def test_empty_and_extreme_texts_and_tiny_images():

@@ -140,9 +140,11 @@ def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
         scores[pretrained] = float((phase.predicted["label"] == truth).mean())
     print("probe on pretrained and on random features:", scores)
     # Measured on 2026-11-23 at 224 px: 0.804 with the ImageNet weights, 0.100 (chance) with
-    # random ones; 2026-12-04 at 128 px (validation every third image): 0.780 and 0.100.
+    # random ones; 2026-12-04 at 128 px (validation every third image): 0.780 and 0.100 — a
+    # head trained by steps that did not fit random features at all. Solved in closed form
+    # (2026-12-05): 0.776 and 0.428 (random convolutions are features too).
     assert scores[True] >= 0.70
-    assert scores[True] - scores[False] >= 0.5
+    assert scores[True] - scores[False] >= 0.25
 
 
 @pytest.mark.integration

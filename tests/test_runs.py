@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +14,7 @@ from safetensors.torch import load_file
 import tsuika
 from tsuika.cli import main
 from tsuika.errors import TsuikaError
+from tsuika.runs import create_run_dir
 
 
 def test_existing_name_is_an_error_and_the_first_run_is_untouched(
@@ -47,6 +50,33 @@ def test_default_names_never_collide(tiny_bert_dir, tiny_csv, tmp_path):
     for run in (first, second):
         assert run.path.name.startswith(f"transfer-{tiny_bert_dir.name}-")
         assert (run.path / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("default_name", "stem"),
+    [
+        ("transfer-torchvision:resnet18", "transfer-torchvision-resnet18"),
+        ("finetune-timm:org/vit small", "finetune-timm-org-vit-small"),
+        ("transfer-random:bert::tiny", "transfer-random-bert-tiny"),
+        ("..transfer-model/", "transfer-model"),
+        ("transfer-modèle ★", "transfer-mod-le"),
+        (":/ ", "run"),
+    ],
+)
+def test_default_folder_names_hold_only_safe_characters(
+    tmp_path: Path, default_name: str, stem: str
+) -> None:
+    # A colon or a slash from the model's name trips paths, shells, URLs and other systems.
+    path = create_run_dir(tmp_path, None, default_name)
+    assert path.parent == tmp_path
+    assert re.fullmatch(rf"{re.escape(stem)}-\d{{8}}-\d{{6}}", path.name), path.name
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", path.name)
+
+
+def test_a_given_name_is_kept_exactly_and_a_path_in_it_is_refused(tmp_path: Path) -> None:
+    assert create_run_dir(tmp_path, "exp:1 b", "default").name == "exp:1 b"
+    with pytest.raises(TsuikaError, match=r"`name` .* path separator.*plain folder name"):
+        create_run_dir(tmp_path, "../escape", "default")
 
 
 def test_run_folder_holds_config_metrics_summary_and_model(tiny_run, tiny_bert_dir, tiny_csv):
@@ -112,6 +142,7 @@ def test_model_folder_records_how_to_rebuild_the_model(tiny_run, tiny_bert_dir):
         "name": "classify",
         "labels": {"label": ["neg", "pos"]},
         "weights": {"label": 1.0},
+        "selection": "accuracy",
     }
     assert meta["model"]["source"] == str(tiny_bert_dir.resolve())
     assert meta["model"]["head"]["type"] == "linear" and meta["model"]["max_length"] == 128

@@ -55,14 +55,17 @@ def test_transfer_trains_the_head_from_the_seeded_init(tiny_bert_dir, tiny_csv, 
     # The run seeds before building the model, so the same seed rebuilds its initial head.
     seed_everything(0)
     init = head_state(tiny_bert(tiny_bert_dir))
-    # With a vanishing learning rate the run's head must still equal that init …
+    # A head trained by steps with a vanishing learning rate must still equal that init …
+    steps = {"fit": "steps"}
     still = tsuika.train(
-        fast_config(tiny_bert_dir, tiny_csv, tmp_path, train={"epochs": 1, "lr": 1e-12})
+        fast_config(
+            tiny_bert_dir, tiny_csv, tmp_path, train={"epochs": 1, "lr": 1e-12}, head=steps
+        )
     )
     for key, value in head_state(still.model).items():
         torch.testing.assert_close(value, init[key], atol=1e-9, rtol=0)
     # … and with a real one it moves away from it.
-    moved = tsuika.train(fast_config(tiny_bert_dir, tiny_csv, tmp_path))
+    moved = tsuika.train(fast_config(tiny_bert_dir, tiny_csv, tmp_path, head=steps))
     change = max(
         (value - init[key]).abs().max().item() for key, value in head_state(moved.model).items()
     )

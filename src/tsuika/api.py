@@ -22,6 +22,7 @@ from tsuika.errors import RunInterrupted, TsuikaError
 from tsuika.evaluate.baselines import (
     AdaptedRun,
     BeforeTraining,
+    head_only,
     run_baselines,
     wanted_baselines,
 )
@@ -29,9 +30,11 @@ from tsuika.evaluate.records import test_records, write_records
 from tsuika.evaluate.summary import build_summary
 from tsuika.methods import method_class
 from tsuika.methods.base import Method
+from tsuika.methods.cost import Estimate, duration, epochs_within, estimate, seconds_per_example
 from tsuika.methods.recipe import choose
 from tsuika.models import modality_of
 from tsuika.models.base import AdaptableModel
+from tsuika.models.text import fitted_length
 from tsuika.report import PREDICTIONS, REPORT, write_report
 from tsuika.run import Run, load
 from tsuika.runs import create_run_dir, save_model, write_atomic
@@ -86,18 +89,32 @@ def train(
     task = task_for(config, modality)
     splits = read_data(config, modality, task)  # bad data fails before anything is written
     findings = data_warnings(splits, task) if resume is None else []
-    if config.train.balance == "weights":
-        task.balance(splits.train)
-    elif config.train.balance == "sampler":  # a task without classes fails here, not later
-        task.draw_weights(task.targets(splits.train))
-    reason = None
+    # A task without classes refuses `weights`/`sampler` here, before any folder is written.
+    notes: dict[str, Any] = {}
+    tell = config.progress and is_main_process()
+    imbalance = task.handle_imbalance(config.train.balance, splits.train)
+    if imbalance:
+        notes["imbalance"] = imbalance
+    recipe = None
     if config.method == "auto":  # never when resuming: a run's config names its method
         recipe = choose(config, task, splits, modality)
-        reason = recipe.reason
         config = recipe.applied(config)
-        if config.progress:
-            say(f"method auto → {config.method}: {recipe.reason}")
     method, model = adapting(config, task)  # a bad freeze setting fails before any folder
+    if config.train.max_length is None and model.spec.get("family") == "text":
+        length, notes["input_length"] = fitted_length(model, splits.train.inputs)
+        config = with_train(config, max_length=length)
+    if task.new_head and resume is None:
+        config, method, model, notes["estimate"] = budgeted(
+            config, task, splits, method, model, recipe is not None
+        )
+    if recipe is not None:
+        notes["recipe"] = {"method": config.method, "reason": recipe.reason}
+        cuts = notes.get("estimate", {}).get("cuts", [])
+        notes["recipe"]["reason"] += "".join(f"; {cut}" for cut in cuts)
+    if tell:
+        for key in ("imbalance", "recipe", "input_length", "estimate"):
+            if key in notes:
+                say(line_of(key, notes[key]))
     retained = retention(config, task, method, model)  # a bad retain file too
     main = is_main_process()
     if resume is not None:
@@ -125,13 +142,75 @@ def train(
                 resumed,
                 started,
                 tracker,
-                reason,
+                notes,
                 findings,
                 retained,
             )
     except KeyboardInterrupt:
         raise RunInterrupted(path) from None
     return run
+
+
+def with_train(config: Config, **values: Any) -> Config:
+    """`config` with some `train.*` values replaced (what a run decided from its data)."""
+    return config.model_copy(update={"train": config.train.model_copy(update=values)})
+
+
+def line_of(key: str, note: Any) -> str:
+    """A note of the run's start, as the one line the console shows."""
+    if key == "recipe":
+        return f"method auto → {note['method']}: {note['reason']}"
+    if key == "estimate":
+        return f"estimated time: {note['words']}, done about {note['eta']}"
+    return str(note)
+
+
+def budgeted(
+    config: Config,
+    task: Task,
+    splits: Splits,
+    method: Method,
+    model: AdaptableModel,
+    chosen: bool,
+) -> tuple[Config, Method, AdaptableModel, dict[str, Any]]:
+    """The run's estimated wall time (`tsuika.methods.cost`) and, for a recipe (`chosen`),
+    what it gives up to stay within `train.budget_minutes`: fewer epochs, then a head on
+    frozen features (`transfer`) when one epoch alone is too much."""
+    per_example = seconds_per_example(model, splits, config.seed)
+    budget = config.train.budget_minutes
+
+    def guess(method: Method, model: AdaptableModel) -> Estimate:
+        examples = method.epoch_examples(len(splits.train))
+        return estimate(config, splits, per_example, not head_only(method, model), examples)
+
+    found, cuts = guess(method, model), []
+    if chosen and budget is not None and found.seconds > budget * 60:
+        examples = method.epoch_examples(len(splits.train))
+        epochs = epochs_within(config, splits, per_example, examples, budget * 60)
+        if epochs < config.train.epochs:
+            cuts.append(
+                f"{config.train.epochs} → {epochs} epochs to stay within "
+                f"train.budget_minutes={budget:g} (estimated {duration(found.seconds)})"
+            )
+            config = with_train(config, epochs=epochs)
+            found = guess(method, model)
+        if found.seconds > budget * 60:
+            cuts.append(
+                f"{config.method} would take {duration(found.seconds)} even for one epoch: "
+                "transfer (a head on frozen features) instead"
+            )
+            config = config.model_copy(update={"method": "transfer"})
+            method, model = adapting(config, task)
+            found = guess(method, model)
+    finish = time.localtime(time.time() + found.seconds)
+    note = {
+        "seconds": found.seconds,
+        "per_example_seconds": per_example,
+        "words": found.words(),
+        "eta": time.strftime("%H:%M", finish),
+        "cuts": cuts,
+    }
+    return config, method, model, note
 
 
 def adapting(config: Config, task: Task) -> tuple[Method, AdaptableModel]:
@@ -196,12 +275,13 @@ def _train_in(
     resuming: bool,
     started: float,
     tracker: Tracker | None,
-    reason: str | None = None,
+    notes: dict[str, Any] | None = None,
     findings: list[Finding] | None = None,
     retained: Retention | None = None,
 ) -> Run:
-    """Train, run the baselines, write the summary, predictions and report; `reason`: why
-    `method: auto` chose this method; `findings`: the data checks run before training;
+    """Train, run the baselines, write the summary, predictions and report; `notes`: what
+    the run decided from its data before training (summary sections: `recipe`, `imbalance`,
+    `input_length`, `estimate`); `findings`: the data checks run before training;
     `retained`: the retain set, measured every epoch (forgetting)."""
     main = is_main_process()
     log = MetricsLog(path / "metrics.jsonl" if main else None, tracker.log if tracker else None)
@@ -242,11 +322,21 @@ def _train_in(
         )
 
     summary = build_summary(
-        config, task, splits, model, phase.fit, phase.predicted, baselines, path
+        config,
+        task,
+        splits,
+        model,
+        phase.fit,
+        phase.predicted,
+        baselines,
+        path,
+        head_only(method, model),
     )
     summary |= method.evidence(model, splits, summary)
-    if reason is not None:
-        summary["recipe"] = {"method": config.method, "reason": reason}
+    for key, note in (notes or {}).items():
+        if key == "estimate":  # against the measured time below
+            note = {k: v for k, v in note.items() if k not in ("words", "eta")}
+        summary[key] = note
     if findings:
         summary["checks"] = [finding.as_dict() for finding in findings]
     if forgetting is not None:

@@ -97,6 +97,14 @@ class HeadConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     pooling: Literal["auto", "mean", "cls"] = "auto"
     """`auto` takes the model's own pooling (sentence-transformers config), else mean."""
+    fit: Literal["convex", "steps"] = "convex"
+    """How a new linear head is fitted on the frozen model's features — by `transfer`, and
+    by LP-FT's first stage (`finetune.head_init: probe`). `convex`: solved to the optimum of
+    its convex loss on the cached features (L-BFGS logistic regression, or ridge for
+    regression; regularisation chosen by cross-validation on the training split, so no
+    examples are spent on a validation split the fit does not need), in one pass — no
+    epochs. `steps`: AdamW epochs with early stopping, as every other method trains (also
+    what an MLP head, augmented inputs or a Huber loss fall back to)."""
 
 
 class TrainConfig(Section):
@@ -116,12 +124,23 @@ class TrainConfig(Section):
     """Which epoch's weights the run keeps: the best on validation, or the last (a fixed
     schedule, for data too small to hold out a validation split worth choosing by; the
     validation figures are still reported)."""
-    balance: Literal["none", "weights", "sampler"] = "none"
-    """Imbalanced classes (classification): `weights` weighs each class's examples by
-    n / (classes × its count) in the loss; `sampler` draws each epoch's examples with
-    replacement, every class equally often. `tsuika check` says when either is worth it."""
-    max_length: int = Field(128, ge=8)
-    """Tokens per text; longer texts are truncated."""
+    balance: Literal["auto", "none", "weights", "sampler"] = "auto"
+    """Imbalanced classes (classification). `auto`: from a largest/smallest class ratio of 3
+    on, the classes weigh equally in the loss (n / (classes × count), in a closed-form head
+    too) and the best epoch, the head's regularisation and the verdicts go by macro-F1
+    instead of accuracy; balanced data is left as it is. `weights`: that, whatever the
+    ratio; `sampler`: each epoch draws its examples with replacement, every class equally
+    often (and selects on macro-F1); `none`: accuracy, no weighting."""
+    budget_minutes: float | None = Field(10.0, gt=0)
+    """`method: auto` keeps its estimated wall time (measured speed × examples × epochs,
+    printed with an ETA before training) within this many minutes: fewer epochs first, then a
+    head on frozen features (`transfer`) — and says so. A named method is estimated, never
+    changed. null: no limit."""
+    max_length: int | None = Field(None, ge=8)
+    """Tokens per text; longer texts are cut. null: chosen from the data — the 95th
+    percentile of the training texts' token lengths, rounded up to a multiple of 16, at most
+    the model's own maximum (sentence-transformers' `max_seq_length`, else the tokenizer's
+    and the position embeddings'); the run says how many texts are cut. Causal LMs: 128."""
     grad_accum: int = Field(1, ge=1)
     clip_grad_norm: float | None = Field(1.0, gt=0)
     bf16: bool = False

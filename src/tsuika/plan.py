@@ -174,8 +174,7 @@ def plan(
     task, splits = task_and_data(base)
     if task.name in ("causal-lm", "text-to-image"):
         raise TsuikaError(f"plan searches classifiers and regressors, not {task.name} runs")
-    if base.train.balance == "weights":
-        task.balance(splits.train)
+    task.handle_imbalance(base.train.balance, splits.train)  # trials select as the run will
     groups = len(_built(base, "transfer", task).layer_groups())
     candidates = strategies(base, task, splits, groups)
     budget = Budget(budget_seconds, budget_steps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,19 @@ from tsuika.methods.base import Method
 from tsuika.methods.saved import META_FORMAT, load_model_folder, read_meta
 from tsuika.models.base import AdaptableModel
 from tsuika.tasks.base import Task
+
+UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+"""What a default folder name drops: a model's `torchvision:` prefix, a `/` or a space in a
+path or hub id, anything outside ASCII. Paths, shells, URLs, archives and other file
+systems (a colon on Windows) read the rest as written."""
+
+
+def _safe_folder_name(text: str) -> str:
+    """`text` as a folder name of safe characters only: each run of others becomes one `-`
+    (`transfer-torchvision:resnet18` → `transfer-torchvision-resnet18`); no leading dot (a
+    hidden folder) or dash (read as an option), no trailing dash (the timestamp follows)."""
+    safe = re.sub(r"-{2,}", "-", UNSAFE.sub("-", text)).lstrip(".-").rstrip("-")
+    return safe or "run"
 
 
 def _check_name(name: str) -> None:
@@ -54,8 +68,9 @@ def _output_error(parent: Path, error: OSError | ValueError) -> TsuikaError:
 
 
 def create_run_dir(parent: str | Path, name: str | None, default_name: str) -> Path:
-    """Make a new, empty run folder. An explicit name that exists is an error; a default
-    name gets a numeric suffix. `mkdir(exist_ok=False)` makes the claim atomic."""
+    """Make a new, empty run folder. An explicit name is taken as given (one folder name, or
+    an error) and may not exist yet; a default name is made safe, gets a timestamp and, if
+    taken, a numeric suffix. `mkdir(exist_ok=False)` makes the claim atomic."""
     parent = Path(parent)
     if name is not None:
         _check_name(name)
@@ -75,7 +90,7 @@ def create_run_dir(parent: str | Path, name: str | None, default_name: str) -> P
         except OSError as error:
             raise _output_error(parent, error) from None
         return path
-    stem = f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = f"{_safe_folder_name(default_name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     for attempt in range(1000):
         path = parent / (stem if attempt == 0 else f"{stem}-{attempt + 1}")
         try:

@@ -84,31 +84,50 @@ def _where(splits: Splits, split: str, index: int) -> dict:
 
 
 # -- cheap checks: the data alone ---------------------------------------------------------------
-def class_balance(splits: Splits, columns: list[str]) -> list[Finding]:
-    """Per label column: the imbalance ratio of the training split."""
+BALANCE_FIX = (
+    "read macro-F1, not accuracy: the default `train.balance: auto` weighs the classes "
+    "equally and selects on macro-F1 from this ratio on; set `train.balance: sampler` to "
+    "draw batches evenly instead (`weights`: weigh them whatever the ratio)"
+)
+"""What to do about imbalance: `auto` (the default) handles it already; say so, and how to
+change the way."""
+
+
+def class_balance(
+    splits: Splits, columns: list[str], classes: dict[str, list[str]] | None = None
+) -> list[Finding]:
+    """Per label column: the imbalance ratio of the training split, each class named by its
+    label (`classes`: column → class names, where the splits hold indices)."""
     findings = []
     for column in columns:
+        names = (classes or {}).get(column)
         counts = Counter(splits.train.targets[column])
         if len(counts) < 2:
             continue
         (top, most), (rare, least) = counts.most_common()[0], counts.most_common()[-1]
         ratio = most / least
-        numbers = {"counts": dict(sorted(counts.items())), "ratio": round(ratio, 2)}
+        shown = {class_name(k, names): n for k, n in sorted(counts.items())}
+        numbers = {"counts": shown, "ratio": round(ratio, 2)}
         named = f" in `{column}`" if len(columns) > 1 else ""
         if ratio < IMBALANCE:
             text = f"classes{named} are balanced enough (largest/smallest {ratio:.1f})"
             findings.append(Finding("balance", "ok", 0, text, numbers=numbers))
             continue
+        top, rare = class_name(top, names), class_name(rare, names)
         text = (
-            f"imbalance{named}: {top!r} has {most} training examples, {rare!r} {least} "
-            f"(ratio {ratio:.1f}); accuracy will flatter a model that favours {top!r}"
+            f"imbalance{named}: `{top}` has {most} training examples, `{rare}` {least} "
+            f"(ratio {ratio:.1f}); accuracy will flatter a model that favours `{top}`"
         )
-        fix = (
-            "set `train.balance: weights` (the loss weighs classes equally) or "
-            "`train.balance: sampler` (batches drawn evenly), and read macro-F1"
-        )
-        findings.append(Finding("balance", "warning", least, text, fix, numbers=numbers))
+        findings.append(Finding("balance", "warning", least, text, BALANCE_FIX, numbers=numbers))
     return findings
+
+
+def class_name(value: object, names: list[str] | None) -> object:
+    """A class as people know it: its label where `value` is its index in `names` (what a
+    classification task's encoded splits hold), else `value` as it is."""
+    if names and isinstance(value, int) and 0 <= value < len(names):
+        return names[value]
+    return value
 
 
 def input_sizes(splits: Splits) -> list[Finding]:
@@ -244,22 +263,24 @@ def _duplicate_findings(kind: str, within: list, conflicting: list, leaks: list)
     return findings
 
 
+def class_names(task: object) -> dict[str, list[str]]:
+    """A classification task's column → class names; none for other tasks (a causal LM's
+    `labels` is a method, regression has no classes)."""
+    names = getattr(task, "labels", None)
+    return names if isinstance(names, dict) else {}
+
+
 def with_label_names(findings: list[Finding], task: object) -> list[Finding]:
     """Examples show class names, not the indices the splits hold (a classification task's
     `labels`: column → class names; the first column's serve `label` and `probe_says`).
     Other tasks' targets are shown as they are."""
-    names = getattr(task, "labels", None)
-    if not isinstance(names, dict):  # not a classifier (a causal LM's `labels` is a method)
-        return findings
-    classes = next(iter(names.values()), None)
+    classes = next(iter(class_names(task).values()), None)
     if not classes:
         return findings
 
     def named(row: dict) -> dict:
         return {
-            key: classes[value]
-            if key in ("label", "probe_says") and isinstance(value, int)
-            else value
+            key: class_name(value, classes) if key in ("label", "probe_says") else value
             for key, value in row.items()
         }
 
@@ -279,13 +300,16 @@ def data_checks(splits: Splits, task: object) -> list[Finding]:
     """The checks that read only the data, for `task`'s splits, classes shown by name: what
     every `train` runs first and `tsuika check` starts from."""
     columns = label_columns(task.name, task.columns)  # type: ignore[attr-defined]
-    return with_label_names(cheap_checks(splits, columns), task)
+    return with_label_names(cheap_checks(splits, columns, class_names(task)), task)
 
 
-def cheap_checks(splits: Splits, label_columns: list[str]) -> list[Finding]:
-    """What reads only the data: run at the start of every `train`."""
+def cheap_checks(
+    splits: Splits, label_columns: list[str], classes: dict[str, list[str]] | None = None
+) -> list[Finding]:
+    """What reads only the data: run at the start of every `train` (`classes`: column →
+    class names, for splits that hold class indices)."""
     return [
-        *class_balance(splits, label_columns),
+        *class_balance(splits, label_columns, classes),
         *input_sizes(splits),
         *exact_duplicates(splits),
     ]
@@ -361,9 +385,10 @@ def label_errors(examples: Examples, features: np.ndarray, column: str, seed: in
         )
     accuracy = float((probabilities.argmax(1) == labels).mean())
     fraction = len(issues) / len(labels)
+    named = f" in `{column}`" if len(examples.targets) > 1 else ""  # multi-task: which column
     numbers = {"probe_accuracy": round(accuracy, 4), "fraction": round(fraction, 4)}
     if not len(issues):
-        text = f"no suspected label errors (cross-validated probe accuracy {accuracy:.1%})"
+        text = f"no suspected label errors{named} (cross-validated probe accuracy {accuracy:.1%})"
         return Finding("label-errors", "ok", 0, text, numbers=numbers)
     shown = [
         where(examples, "train", int(i), column)
@@ -371,7 +396,7 @@ def label_errors(examples: Examples, features: np.ndarray, column: str, seed: in
         for i in issues[:SHOWN]
     ]
     text = (
-        f"{len(issues)} suspected label error(s) ({len(issues) / len(labels):.1%} of the "
+        f"{len(issues)} suspected label error(s){named} ({fraction:.1%} of the "
         f"training split): a probe that scores {accuracy:.1%} out of fold confidently "
         "disagrees with their label"
     )

@@ -49,12 +49,14 @@ def wanted_baselines(
     config: Config, task: Task, method: Method, model: AdaptableModel
 ) -> list[str]:
     """The baselines to run, in the task's order. The probe's `auto` means: when training
-    touches more than the head (for a head-only method the probe is the run itself)."""
+    touches more than the head, or the head trains by steps (a linear head solved in closed
+    form on the frozen features is the probe itself; one trained by steps may fall short of
+    it, and the verdict can then say so)."""
     settings = config.baselines
     probe = settings.probe
     if probe == "auto":
-        head = f"stages.{model.num_stages - 1}."
-        probe = any(not n.startswith(head) for n in method.trainable_parameters(model))
+        solved = config.head.fit == "convex" and config.head.type == "linear"
+        probe = not head_only(method, model) or not solved or config.data.augment.active
     chosen = {
         "constant": settings.majority,
         "classical": settings.classical,
@@ -64,6 +66,12 @@ def wanted_baselines(
         "base": settings.base,
     }
     return [name for name in task.baselines if chosen.get(name)]
+
+
+def head_only(method: Method, model: AdaptableModel) -> bool:
+    """Whether the method trains nothing but the new head."""
+    head = f"stages.{model.num_stages - 1}."
+    return all(name.startswith(head) for name in method.trainable_parameters(model))
 
 
 class BeforeTraining:
@@ -264,4 +272,11 @@ def _trained(
     return phase.predicted, {"epochs": len(phase.fit.history), "best_epoch": phase.fit.best_epoch}
 
 
-__all__ = ["AdaptedRun", "Baseline", "BeforeTraining", "run_baselines", "wanted_baselines"]
+__all__ = [
+    "AdaptedRun",
+    "Baseline",
+    "BeforeTraining",
+    "head_only",
+    "run_baselines",
+    "wanted_baselines",
+]

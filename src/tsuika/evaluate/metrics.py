@@ -27,10 +27,22 @@ def paired_bootstrap(
     a, b = np.asarray(per_example_a, float), np.asarray(per_example_b, float)
     sign = 1.0 if higher_is_better else -1.0
     draws = rng.integers(0, len(a), size=(samples, len(a)))
-    gains = sign * (from_mean(a[draws].mean(axis=1)) - from_mean(b[draws].mean(axis=1)))
+    gains = sign * (from_mean(resampled_means(a, draws)) - from_mean(resampled_means(b, draws)))
     low, high = np.percentile(gains, [2.5, 97.5])
-    gain = sign * (from_mean(np.asarray(a.mean())) - from_mean(np.asarray(b.mean())))
+    gain = sign * (from_mean(np.asarray(a.mean(0))) - from_mean(np.asarray(b.mean(0))))
     return {"gain": float(gain), "low": float(low), "high": float(high)}
+
+
+def resampled_means(values: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Means over each resample's examples: [S] for values [N], [S, M] for values [N, M]
+    (several statistics per example, e.g. macro-F1's per-class counts), the latter through
+    each example's count in the resample so no [S, N, M] copy is made."""
+    if values.ndim == 1:
+        return values[draws].mean(axis=1)
+    counts = np.zeros((len(draws), len(values)))
+    for row, drawn in enumerate(draws):
+        counts[row] = np.bincount(drawn, minlength=len(values))
+    return counts @ values / draws.shape[1]
 
 
 def bootstrap_interval(

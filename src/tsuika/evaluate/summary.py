@@ -39,7 +39,10 @@ def build_summary(
     predicted: Arrays,
     baselines: list[Baseline],
     path: Path,
+    head_only: bool = False,
 ) -> dict:
+    """`head_only`: the method trained nothing but the new head (its verdict can then name
+    the head, not pretraining, when a probe on the same features beats it)."""
     truth = task.truth(splits.test)
     summary: dict[str, Any] = {
         "run": str(path),
@@ -73,11 +76,11 @@ def build_summary(
         "baselines": {},
         "verdicts": {"overfitting": overfitting_verdict(result.history, result.best_epoch, task)},
     }
-    mine = task.per_example(truth, predicted)
+    mine = task.selection_statistics(truth, predicted)
     for baseline in baselines:
         gain = paired_bootstrap(
             mine,
-            task.per_example(truth, baseline.predicted),
+            task.selection_statistics(truth, baseline.predicted),
             task.from_mean,
             task.higher_is_better,
             config.baselines.bootstrap,
@@ -95,8 +98,15 @@ def build_summary(
     if versus is not None:
         compared = summary["baselines"][versus]
         summary["gain"] = {"baseline": versus, "metric": task.selection, **compared["gain"]}
+        probe = summary["baselines"].get("probe")
         summary["verdicts"]["transfer"] = transfer_verdict(
-            summary["gain"], config.method, task, compared["title"], compared["pretrained"]
+            summary["gain"],
+            config.method,
+            task,
+            compared["title"],
+            compared["pretrained"],
+            head_only=head_only,
+            over_probe=probe["gain"] if probe else None,
         )
     return summary
 

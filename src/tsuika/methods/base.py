@@ -191,6 +191,11 @@ class Method:
         drift = (pooled["features"].float() - target) ** 2
         return self.config.finetune.lwf * drift.sum(-1).mean()
 
+    def epoch_examples(self, train_examples: int) -> int:
+        """Examples one training epoch passes through the network (what its cost scales
+        with); a method that repeats or adds examples says how many."""
+        return train_examples
+
     def on_epoch_start(self, model: AdaptableModel, epoch: int) -> list[str]:
         """Change what trains at an epoch boundary; returns events to log."""
         return []

@@ -70,6 +70,9 @@ class Contrastive(Finetune):
         # the same batches every epoch, and so the same pairs; SetFit samples pairs at random.
         return replace(repeated, lengths=None)
 
+    def epoch_examples(self, train_examples: int) -> int:
+        return train_examples * -(-EPOCH_EXAMPLES // max(train_examples, 1))
+
     def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         state = self.task.inputs(batch.state, batch.targets)
         pooled_at = len(unwrapped(model).stages) - 1

@@ -176,8 +176,12 @@ class Finetune(Method):
 
 
 def fit_head(head: nn.Module, pooled: State, targets: Targets, task: Task, config: Config) -> None:
-    """LP-FT's first stage (Kumar et al. 2022): the head alone, full-batch AdamW with the
-    task's loss on the pretrained model's pooled outputs of the training split."""
+    """LP-FT's first stage (Kumar et al. 2022): the head alone on the pretrained model's
+    pooled outputs of the training split — solved in closed form as `transfer` solves it
+    (`head.fit: convex`), else full-batch AdamW with the task's loss."""
+    solved = config.head.fit == "convex"
+    if solved and task.solve_head(head, pooled["features"], targets, config.seed) is not None:
+        return
     device = next(head.parameters()).device
     state = {key: value.to(device) for key, value in pooled.items()}
     targets = {key: value.to(device) for key, value in targets.items()}

@@ -1,15 +1,30 @@
 """Transfer learning: the pretrained network stays frozen; only a new head trains on its
 pooled features (Yosinski et al. 2014, "How transferable are features in deep neural
-networks?"). With nothing below the head training, the loop runs on cached features."""
+networks?"). With nothing below the head training, the features are computed once, and a
+linear head is solved in closed form on them (`head.fit: convex`): a convex problem needs
+no epochs, learning rate or early stopping, and a gradient-trained head that stops early
+can fall short of it (on 600 imbalanced reviews it predicted the majority class for 378
+of 379 test examples, 2.9 points under scikit-learn's logistic regression on the same
+features)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from tsuika.config import Config
+from tsuika.feed import Pretrained
 from tsuika.methods.base import Method, decay_groups, set_trainable
 from tsuika.models.base import AdaptableModel
+from tsuika.tasks.base import Task
 
 
 class Transfer(Method):
     name = "transfer"
+
+    def __init__(self, config: Config, task: Task) -> None:
+        super().__init__(config, task)
+        self.solved: dict[str, Any] | None = None
+        """How the head was solved in closed form (None: it trains by steps)."""
 
     def trainable_groups(self, model: AdaptableModel) -> set[int]:
         return {model.num_stages - 1}
@@ -17,6 +32,23 @@ class Transfer(Method):
     def prepare(self, model: AdaptableModel) -> None:
         set_trainable(model, self.trainable_groups(model))
 
+    def before_fit(self, model: AdaptableModel, pretrained: Pretrained) -> None:
+        """Solve the head on the training split's pooled features, when it has a closed form
+        and the inputs do not change between epochs (augmentation: it trains by steps)."""
+        fixed = not self.config.data.augment.active
+        if self.config.head.fit != "convex" or not fixed or not self.task.new_head:
+            return  # a pretrained head (a causal LM's) is not refitted from scratch
+        targets = pretrained.feed("train").targets
+        features = pretrained.features("train")
+        self.solved = self.task.solve_head(model.head, features, targets, self.config.seed)
+
     def param_groups(self, model: AdaptableModel) -> list[dict]:
+        if self.solved is not None:
+            return []  # solved: the loop has nothing to step and records the head as it is
         train = self.config.train
         return decay_groups(model.head, train.lr, train.weight_decay, "head")
+
+    def evidence(self, model: AdaptableModel, splits, summary: dict) -> dict:
+        if self.solved is None:
+            return {}
+        return {"head_fit": {"kind": "convex", **self.solved}}

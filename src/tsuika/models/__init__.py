@@ -120,7 +120,9 @@ class Request:
 
     new_head: HeadBuilder
     head: HeadConfig
-    max_length: int = 128
+    max_length: int | None = None
+    """Tokens per text; None: the model's own maximum (a run then fits it to its data);
+    causal LMs 128."""
     pretrained: bool = True
     """False: the same architecture at random initialisation (the from-scratch baseline)."""
     weights: str | None = None
@@ -219,7 +221,7 @@ def _build_folder(name: str, request: Request) -> AdaptableModel:
         from tsuika.models.causal import load_causal_model
 
         return load_causal_model(
-            folder, source, request.max_length, request.template, request.pretrained
+            folder, source, request.max_length or 128, request.template, request.pretrained
         )
     return load_text_model(
         folder, source, request.new_head, request.head, request.max_length, request.pretrained

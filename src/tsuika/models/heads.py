@@ -38,6 +38,12 @@ class Head(nn.Module):
     def forward(self, state: State) -> State:
         return {self.key: self.net(state["features"])}
 
+    def linear(self) -> nn.Linear | None:
+        """The one Linear layer of a linear head (what a closed-form fit sets); None for an
+        MLP, which has no convex fit."""
+        layers = [m for m in self.net if isinstance(m, nn.Linear)]
+        return layers[0] if len(layers) == 1 else None
+
 
 class MultiHead(nn.Module):
     """One `Head` per target on the same features; their outputs concatenated under `key`
@@ -52,6 +58,21 @@ class MultiHead(nn.Module):
 
     def forward(self, state: State) -> State:
         return {self.key: torch.cat([head(state)[self.key] for head in self.heads], dim=-1)}
+
+
+def linear_layers(head: nn.Module) -> list[nn.Linear] | None:
+    """The Linear layer of each output head (one, or one per column of a `MultiHead`), or
+    None when the head is not linear (an MLP, or a head tsuika did not build)."""
+    heads = list(head.heads) if isinstance(head, MultiHead) else [head]
+    layers = [h.linear() if isinstance(h, Head) else None for h in heads]
+    return None if any(layer is None for layer in layers) else layers  # type: ignore[return-value]
+
+
+def set_linear(layer: nn.Linear, weight, bias) -> None:
+    """Copy a solved linear map (numpy [out, in] and [out]) into `layer`."""
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight, dtype=layer.weight.dtype))
+        layer.bias.copy_(torch.as_tensor(bias, dtype=layer.bias.dtype))
 
 
 class TokenPooler(nn.Module):

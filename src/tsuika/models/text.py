@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -155,12 +156,53 @@ def check_folder(folder: Path) -> None:
             )
 
 
+def longest_input(folder: Path, tokenizer: Any, config: Any) -> int:
+    """The most tokens the model reads: sentence-transformers' `max_seq_length` when the
+    folder declares it (all-MiniLM-L6-v2: 256, what it was trained on), else the smaller of
+    the tokenizer's maximum and the position embeddings."""
+    declared = folder / "sentence_bert_config.json"
+    if declared.is_file():
+        value = json.loads(declared.read_text()).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    limits = [getattr(config, "max_position_embeddings", None), tokenizer.model_max_length]
+    return min([v for v in limits if isinstance(v, int) and 0 < v < 100_000] or [512])
+
+
+LENGTH_PERCENTILE = 95
+"""`train.max_length: null` reads texts up to this percentile of the training lengths."""
+
+
+def fitted_length(model: AdaptableModel, texts: list[str]) -> tuple[int, str]:
+    """The input length for these training texts — their 95th-percentile token length,
+    rounded up to a multiple of 16, at most the model's maximum — set on the model, and a
+    line saying so (and how many texts are cut). Length-sorted batches pad little, so a
+    longer limit costs only the tokens the long texts really have."""
+    preprocess = model.preprocess
+    longest = int(model.spec.get("longest_input", preprocess.max_length))
+    lengths = np.array([len(ids) for ids in preprocess.tokenizer(list(texts))["input_ids"]])
+    wanted = (
+        int(np.ceil(np.percentile(lengths, LENGTH_PERCENTILE) / 16) * 16) if len(lengths) else 16
+    )
+    chosen = max(16, min(wanted, longest))
+    preprocess.max_length = model.spec["max_length"] = chosen
+    cut = int((lengths > chosen).sum())
+    note = (
+        f"texts read at up to {chosen} tokens (train.max_length; {LENGTH_PERCENTILE}th "
+        f"percentile of the training texts, median {int(np.median(lengths)) if len(lengths) else 0}"
+        f"; the model reads at most {longest})"
+    )
+    if cut:
+        note += f": {cut} of {len(lengths)} training texts are cut"
+    return chosen, note
+
+
 def load_text_model(
     folder: Path,
     source: str,
     new_head: HeadBuilder,
     head: HeadConfig,
-    max_length: int,
+    max_length: int | None,
     pretrained: bool = True,
 ) -> AdaptableModel:
     """Build the staged model from a local HF folder; `pretrained=False` gives a random init
@@ -179,6 +221,8 @@ def load_text_model(
     except (OSError, ValueError, KeyError) as err:
         raise TsuikaError(f"could not load the model in {folder}: {err}") from None
 
+    longest = longest_input(folder, tokenizer, config)
+    max_length = min(max_length, longest) if max_length else longest
     mode, normalize = sentence_transformers_pooling(folder)
     if head.pooling != "auto":
         mode = head.pooling
@@ -200,6 +244,7 @@ def load_text_model(
         "source": source,
         "head": head.model_dump(),
         "max_length": max_length,
+        "longest_input": longest,
         "pooling": mode,
         "normalize": normalize,
     }

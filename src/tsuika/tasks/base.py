@@ -134,6 +134,30 @@ class Task:
         total = loss.detach() * n if loss is not None else self.losses(outputs, targets).sum()
         return total.item()
 
+    def loss_sums(
+        self,
+        outputs: State,
+        targets: dict[str, torch.Tensor],
+        loss: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """`loss` (summed) and, in evaluation (no training `loss` given), `loss_squared`: the
+        sum of squared per-example losses, from which `loss_error` gives the standard error of
+        the mean loss — how far two epochs' validation losses differ by chance alone."""
+        if loss is not None:
+            return {"loss": self.loss_sum(outputs, targets, loss)}
+        losses = self.losses(outputs, targets).double()
+        return {"loss": losses.sum().item(), "loss_squared": (losses**2).sum().item()}
+
+    @staticmethod
+    def loss_error(sums: dict[str, float]) -> dict[str, float]:
+        """`loss_se`, the standard error of the mean loss, when `loss_squared` was summed."""
+        n = sums.get("n", 0.0)
+        if "loss_squared" not in sums or n < 2:
+            return {}
+        mean = sums["loss"] / n
+        variance = max(sums["loss_squared"] / n - mean**2, 0.0) * n / (n - 1)
+        return {"loss_se": (variance / n) ** 0.5}
+
     def sums(
         self,
         outputs: State,
@@ -148,6 +172,14 @@ class Task:
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         """Metrics (including `loss` and `selection`) from summed statistics."""
         raise NotImplementedError
+
+    def handle_imbalance(self, mode: str, train: Examples) -> str | None:
+        """`train.balance`: what this task does about rare classes, in one line (None:
+        nothing). A task without classes has none to balance: `auto` and `none` do nothing,
+        `weights` and `sampler` are refused."""
+        if mode in ("weights", "sampler"):
+            self.balance(train)
+        return None
 
     def balance(self, examples: Examples) -> None:
         """`train.balance: weights`: weigh the classes of `examples` equally in the loss."""
@@ -203,8 +235,21 @@ class Task:
         what the paired bootstrap resamples."""
         raise NotImplementedError
 
+    def selection_statistics(self, truth: Arrays, predicted: Arrays) -> np.ndarray:
+        """What the paired bootstrap resamples: per-example values [N] (or [N, M]) whose mean
+        over examples, through `from_mean`, is the selection metric."""
+        return self.per_example(truth, predicted)
+
     def from_mean(self, mean: np.ndarray) -> np.ndarray:
         return mean
+
+    def solve_head(
+        self, head: nn.Module, features: torch.Tensor, targets: dict[str, torch.Tensor], seed: int
+    ) -> dict[str, Any] | None:
+        """Fit a linear `head` on fixed features [N, D] to the optimum of its convex loss
+        (regularisation chosen by cross-validation on these examples) and return how it was
+        chosen; None when this task or head has no closed form (it then trains by steps)."""
+        return None
 
     def describe(self, predicted: Arrays, row: int, outputs: State | None = None) -> str:
         """One prediction in words, for `tsuika predict`."""

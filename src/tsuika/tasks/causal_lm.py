@@ -112,7 +112,10 @@ class CausalLM(Task):
     @classmethod
     def from_config(cls, config: Config) -> CausalLM:
         return cls(
-            config.model, config.lm.template, config.train.max_length, config.lm.max_new_tokens
+            config.model,
+            config.lm.template,
+            config.train.max_length or 128,
+            config.lm.max_new_tokens,
         )
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,3 +70,174 @@ def standardised(features: FeatureSplits) -> FeatureSplits:
     train = features[0]
     mean, std = train.mean(0), train.std(0) + 1e-6
     return tuple((x - mean) / std for x in features)  # type: ignore[return-value]
+
+
+REGULARISATION_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+"""Inverse regularisation C tried for a head on standardised features, most regularised
+first (a tie goes to the stronger regularisation)."""
+FOLDS = 5
+
+
+@dataclass
+class LinearSolution:
+    """A linear map from raw features: outputs = features @ weight.T + bias."""
+
+    weight: np.ndarray
+    """[outputs, D]"""
+    bias: np.ndarray
+    """[outputs]"""
+    details: dict[str, Any]
+    """How it was chosen (C, folds, weighting, offsets), for the summary."""
+
+
+def _scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x.mean(0), x.std(0) + 1e-6
+
+
+def _unscaled(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, std: np.ndarray):
+    """A linear map on standardised features, rewritten for the raw ones."""
+    weight = weight / std
+    return weight, bias - weight @ mean
+
+
+def class_weights(y: np.ndarray, classes: int, power: float) -> np.ndarray:
+    """Per-example weights (n / (classes × count))^power: 1 is scikit-learn's `balanced`."""
+    counts = np.bincount(y, minlength=classes).astype(float)
+    per_class = (len(y) / (classes * np.maximum(counts, 1))) ** power
+    return per_class[y]
+
+
+def macro_f1(y: np.ndarray, predicted: np.ndarray, classes: int) -> float:
+    """Macro-F1 over the classes present in `y` or `predicted` (scikit-learn's)."""
+    confusion = np.bincount(y * classes + predicted, minlength=classes * classes)
+    confusion = confusion.reshape(classes, classes)
+    true_positive = np.diag(confusion).astype(float)
+    support = confusion.sum(0) + confusion.sum(1)
+    present = support > 0
+    return float((2 * true_positive[present] / support[present]).mean())
+
+
+def tuned_offsets(log_probs: np.ndarray, y: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Per-class additions to the logits that maximise macro-F1 on held-out predictions
+    (moving the decision threshold, coordinate ascent over a grid); class 0 stays at 0."""
+    classes = log_probs.shape[1]
+    offsets = np.zeros(classes)
+    grid = np.linspace(-4, 4, 81)
+    best = macro_f1(y, log_probs.argmax(1), classes)
+    for _ in range(rounds):
+        improved = False
+        for c in range(1, classes):
+            for value in grid:
+                trial = offsets.copy()
+                trial[c] = value
+                score = macro_f1(y, (log_probs + trial).argmax(1), classes)
+                # A strictly better score, or the same score nearer the unmoved threshold.
+                if score > best + 1e-9 or (
+                    abs(score - best) <= 1e-9 and abs(value) < abs(offsets[c])
+                ):
+                    best, offsets, improved = score, trial, True
+        if not improved:
+            break
+    return offsets
+
+
+def out_of_fold(
+    x: np.ndarray, y: np.ndarray, classes: int, weights: np.ndarray, seed: int
+) -> tuple[dict[float, np.ndarray], int]:
+    """Held-out log-probabilities [N, classes] of every example for each C of the grid, from
+    stratified folds of the training split (warm-started along the grid, as scikit-learn's
+    `LogisticRegressionCV` does), and the number of folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = min(FOLDS, int(np.bincount(y, minlength=classes).min()))
+    if folds < 2:
+        return {}, 0
+    held_out = {c: np.zeros((len(y), classes)) for c in REGULARISATION_GRID}
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for fit_rows, held_rows in split.split(x, y):
+        model = LogisticRegression(C=REGULARISATION_GRID[0], max_iter=500, warm_start=True)
+        for c in REGULARISATION_GRID:
+            model.set_params(C=c)
+            model.fit(x[fit_rows], y[fit_rows], sample_weight=weights[fit_rows])
+            held_out[c][held_rows] = _log_probs(model, x[held_rows], classes)
+    return held_out, folds
+
+
+def _log_probs(model: Any, x: np.ndarray, classes: int) -> np.ndarray:
+    """[N, classes] even when a fold's training rows lack a class (its column: -inf)."""
+    out = np.full((len(x), classes), -np.inf)
+    out[:, model.classes_] = model.predict_log_proba(x)
+    return out
+
+
+def solve_logistic(
+    features: np.ndarray,
+    y: np.ndarray,
+    classes: int,
+    selection: str,
+    imbalance: str,
+    seed: int,
+) -> LinearSolution:
+    """A multinomial L2 logistic regression on standardised features, solved to its optimum
+    by L-BFGS (scikit-learn's solver): a convex problem, so the fitted head is as good as
+    the features allow. C is chosen by stratified cross-validation on the training split
+    itself on the selection metric (`accuracy` or `macro_f1`), so no examples are lost to a
+    validation split the fit does not need. `imbalance`: `none`; `weights` (each class
+    weighs n / (classes × its count)); `threshold` (unweighted fit, then per-class logit
+    offsets chosen on the held-out predictions to maximise macro-F1)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = features.astype(np.float64)
+    mean, std = _scaler(x)
+    x = (x - mean) / std
+    power = 1.0 if imbalance == "weights" else 0.0
+    weights = class_weights(y, classes, power)
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        held_out, folds = out_of_fold(x, y, classes, weights, seed)
+        chosen, offsets, score = 1.0, np.zeros(classes), None
+        for c, log_probs in held_out.items():
+            moved = tuned_offsets(log_probs, y) if imbalance == "threshold" else np.zeros(classes)
+            predicted = (log_probs + moved).argmax(1)
+            value = (
+                macro_f1(y, predicted, classes)
+                if selection == "macro_f1"
+                else float((predicted == y).mean())
+            )
+            if score is None or value > score + 1e-9:
+                chosen, offsets, score = c, moved, value
+        model = LogisticRegression(C=chosen, max_iter=1000).fit(x, y, sample_weight=weights)
+    weight = np.zeros((classes, x.shape[1]))
+    bias = np.zeros(classes)
+    if len(model.classes_) == 2 and model.coef_.shape[0] == 1:  # one logit for two classes
+        weight[model.classes_] = np.stack([-model.coef_[0], model.coef_[0]]) / 2
+        bias[model.classes_] = np.array([-model.intercept_[0], model.intercept_[0]]) / 2
+    else:
+        weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
+    weight, bias = _unscaled(weight, bias + offsets, mean, std)
+    details: dict[str, Any] = {"solver": "lbfgs", "C": chosen, "folds": folds}
+    if imbalance != "none":
+        details["imbalance"] = imbalance
+    if score is not None:
+        details[f"cv_{selection}"] = score
+    return LinearSolution(weight, bias, details)
+
+
+RIDGE_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+"""Ridge penalties α for a regression head on standardised features."""
+
+
+def solve_ridge(features: np.ndarray, targets: np.ndarray) -> LinearSolution:
+    """Ridge regression on standardised features, α chosen by leave-one-out error
+    (scikit-learn's `RidgeCV`, exact and cheap): targets [N, outputs]."""
+    from sklearn.linear_model import RidgeCV
+
+    x = features.astype(np.float64)
+    mean, std = _scaler(x)
+    with threadpool_limits(1):
+        model = RidgeCV(alphas=RIDGE_GRID).fit((x - mean) / std, targets)
+    weight = np.atleast_2d(model.coef_)
+    bias = np.atleast_1d(model.intercept_)
+    weight, bias = _unscaled(weight, bias, mean, std)
+    return LinearSolution(weight, bias, {"solver": "ridge", "alpha": float(model.alpha_)})

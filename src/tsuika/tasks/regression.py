@@ -20,9 +20,9 @@ from tsuika.config import Config, HeadConfig
 from tsuika.data.splits import Examples
 from tsuika.errors import TsuikaError
 from tsuika.models.base import State
-from tsuika.models.heads import Head
+from tsuika.models.heads import Head, linear_layers, set_linear
 from tsuika.tasks.base import Arrays, Task
-from tsuika.tasks.linear import FeatureSplits, fit_on_validation
+from tsuika.tasks.linear import FeatureSplits, fit_on_validation, solve_ridge
 
 RIDGE_PENALTIES = (1000.0, 100.0, 10.0, 1.0, 0.1)
 """Ridge's alpha, most regularised first."""
@@ -147,7 +147,7 @@ class Regression(Task):
             error = self.value(outputs).double() - truth
             return {
                 "n": float(len(truth)),
-                "loss": self.loss_sum(outputs, targets, loss),
+                **self.loss_sums(outputs, targets, loss),
                 "squared": (error**2).sum().item(),
                 "absolute": error.abs().sum().item(),
                 "y": truth.sum().item(),
@@ -162,7 +162,7 @@ class Regression(Task):
             "rmse": math.sqrt(sums.get("squared", 0.0) / n),
             "mae": sums.get("absolute", 0.0) / n,
             "r2": 1 - sums.get("squared", 0.0) / spread if spread > 0 else 0.0,
-        }
+        } | self.loss_error(sums)
 
     # -- predictions -----------------------------------------------------------------------
     def predictions(self, outputs: State) -> Arrays:
@@ -198,6 +198,19 @@ class Regression(Task):
 
     gain_unit = "RMSE (positive: lower error)"
     linear_model = "ridge regression"
+
+    def solve_head(
+        self, head: nn.Module, features: torch.Tensor, targets: dict[str, torch.Tensor], seed: int
+    ) -> dict[str, Any] | None:
+        """Ridge regression to the standardised target (the MSE loss's convex optimum plus
+        an L2 penalty chosen by leave-one-out error); the Huber loss trains by steps."""
+        layers = linear_layers(head)
+        if layers is None or self.loss_name != "mse":
+            return None
+        wanted = (targets[self.column].double().cpu().numpy() - self.mean) / self.std
+        solved = solve_ridge(features.float().cpu().numpy(), wanted)
+        set_linear(layers[0], solved.weight, solved.bias)
+        return solved.details
 
     def linear_baseline(
         self, features: FeatureSplits, train: Examples, val: Examples

@@ -231,6 +231,8 @@ def fit(
     schedule stays the one for `config.epochs`, so a cut run follows the full run's rates).
     `on_epoch(record)`: called after each epoch (before it is logged, so it may add to the
     record); returning True ends the fit there."""
+    if not any(group["params"] for group in method.param_groups(model)):
+        return evaluated(model, method, train, val, log, progress, label, on_epoch)
     started = time.perf_counter()
     loop = Loop(model, method, train, val, config, seed, checkpoints)
     if resume:  # the generator comes back from the checkpoint
@@ -284,4 +286,39 @@ def fit(
             "warmup_steps": loop.warmup,
             "rates": rates,
         },
+    )
+
+
+def evaluated(
+    model: AdaptableModel,
+    method: Method,
+    train: Feed,
+    val: Feed,
+    log: Callable[[list[dict]], None] | None = None,
+    progress: Progress | None = None,
+    label: str = "training",
+    on_epoch: Callable[[dict], bool] | None = None,
+) -> FitResult:
+    """The fit when nothing is left to step (a head already solved in closed form by
+    `before_fit`): the model as prepared is the result, recorded as one epoch of its training
+    and validation metrics. Nothing changes, so there is nothing to checkpoint: a resumed run
+    prepares it again."""
+    started = time.perf_counter()
+    task = method.task
+    record: dict = {"epoch": 1, "step": 0}
+    record |= {f"train_{k}": v for k, v in task.evaluate(model, train).items()}
+    record |= {f"val_{k}": v for k, v in task.evaluate(model, val).items()}
+    if on_epoch is not None:
+        on_epoch(record)
+    if log:
+        log([record])
+    if progress is not None:
+        selection = task.selection
+        info = f"val {selection} {record[f'val_{selection}']:.3f}"
+        progress.advance(progress.task(label, total=1), info=info)
+    return FitResult(
+        history=[record],
+        best_epoch=1,
+        best_score=record[f"val_{task.selection}"],
+        seconds=time.perf_counter() - started,
     )

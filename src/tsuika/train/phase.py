@@ -21,6 +21,7 @@ from tsuika.feed.cache import CacheSettings
 from tsuika.methods.base import Method
 from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Arrays, Task
+from tsuika.train.checkpoint import latest_checkpoint
 from tsuika.train.loop import FitResult, fit
 from tsuika.train.metrics_log import MetricsLog
 from tsuika.train.progress import Progress
@@ -191,7 +192,10 @@ def run_phase(
         with method.unadapted(model):
             before_fit(model, pretrained)
     method.remember(model, pretrained)
-    if not resume:  # a checkpoint holds what `before_fit` set up
+    checkpoints = run_path / "checkpoints" / phase if run_path else None
+    # A checkpoint holds what `before_fit` set up; without one (stopped before the first, or
+    # a fit with nothing to step) it is set up again.
+    if not resume or checkpoints is None or latest_checkpoint(checkpoints) is None:
         started = time.perf_counter()
         method.before_fit(model, pretrained)  # e.g. LP-FT's head: part of the adaptation
         timings["head"] = time.perf_counter() - started
@@ -206,7 +210,7 @@ def run_phase(
         log.writer(phase),
         progress,
         phase,
-        run_path / "checkpoints" / phase if run_path else None,
+        checkpoints,
         resume,
         on_epoch=on_epoch,
     )
