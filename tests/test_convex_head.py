@@ -17,11 +17,11 @@ from sklearn.metrics import f1_score
 import tsuika
 from tsuika.data.splits import Examples
 from tsuika.evaluate.metrics import paired_bootstrap
-from tsuika.train import loop
 from tsuika.evaluate.verdicts import overfitting_verdict, transfer_verdict
 from tsuika.methods.cost import epochs_within, estimate
 from tsuika.tasks.classify import Classify
 from tsuika.tasks.linear import macro_f1, solve_logistic, solve_ridge
+from tsuika.train import loop
 
 
 def blobs(n: int, classes: int, seed: int, shift: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

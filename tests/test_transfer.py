@@ -58,9 +58,7 @@ def test_transfer_trains_the_head_from_the_seeded_init(tiny_bert_dir, tiny_csv, 
     # A head trained by steps with a vanishing learning rate must still equal that init …
     steps = {"fit": "steps"}
     still = tsuika.train(
-        fast_config(
-            tiny_bert_dir, tiny_csv, tmp_path, train={"epochs": 1, "lr": 1e-12}, head=steps
-        )
+        fast_config(tiny_bert_dir, tiny_csv, tmp_path, train={"epochs": 1, "lr": 1e-12}, head=steps)
     )
     for key, value in head_state(still.model).items():
         torch.testing.assert_close(value, init[key], atol=1e-9, rtol=0)

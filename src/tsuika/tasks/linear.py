@@ -196,7 +196,7 @@ def solve_logistic(
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         held_out, folds = out_of_fold(x, y, classes, weights, seed)
-        chosen, offsets, score = 1.0, np.zeros(classes), None
+        chosen, offsets, score, best_fit = 1.0, np.zeros(classes), None, -np.inf
         for c, log_probs in held_out.items():
             moved = tuned_offsets(log_probs, y) if imbalance == "threshold" else np.zeros(classes)
             predicted = (log_probs + moved).argmax(1)
@@ -205,8 +205,16 @@ def solve_logistic(
                 if selection == "macro_f1"
                 else float((predicted == y).mean())
             )
-            if score is None or value > score + 1e-9:
-                chosen, offsets, score = c, moved, value
+            # Ties in the metric (near-perfect folds, where every C scores alike) go to the
+            # better held-out log-loss, not to the strongest penalty: on 182 images of three
+            # classes the tie rule chose C = 0.001 and lost 3.7 points to C = 1.
+            fit = float(np.mean(np.maximum(log_probs[np.arange(len(y)), y], -50.0)))
+            if (
+                score is None
+                or value > score + 1e-9
+                or (abs(value - score) <= 1e-9 and fit > best_fit)
+            ):
+                chosen, offsets, score, best_fit = c, moved, value, fit
         model = LogisticRegression(C=chosen, max_iter=1000).fit(x, y, sample_weight=weights)
     weight = np.zeros((classes, x.shape[1]))
     bias = np.zeros(classes)
