@@ -148,12 +148,23 @@ def test_ridge_on_tfidf_regresses_a_count_of_words():
     ],
 )
 def test_default_baselines_depend_on_what_trains(base_config, method, settings, expected):
-    config = build_config({**base_config, "method": method, "baselines": settings})
+    # The default head (solved in closed form): `transfer` is then the probe itself.
+    tree = {**base_config, "method": method, "baselines": settings, "head": {"fit": "convex"}}
+    config = build_config(tree)
     task = Classify(["label"], {"label": ["neg", "pos"]})
     model = model_for(config, lambda width: task.head(width, config.head))
     trainer = method_class(method)(config, task)
     trainer.prepare(model)
     assert wanted_baselines(config, task, trainer, model) == expected
+
+
+def test_a_head_trained_by_steps_is_compared_with_the_probe(base_config):
+    config = build_config({**base_config, "method": "transfer", "head": {"fit": "steps"}})
+    task = Classify(["label"], {"label": ["neg", "pos"]})
+    model = model_for(config, lambda width: task.head(width, config.head))
+    trainer = method_class("transfer")(config, task)
+    trainer.prepare(model)
+    assert wanted_baselines(config, task, trainer, model) == ["constant", "classical", "probe"]
 
 
 # -- the verdict against the strongest baseline --------------------------------------------
