@@ -59,6 +59,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
+from small_data import review_rows, write_table
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "bench" / "results" / "real_data.jsonl"
@@ -119,19 +120,6 @@ def import_tsuika():
 
 
 # -- data --------------------------------------------------------------------------------------
-def review_rows(split: str) -> list[dict]:
-    from tsuika.data import tables
-
-    with open(tables.resolve("bundled:reviews", split), newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def write_table(path: Path, rows: list[dict], columns: list[str]) -> str:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows([[r[c] for c in columns] for r in rows])
-    return str(path)
 
 
 def read_table(path: str, column: str) -> tuple[list[str], list[str]]:

@@ -58,16 +58,21 @@ class Estimate:
         return f"about {duration(self.seconds)} ({epochs}{speed})"
 
 
+def passes(splits: Splits, per_example: float, epoch_examples: int) -> tuple[float, float, float]:
+    """Seconds of the formula's parts: the cached pass over every split, one training epoch
+    (with its validation pass) and the test pass — the last two only when the body trains."""
+    once = per_example * (len(splits.train) + len(splits.val) + len(splits.test))
+    epoch = per_example * (BACKWARD * epoch_examples + len(splits.val))
+    return once, epoch, per_example * len(splits.test)
+
+
 def estimate(
     config: Config, splits: Splits, per_example: float, trains_body: bool, epoch_examples: int
 ) -> Estimate:
     """The run's wall time in seconds (the formula in the module docstring)."""
-    n_val, n_test = len(splits.val), len(splits.test)
-    every = len(splits.train) + n_val + n_test
-    trains = 1.0 if trains_body else 0.0
+    once, epoch, test = passes(splits, per_example, epoch_examples)
     epochs = config.train.epochs
-    per_epoch = BACKWARD * epoch_examples + n_val
-    seconds = per_example * (every + trains * (epochs * per_epoch + n_test))
+    seconds = once + (epochs * epoch + test if trains_body else 0.0)
     return Estimate(seconds, per_example, epochs, trains_body)
 
 
@@ -75,10 +80,9 @@ def epochs_within(
     config: Config, splits: Splits, per_example: float, epoch_examples: int, budget: float
 ) -> int:
     """The most epochs (at least one) whose estimate stays within `budget` seconds."""
-    every = len(splits.train) + len(splits.val) + len(splits.test)
-    per_epoch = per_example * (BACKWARD * epoch_examples + len(splits.val))
-    left = budget - per_example * (every + len(splits.test))
-    return max(1, min(config.train.epochs, int(left // per_epoch) if per_epoch > 0 else 1))
+    once, epoch, test = passes(splits, per_example, epoch_examples)
+    fitting = int((budget - once - test) // epoch) if epoch > 0 else 1
+    return max(1, min(config.train.epochs, fitting))
 
 
 def duration(seconds: float) -> str:

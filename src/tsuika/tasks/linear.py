@@ -67,8 +67,7 @@ def in_training_span(features: FeatureSplits) -> FeatureSplits:
 def standardised(features: FeatureSplits) -> FeatureSplits:
     """Dense features (pixels, a probe's pooled features) scaled by the training split's mean
     and spread, so one regularisation grid suits every feature scale."""
-    train = features[0]
-    mean, std = train.mean(0), train.std(0) + 1e-6
+    mean, std = _scaler(features[0])
     return tuple((x - mean) / std for x in features)  # type: ignore[return-value]
 
 
@@ -87,7 +86,7 @@ class LinearSolution:
     bias: np.ndarray
     """[outputs]"""
     details: dict[str, Any]
-    """How it was chosen (C, folds, weighting, offsets), for the summary."""
+    """How it was chosen (C, folds, weighting), for the summary."""
 
 
 def _scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,11 +99,10 @@ def _unscaled(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, std: np.nd
     return weight, bias - weight @ mean
 
 
-def class_weights(y: np.ndarray, classes: int, power: float) -> np.ndarray:
-    """Per-example weights (n / (classes × count))^power: 1 is scikit-learn's `balanced`."""
+def class_weights(y: np.ndarray, classes: int) -> np.ndarray:
+    """Per-example weights n / (classes × count of its class): scikit-learn's `balanced`."""
     counts = np.bincount(y, minlength=classes).astype(float)
-    per_class = (len(y) / (classes * np.maximum(counts, 1))) ** power
-    return per_class[y]
+    return (len(y) / (classes * np.maximum(counts, 1)))[y]
 
 
 def macro_f1(y: np.ndarray, predicted: np.ndarray, classes: int) -> float:
@@ -115,30 +113,6 @@ def macro_f1(y: np.ndarray, predicted: np.ndarray, classes: int) -> float:
     support = confusion.sum(0) + confusion.sum(1)
     present = support > 0
     return float((2 * true_positive[present] / support[present]).mean())
-
-
-def tuned_offsets(log_probs: np.ndarray, y: np.ndarray, rounds: int = 3) -> np.ndarray:
-    """Per-class additions to the logits that maximise macro-F1 on held-out predictions
-    (moving the decision threshold, coordinate ascent over a grid); class 0 stays at 0."""
-    classes = log_probs.shape[1]
-    offsets = np.zeros(classes)
-    grid = np.linspace(-4, 4, 81)
-    best = macro_f1(y, log_probs.argmax(1), classes)
-    for _ in range(rounds):
-        improved = False
-        for c in range(1, classes):
-            for value in grid:
-                trial = offsets.copy()
-                trial[c] = value
-                score = macro_f1(y, (log_probs + trial).argmax(1), classes)
-                # A strictly better score, or the same score nearer the unmoved threshold.
-                if score > best + 1e-9 or (
-                    abs(score - best) <= 1e-9 and abs(value) < abs(offsets[c])
-                ):
-                    best, offsets, improved = score, trial, True
-        if not improved:
-            break
-    return offsets
 
 
 def out_of_fold(
@@ -183,23 +157,23 @@ def solve_logistic(
     by L-BFGS (scikit-learn's solver): a convex problem, so the fitted head is as good as
     the features allow. C is chosen by stratified cross-validation on the training split
     itself on the selection metric (`accuracy` or `macro_f1`), so no examples are lost to a
-    validation split the fit does not need. `imbalance`: `none`; `weights` (each class
-    weighs n / (classes × its count)); `threshold` (unweighted fit, then per-class logit
-    offsets chosen on the held-out predictions to maximise macro-F1)."""
+    validation split the fit does not need. `imbalance`: `none`, or `weights` (each class
+    weighs n / (classes × its count)). Moving the decision threshold instead (per-class logit
+    offsets tuned on the held-out predictions) was measured and not kept: on six imbalanced
+    variants of the reviews (7:1 and 20:1, short and long texts, 3 seeds) its macro-F1 was
+    higher than the weights' on three and lower on three, by up to 0.05 either way."""
     from sklearn.linear_model import LogisticRegression
 
     x = features.astype(np.float64)
     mean, std = _scaler(x)
     x = (x - mean) / std
-    power = 1.0 if imbalance == "weights" else 0.0
-    weights = class_weights(y, classes, power)
+    weights = class_weights(y, classes) if imbalance == "weights" else np.ones(len(y))
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         held_out, folds = out_of_fold(x, y, classes, weights, seed)
-        chosen, offsets, score, best_fit = 1.0, np.zeros(classes), None, -np.inf
+        chosen, score, best_fit = 1.0, None, -np.inf
         for c, log_probs in held_out.items():
-            moved = tuned_offsets(log_probs, y) if imbalance == "threshold" else np.zeros(classes)
-            predicted = (log_probs + moved).argmax(1)
+            predicted = log_probs.argmax(1)
             value = (
                 macro_f1(y, predicted, classes)
                 if selection == "macro_f1"
@@ -214,7 +188,7 @@ def solve_logistic(
                 or value > score + 1e-9
                 or (abs(value - score) <= 1e-9 and fit > best_fit)
             ):
-                chosen, offsets, score, best_fit = c, moved, value, fit
+                chosen, score, best_fit = c, value, fit
         model = LogisticRegression(C=chosen, max_iter=1000).fit(x, y, sample_weight=weights)
     weight = np.zeros((classes, x.shape[1]))
     bias = np.zeros(classes)
@@ -223,7 +197,7 @@ def solve_logistic(
         bias[model.classes_] = np.array([-model.intercept_[0], model.intercept_[0]]) / 2
     else:
         weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
-    weight, bias = _unscaled(weight, bias + offsets, mean, std)
+    weight, bias = _unscaled(weight, bias, mean, std)
     details: dict[str, Any] = {"solver": "lbfgs", "C": chosen, "folds": folds}
     if imbalance != "none":
         details["imbalance"] = imbalance
