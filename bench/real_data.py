@@ -30,6 +30,9 @@ The tables also show the majority-class and classical (text: TF-IDF + logistic r
 images: logistic regression on pixels) baselines of each
 `tsuika transfer` run. tsuika carves its validation split out of the 600 training rows (its
 transfer head fits on the rest); the scikit-learn sides fit on all 600.
+Cost (`--part cost`): the default recipe (`tsuika.train` with no method) on 200, 500 and
+1,000 training texts of 3 reviews each (~60 words) at 7:1, seed 0: the estimate printed
+before the run against the measured wall time of the whole call.
 Images (`--part images`; bundled Fashion-MNIST, EfficientNet-Lite0 at 128 px): training
 `trouser` 150, `bag` 25, `sandal` 7 (21:1), tested on the 100 bundled test images of each of
 the three classes; sides 1-4.
@@ -70,7 +73,12 @@ TEXT_VARIANTS = {
     "short 20:1": (1, (571, 29), (667, 33)),
     "long 7:1": (5, (525, 75), (158, 22)),
     "balanced": (1, (300, 300), (350, 350)),
+    # the cost part: the default recipe on three data sizes, texts of 3 reviews (~60 words)
+    "cost 200": (3, (175, 25), (88, 12)),
+    "cost 500": (3, (437, 63), (88, 12)),
+    "cost 1000": (3, (875, 125), (88, 12)),
 }
+COST_VARIANTS = ("cost 200", "cost 500", "cost 1000")
 IMAGE_VARIANT = "fashion 21:1"
 IMAGE_TRAIN = {"trouser": 150, "bag": 25, "sandal": 7}
 IMAGE_TEST = 100
@@ -246,6 +254,8 @@ def tsuika_side(
         "imbalance": summary.get("imbalance"),
         "recipe": summary.get("recipe"),
         "epochs_run": (summary.get("training") or {}).get("epochs_run"),
+        "estimate_s": (summary.get("estimate") or {}).get("seconds"),
+        "estimate_cuts": (summary.get("estimate") or {}).get("cuts"),
         "baselines": {
             name: {k: b.get(k) for k in ("title", "accuracy", "macro_f1", "C", "class_weight")}
             for name, b in (summary.get("baselines") or {}).items()
@@ -443,13 +453,15 @@ def run_variant(
             record(records, store, part, variant, seed, "crippled head", result, test_labels)
 
 
-def run_default_recipe(variant: str, tmp: Path, records: list, store: Path) -> None:
+def run_default_recipe(
+    variant: str, tmp: Path, records: list, store: Path, part: str = "text"
+) -> None:
     folder = tmp / f"default-{variant.replace(' ', '_').replace(':', '-')}-0"
     files = text_files(folder, variant, 0)
     _, test_labels = read_table(files["test"], "text")
     say(f"{variant} seed 0 tsuika default: fine-tuning (the slow side)…")
     result = tsuika_side(files, "minilm-l6", 0, folder / "runs")
-    record(records, store, "text", variant, 0, "tsuika default", result, test_labels)
+    record(records, store, part, variant, 0, "tsuika default", result, test_labels)
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -568,7 +580,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--part", default="text", choices=["text", "images", "all"])
+    parser.add_argument("--part", default="text", choices=["text", "images", "cost", "all"])
     parser.add_argument("--variants", nargs="*", help="only these text variants")
     parser.add_argument("--sides", nargs="*", help=f"only these sides (of {SIDES})")
     parser.add_argument("--results", default=str(STORE))
@@ -588,7 +600,7 @@ def main() -> None:
     store = Path(args.results)
     store.parent.mkdir(parents=True, exist_ok=True)
     records: list = []
-    variants = args.variants or list(TEXT_VARIANTS)
+    variants = args.variants or [v for v in TEXT_VARIANTS if v not in COST_VARIANTS]
     with tempfile.TemporaryDirectory(prefix="tsuika-real-data-") as tmp_name:
         tmp = Path(tmp_name)
         if args.part in ("text", "all"):
@@ -600,16 +612,34 @@ def main() -> None:
                     if variant in variants:
                         run_default_recipe(variant, tmp, records, store)
             say(f"text part done: {time.perf_counter() - started_at:.0f} s")
+        if args.part in ("cost", "all"):
+            for variant in COST_VARIANTS:
+                say(f"== cost: the default recipe on {variant}")
+                run_default_recipe(variant, tmp, records, store, part="cost")
         if args.part in ("images", "all"):
             say(f"== images {IMAGE_VARIANT}")
             image_sides = sides - {"tsuika default", "crippled head"}
             run_variant("images", IMAGE_VARIANT, seeds, tmp, records, store, image_sides)
     print(flush=True)
-    for part, names in (("text", variants), ("images", [IMAGE_VARIANT])):
+    for part, names in (("text", variants), ("images", [IMAGE_VARIANT]), ("cost", [])):
         for variant in names:
             lines = table(records, part, variant)
             if lines:
                 print("\n".join(lines) + "\n", flush=True)
+    costs = [r for r in records if r["part"] == "cost" and "error" not in r]
+    if costs:
+        print(
+            "| training texts | recipe | epochs | estimated s | measured s | measured / "
+            "estimated | cuts |\n|---|---|---|---|---|---|---|"
+        )
+    for r in costs:
+        ratio = r["wall_s"] / r["estimate_s"] if r.get("estimate_s") else float("nan")
+        print(
+            f"| {r['variant'].split()[-1]} | {r.get('method')} | {r.get('epochs_run')} | "
+            f"{r.get('estimate_s') or 0:.0f} | {r['wall_s']:.0f} | {ratio:.2f} | "
+            f"{'; '.join(r.get('estimate_cuts') or []) or '–'} |",
+            flush=True,
+        )
     crippled = [r for r in records if r["side"] == "crippled head"]
     for r in crippled:
         print(

@@ -18,7 +18,7 @@ import tsuika
 from tsuika.data.splits import Examples
 from tsuika.evaluate.metrics import paired_bootstrap
 from tsuika.evaluate.verdicts import overfitting_verdict, transfer_verdict
-from tsuika.methods.cost import epochs_within, estimate
+from tsuika.methods.cost import Speed, epochs_within, estimate, measure_speed
 from tsuika.tasks.classify import Classify
 from tsuika.tasks.linear import macro_f1, solve_logistic, solve_ridge
 from tsuika.train import loop
@@ -263,10 +263,37 @@ def test_the_estimate_scales_with_epochs_and_the_budget_cuts_them():
     split = Examples(["x"] * 100, {"label": [0] * 100})
     splits = Splits(split, split.subset(list(range(10))), split.subset(list(range(20))))
     config = build_config({"train": {"epochs": 8}})
-    body = estimate(config, splits, 0.01, True, 100)
-    head = estimate(config, splits, 0.01, False, 100)
-    # 130 inputs once; 8 × (3 × 100 + 10) training passes; 20 test passes.
-    assert body.seconds == pytest.approx(0.01 * (130 + 8 * 310 + 20))
+    trains, frozen = Speed(forward=0.01, step=0.03), Speed(forward=0.01)
+    body = estimate(config, splits, trains, 100)
+    head = estimate(config, splits, frozen, 100)
+    # 130 inputs once; 8 × (100 training steps + 10 validation passes); 20 test passes.
+    assert body.seconds == pytest.approx(0.01 * 130 + 8 * (0.03 * 100 + 0.01 * 10) + 0.01 * 20)
+    assert body.trains_body and not head.trains_body
     assert head.seconds == pytest.approx(0.01 * 130)
-    assert epochs_within(config, splits, 0.01, 100, budget=0.01 * (150 + 3 * 310)) == 3
-    assert epochs_within(config, splits, 0.01, 100, budget=1.0) == 1
+    assert epochs_within(config, splits, trains, 100, budget=0.01 * 150 + 3 * 3.1) == 3
+    assert epochs_within(config, splits, trains, 100, budget=1.0) == 1
+
+
+def test_a_training_step_is_measured_and_leaves_the_model_as_it_was(tiny_bert_dir):
+    from helpers import classifier
+
+    from tsuika.config import build_config
+    from tsuika.data.splits import Splits
+    from tsuika.feed import gather_outputs, input_feed
+
+    model = classifier(str(tiny_bert_dir), 2)
+    texts = [f"{'good ' * (i % 7)}film {i}" for i in range(40)]
+    split = Examples(texts, {"label": [i % 2 for i in range(40)]})
+    splits = Splits(split, split.subset([0, 1]), split.subset([2, 3]))
+    config = build_config({"train": {"batch_size": 8}})
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.train(False)
+    speed = measure_speed(model, splits, config, trains_from=1)
+    assert speed.forward > 0 and speed.step > 0
+    assert measure_speed(model, splits, config, trains_from=None).step == 0.0
+    assert not model.training  # the mode it was in
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is None, name
+        torch.testing.assert_close(parameter.detach(), before[name], rtol=0, atol=0)
+    pooled = gather_outputs(model, input_feed(model, texts[:4]), stop=model.num_stages - 1)
+    assert pooled["features"].shape[0] == 4  # still a working model

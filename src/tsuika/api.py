@@ -30,7 +30,7 @@ from tsuika.evaluate.records import test_records, write_records
 from tsuika.evaluate.summary import build_summary
 from tsuika.methods import method_class
 from tsuika.methods.base import Method
-from tsuika.methods.cost import Estimate, duration, epochs_within, estimate, seconds_per_example
+from tsuika.methods.cost import Estimate, duration, epochs_within, estimate, measure_speed
 from tsuika.methods.recipe import choose
 from tsuika.models import modality_of
 from tsuika.models.base import AdaptableModel
@@ -176,24 +176,24 @@ def budgeted(
     """The run's estimated wall time (`tsuika.methods.cost`) and, for a recipe (`chosen`),
     what it gives up to stay within `train.budget_minutes`: fewer epochs, then a head on
     frozen features (`transfer`) when one epoch alone is too much."""
-    per_example = seconds_per_example(model, splits, config.seed)
     budget = config.train.budget_minutes
 
     def guess(method: Method, model: AdaptableModel) -> Estimate:
-        examples = method.epoch_examples(len(splits.train))
-        return estimate(config, splits, per_example, not head_only(method, model), examples)
+        trains_from = None if head_only(method, model) else method.cache_boundary(model)
+        speed = measure_speed(model, splits, config, trains_from)
+        return estimate(config, splits, speed, method.epoch_examples(len(splits.train)))
 
     found, cuts = guess(method, model), []
     if chosen and budget is not None and found.seconds > budget * 60:
         examples = method.epoch_examples(len(splits.train))
-        epochs = epochs_within(config, splits, per_example, examples, budget * 60)
+        epochs = epochs_within(config, splits, found.speed, examples, budget * 60)
         if epochs < config.train.epochs:
             cuts.append(
                 f"{config.train.epochs} → {epochs} epochs to stay within "
                 f"train.budget_minutes={budget:g} (estimated {duration(found.seconds)})"
             )
             config = with_train(config, epochs=epochs)
-            found = guess(method, model)
+            found = estimate(config, splits, found.speed, examples)
         if found.seconds > budget * 60:
             cuts.append(
                 f"{config.method} would take {duration(found.seconds)} even for one epoch: "
@@ -205,7 +205,8 @@ def budgeted(
     finish = time.localtime(time.time() + found.seconds)
     note = {
         "seconds": found.seconds,
-        "per_example_seconds": per_example,
+        "forward_seconds_per_example": found.speed.forward,
+        "step_seconds_per_example": found.speed.step,
         "words": found.words(),
         "eta": time.strftime("%H:%M", finish),
         "cuts": cuts,
