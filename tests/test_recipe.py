@@ -278,3 +278,24 @@ def test_inspect_without_a_method_asks_for_one(tiny_bert_dir, capsys):
     assert main(["inspect", str(tiny_bert_dir)]) == 2
     err = capsys.readouterr().err
     assert "method `auto` is chosen from the training data" in err and "finetune" in err
+
+
+@pytest.mark.parametrize("budget, method", [(1e-6, "transfer"), (None, "contrastive")])
+def test_the_recipe_keeps_within_its_budget_and_says_what_it_gave_up(
+    tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path, budget, method
+):
+    config = fast_config(tiny_bert_dir, tiny_csv, tmp_path / "runs")
+    del config["method"]
+    config["train"] = {"budget_minutes": budget}
+    run = tsuika.train(config)
+    assert run.summary["method"] == method
+    estimate = run.summary["estimate"]
+    assert estimate["seconds"] > 0 and estimate["forward_seconds_per_example"] > 0
+    if budget is None:
+        assert estimate["cuts"] == [] and estimate["step_seconds_per_example"] > 0
+    else:
+        # Even one epoch is over a budget of 60 µs: first the epochs, then the method go.
+        assert "→ 1 epochs" in estimate["cuts"][0]
+        assert "transfer (a head on frozen features) instead" in estimate["cuts"][1]
+        assert "transfer (a head on frozen features) instead" in run.summary["recipe"]["reason"]
+        assert estimate["step_seconds_per_example"] == 0.0  # nothing below the head trains

@@ -139,9 +139,11 @@ def out_of_fold(
 
 
 def _log_probs(model: Any, x: np.ndarray, classes: int) -> np.ndarray:
-    """[N, classes] even when a fold's training rows lack a class (its column: -inf)."""
+    """[N, classes] even when a fold's training rows lack a class (its column: -inf).
+    Probabilities are clipped at 1e-15 as scikit-learn's `log_loss` does: a confident
+    mistake costs 34.5 nats, not infinity (which would tie every C)."""
     out = np.full((len(x), classes), -np.inf)
-    out[:, model.classes_] = model.predict_log_proba(x)
+    out[:, model.classes_] = np.log(np.clip(model.predict_proba(x), 1e-15, None))
     return out
 
 
