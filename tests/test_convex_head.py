@@ -39,7 +39,9 @@ def blobs(n: int, classes: int, seed: int, shift: float = 1.0) -> tuple[np.ndarr
 def test_the_solved_head_is_scikit_learns_logistic_regression(classes):
     x, y = blobs(300, classes, seed=classes)
     solved = solve_logistic(x, y, classes, "accuracy", "none", seed=0)
-    mean, std = x.mean(0), x.std(0) + 1e-6
+    # The head's scaling: centred, divided by one spread (the root-mean-square of the
+    # dimensions' standard deviations).
+    mean, std = x.mean(0), np.sqrt(np.mean((x.std(0) + 1e-6) ** 2))
     reference = LogisticRegression(C=solved.details["C"], max_iter=1000).fit((x - mean) / std, y)
     logits = x @ solved.weight.T + solved.bias
     probabilities = torch.tensor(logits).softmax(-1).numpy()
@@ -59,6 +61,31 @@ def test_the_regularisation_is_chosen_by_cross_validation_not_fixed():
     solved = solve_logistic(x, y, 2, "accuracy", "none", seed=0)
     assert solved.details["C"] <= 0.03
     assert solved.details["cv_accuracy"] >= 0.65
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_near_constant_dimensions_stay_quiet(seed):
+    """2 informative dimensions among 200 near-constant ones (spread 1e-3, as an image
+    backbone's pooled features hold many): one scale for all keeps them quiet, as scikit-learn
+    on the raw features does; standardising each dimension makes them as loud as the signal.
+    Measured (seeds 0-2): the head 0.705 / 0.675 / 0.780 on 200 held-out rows, scikit-learn
+    C=1 raw 0.705 / 0.685 / 0.790, per-dimension standardised 0.555 / 0.610 / 0.560."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 400)
+    x = rng.normal(0, 1e-3, (400, 202))
+    x[:, :2] = rng.normal(0, 1, (400, 2)) + 0.8 * y[:, None]
+    fit, held = slice(0, 200), slice(200, 400)
+    solved = solve_logistic(x[fit], y[fit], 2, "accuracy", "none", seed=0)
+    ours = ((x[held] @ solved.weight.T + solved.bias).argmax(1) == y[held]).mean()
+    raw = LogisticRegression(C=1, max_iter=1000).fit(x[fit], y[fit]).score(x[held], y[held])
+    mean, std = x[fit].mean(0), x[fit].std(0)
+    per_dimension = (
+        LogisticRegression(C=1, max_iter=1000)
+        .fit((x[fit] - mean) / std, y[fit])
+        .score((x[held] - mean) / std, y[held])
+    )
+    assert ours >= raw - 0.03
+    assert ours >= per_dimension + 0.04
 
 
 def test_the_solved_regression_head_is_scikit_learns_ridge():

@@ -72,7 +72,7 @@ def standardised(features: FeatureSplits) -> FeatureSplits:
 
 
 REGULARISATION_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-"""Inverse regularisation C tried for a head on standardised features, most regularised
+"""Inverse regularisation C tried for a head on centred, scaled features, most regularised
 first (a tie goes to the stronger regularisation)."""
 FOLDS = 5
 
@@ -94,7 +94,7 @@ def _scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _unscaled(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, std: np.ndarray):
-    """A linear map on standardised features, rewritten for the raw ones."""
+    """A linear map on centred, scaled features, rewritten for the raw ones."""
     weight = weight / std
     return weight, bias - weight @ mean
 
@@ -155,8 +155,8 @@ def solve_logistic(
     imbalance: str,
     seed: int,
 ) -> LinearSolution:
-    """A multinomial L2 logistic regression on standardised features, solved to its optimum
-    by L-BFGS (scikit-learn's solver): a convex problem, so the fitted head is as good as
+    """A multinomial L2 logistic regression on centred features scaled by one spread, solved
+    to its optimum by L-BFGS (scikit-learn's solver): a convex problem, so the head is as good as
     the features allow. C is chosen by stratified cross-validation on the training split
     itself on the selection metric (`accuracy` or `macro_f1`), so no examples are lost to a
     validation split the fit does not need. `imbalance`: `none`, or `weights` (each class
@@ -168,6 +168,12 @@ def solve_logistic(
 
     x = features.astype(np.float64)
     mean, std = _scaler(x)
+    # One spread for every dimension, not one each: per-dimension standardisation blows up
+    # near-constant dimensions (an image backbone's pooled features hold many) into noise
+    # as loud as the signal (measured: Fashion-MNIST at 21:1, 95.4 % against 99.0 % for
+    # scikit-learn on the raw features); a single scale keeps the features' geometry and
+    # still makes the C grid mean the same for every model.
+    std = np.full_like(std, np.sqrt(np.mean(std**2)))
     x = (x - mean) / std
     weights = class_weights(y, classes) if imbalance == "weights" else np.ones(len(y))
     with warnings.catch_warnings(), threadpool_limits(1):
