@@ -270,17 +270,31 @@ def test_overfitting_is_called_only_beyond_the_validation_losss_noise():
 
 # -- length and cost -------------------------------------------------------------------------
 def test_the_input_length_follows_the_training_texts(tiny_bert_dir, tmp_path):
-    rows = [
-        (" ".join([text] * (6 if i % 10 == 0 else 1)), label)
-        for i, (text, label) in enumerate(sentiment_rows(40))
-    ]
+    from helpers import classifier
+
+    from tsuika.models.text import fitted_length
+
+    words = [text for text, _ in sentiment_rows(40)]  # 6 words each: 8 tokens
+    model = classifier(str(tiny_bert_dir), 2)
+    model.spec["longest_input"] = 512  # as a model that reads 512 tokens
+    # One text in ten is 50 × 6 words (302 tokens): the 95th percentile, rounded up to 304.
+    long = [" ".join([w] * (50 if i % 10 == 0 else 1)) for i, w in enumerate(words)]
+    assert fitted_length(model, long)[0] == 304 == model.preprocess.max_length
+    # Short texts are read up to the floor (a limit costs only the texts longer than it).
+    length, note = fitted_length(model, words)
+    assert length == 128 and "up to 128 tokens" in note and "cut" not in note
+    # One text in ten is cut when it is longer than the 95th percentile.
+    rarer = [" ".join([w] * (50 if i % 20 == 0 else 1)) for i, w in enumerate(words)]
+    assert fitted_length(model, rarer)[1].endswith("2 of 40 training texts are cut")
+
+
+def test_a_run_fits_its_input_length_within_the_models_maximum(tiny_bert_dir, tmp_path):
+    rows = [(" ".join([text] * 6), label) for text, label in sentiment_rows(40)]
     train = _write(tmp_path / "long.csv", rows)
     run = tsuika.train(fast_config(tiny_bert_dir, train, tmp_path / "runs"))
-    chosen = run.summary["input_length"]
-    # Most texts are 6 words (8 tokens with [CLS]/[SEP]); one in ten is 36 words (38 tokens):
-    # the 95th percentile is 38, rounded up to 48; the tiny BERT reads at most 64.
-    assert "up to 48 tokens" in chosen and "at most 64" in chosen
-    assert run.model.spec["max_length"] == 48
+    # 38-token texts; the floor of 128 is more than the tiny BERT reads (64).
+    assert "up to 64 tokens" in run.summary["input_length"]
+    assert run.model.spec["max_length"] == 64
 
 
 def test_the_estimate_scales_with_epochs_and_the_budget_cuts_them():

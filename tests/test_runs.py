@@ -145,8 +145,9 @@ def test_model_folder_records_how_to_rebuild_the_model(tiny_run, tiny_bert_dir):
         "selection": "accuracy",
     }
     assert meta["model"]["source"] == str(tiny_bert_dir.resolve())
-    # The length the run fitted to its texts (toy texts of 8 tokens: the floor, 16).
-    assert meta["model"]["head"]["type"] == "linear" and meta["model"]["max_length"] == 16
+    # The length the run fitted to its texts (toy texts of 8 tokens: the floor of 128, cut to
+    # the 64 positions the tiny BERT has).
+    assert meta["model"]["head"]["type"] == "linear" and meta["model"]["max_length"] == 64
     assert "num_labels" not in meta["model"]  # the head's size comes from the task's labels
     assert tiny_run.model.head.net[-1].out_features == 2
     weights = load_file(str(tiny_run.path / "model" / "weights.safetensors"))

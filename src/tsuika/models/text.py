@@ -171,26 +171,31 @@ def longest_input(folder: Path, tokenizer: Any, config: Any) -> int:
 
 LENGTH_PERCENTILE = 95
 """`train.max_length: null` reads texts up to this percentile of the training lengths."""
+SHORTEST_LIMIT = 128
+"""…but never cuts below this many tokens (or the model's maximum, if lower): a limit costs
+only the tokens of the texts longer than it, and texts met later can be longer than a few
+training ones (16 training reviews' 95th percentile, 48 tokens, cut 4.5 % of the 2,000 test
+reviews)."""
 
 
 def fitted_length(model: AdaptableModel, texts: list[str]) -> tuple[int, str]:
     """The input length for these training texts — their 95th-percentile token length,
-    rounded up to a multiple of 16, at most the model's maximum — set on the model, and a
-    line saying so (and how many texts are cut). Length-sorted batches pad little, so a
-    longer limit costs only the tokens the long texts really have."""
+    rounded up to a multiple of 16, at least `SHORTEST_LIMIT`, at most the model's maximum —
+    set on the model, and a line saying so (and how many texts are cut). Length-sorted
+    batches pad little, so a longer limit costs only the tokens the long texts really have."""
     preprocess = model.preprocess
     longest = int(model.spec.get("longest_input", preprocess.max_length))
     lengths = np.array([len(ids) for ids in preprocess.tokenizer(list(texts))["input_ids"]])
     wanted = (
         int(np.ceil(np.percentile(lengths, LENGTH_PERCENTILE) / 16) * 16) if len(lengths) else 16
     )
-    chosen = max(16, min(wanted, longest))
+    chosen = min(max(wanted, SHORTEST_LIMIT), longest)
     preprocess.max_length = model.spec["max_length"] = chosen
     cut = int((lengths > chosen).sum())
     note = (
-        f"texts read at up to {chosen} tokens (train.max_length; {LENGTH_PERCENTILE}th "
-        f"percentile of the training texts, median {int(np.median(lengths)) if len(lengths) else 0}"
-        f"; the model reads at most {longest})"
+        f"texts read at up to {chosen} tokens (train.max_length; the training texts' "
+        f"{LENGTH_PERCENTILE}th percentile, at least {SHORTEST_LIMIT}; median "
+        f"{int(np.median(lengths)) if len(lengths) else 0}; the model reads at most {longest})"
     )
     if cut:
         note += f": {cut} of {len(lengths)} training texts are cut"
