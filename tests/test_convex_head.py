@@ -333,6 +333,9 @@ def test_a_training_step_is_measured_and_leaves_the_model_as_it_was(tiny_bert_di
     assert speed.forward > 0 and speed.step > 0
     assert measure_speed(model, splits, config, trains_from=None).step == 0.0
     assert not model.training  # the mode it was in
+    state = torch.random.get_rng_state()
+    measure_speed(model, splits, config, trains_from=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # dropout ran on a fork
     for name, parameter in model.named_parameters():
         assert parameter.grad is None, name
         torch.testing.assert_close(parameter.detach(), before[name], rtol=0, atol=0)

@@ -51,12 +51,16 @@ def measure_speed(
     if not chosen:
         return Speed(0.0)
     was_training = model.training
-    try:
-        speed = Speed(seconds_per_example(model, chosen))
-        if trains_from is not None:
-            speed.step = seconds_per_step_example(model, chosen, config, trains_from)
-    finally:
-        model.train(was_training)
+    device = next(model.parameters()).device
+    # The timed step runs dropout: on a fork of the random state, so a run trains the same
+    # whether or not it was measured first.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            speed = Speed(seconds_per_example(model, chosen))
+            if trains_from is not None:
+                speed.step = seconds_per_step_example(model, chosen, config, trains_from)
+        finally:
+            model.train(was_training)
     return speed
 
 
