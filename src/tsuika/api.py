@@ -30,7 +30,7 @@ from tsuika.evaluate.records import test_records, write_records
 from tsuika.evaluate.summary import build_summary
 from tsuika.methods import method_class
 from tsuika.methods.base import Method
-from tsuika.methods.cost import Estimate, duration, epochs_within, estimate, measure_speed
+from tsuika.methods.cost import Speed, duration, epochs_within, estimate, measure_speed
 from tsuika.methods.recipe import choose
 from tsuika.models import modality_of
 from tsuika.models.base import AdaptableModel
@@ -185,25 +185,21 @@ def budgeted(
     to plan within `HEADROOM` of `train.budget_minutes`: fewer epochs, then a head on frozen
     features (`transfer`) when one epoch alone is too much."""
     budget = config.train.budget_minutes
-
-    def guess(method: Method, model: AdaptableModel) -> Estimate:
-        trains_from = None if head_only(method, model) else method.cache_boundary(model)
-        speed = measure_speed(model, splits, config, trains_from)
-        return estimate(config, splits, speed, method.epoch_examples(len(splits.train)))
-
-    found, cuts = guess(method, model), []
+    trains_from = None if head_only(method, model) else method.cache_boundary(model)
+    speed = measure_speed(model, splits, config, trains_from)
+    examples = method.epoch_examples(len(splits.train))
+    found, cuts = estimate(config, splits, speed, examples), []
     spent = time.perf_counter() - started
     room = None if budget is None else budget * 60 * HEADROOM - spent
     if chosen and room is not None and found.seconds > room:
-        examples = method.epoch_examples(len(splits.train))
-        epochs = epochs_within(config, splits, found.speed, examples, room)
+        epochs = epochs_within(config, splits, speed, examples, room)
         if epochs < config.train.epochs:
             cuts.append(
                 f"{config.train.epochs} → {epochs} epochs to stay within "
                 f"train.budget_minutes={budget:g} (estimated {duration(spent + found.seconds)})"
             )
             config = with_train(config, epochs=epochs)
-            found = estimate(config, splits, found.speed, examples)
+            found = estimate(config, splits, speed, examples)
         if found.seconds > room:
             cuts.append(
                 f"{config.method} would take {duration(spent + found.seconds)} even for one "
@@ -211,7 +207,9 @@ def budgeted(
             )
             config = config.model_copy(update={"method": "transfer"})
             method, model = adapting(config, task)
-            found = guess(method, model)
+            # The same network, its head alone training: the forward speed is already known.
+            examples = method.epoch_examples(len(splits.train))
+            found = estimate(config, splits, Speed(speed.forward), examples)
     finish = time.localtime(time.time() + found.seconds)
     found.seconds += time.perf_counter() - started  # the whole run's, as it will be measured
     note = {
