@@ -317,6 +317,20 @@ def test_cli_trains_and_draws_a_png_grid_without_overwriting(
     assert (run / "generated" / "grid-002-seed0.png").is_file()  # a second grid, not a rewrite
     assert main([*draw, "--out", str(first)]) == 2
     assert "never overwrites" in capsys.readouterr().err
+    # Never through a link (issue 31, item 3): a dangling --out, or `generated/` elsewhere.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "dangling.png").symlink_to(elsewhere / "made.png")
+    assert main([*draw, "--out", str(tmp_path / "dangling.png")]) == 2
+    shutil.move(run / "generated", elsewhere / "generated")
+    (run / "generated").symlink_to(elsewhere / "generated")
+    assert main(draw) == 2
+    assert capsys.readouterr().err.count("is a symbolic link") == 2
+    assert sorted(p.name for p in elsewhere.rglob("*")) == [
+        "generated",
+        "grid-001-seed0.png",
+        "grid-002-seed0.png",
+    ]
 
 
 # -- evidence and bad input -------------------------------------------------------------------

@@ -307,7 +307,7 @@ def test_a_failed_check_leaves_no_folder(image_run, tmp_path, monkeypatch):
 
 def test_causal_lm_runs_are_not_exported_to_onnx():
     with pytest.raises(TsuikaError, match="use --format hf"):
-        encoder_task(CausalLM("any"))
+        encoder_task(CausalLM("any"), "onnx")
 
 
 def test_a_soft_prompt_is_not_merged(tiny_llama_dir, tmp_path):

@@ -180,7 +180,8 @@ def test_sigterm_in_each_phase_then_resume_keeps_every_metrics_line(
     ]
 
 
-def test_metrics_log_appends_after_a_torn_line(tmp_path: Path) -> None:
+def test_metrics_log_cuts_a_torn_line_and_appends_after_it(tmp_path: Path) -> None:
+    from tsuika.run_files import read_metrics
     from tsuika.train.metrics_log import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
@@ -189,7 +190,8 @@ def test_metrics_log_appends_after_a_torn_line(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     assert lines[0].startswith('{"phase": "transfer", "epoch": 1, "val_loss"')  # kept as it was
     assert json.loads(lines[-1]) == {"phase": "transfer", "epoch": 2}
-    assert len(lines) == 3  # the torn line stays on its own line, epoch 1 is not repeated
+    assert len(lines) == 2  # the torn line is gone (the report reads every line), no repeat
+    assert [r["epoch"] for r in read_metrics(path)] == [1, 2]
 
 
 # -- 4. overrides are read by the key's declared type, never as free YAML ---------------------

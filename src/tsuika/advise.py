@@ -13,6 +13,7 @@ from torch import nn
 
 from tsuika.advice.checks import (
     Finding,
+    class_names,
     data_checks,
     domain_shift,
     label_columns,
@@ -21,9 +22,9 @@ from tsuika.advice.checks import (
     with_label_names,
 )
 from tsuika.advice.features import pooled_features
-from tsuika.advice.rank import logme, probe_score
+from tsuika.advice.rank import logme, probe_score, probe_shortfall
 from tsuika.api import as_config, read_data, task_and_data
-from tsuika.config import Config
+from tsuika.config import Config, path_given
 from tsuika.errors import TsuikaError
 from tsuika.models import modality_of, model_for
 from tsuika.tasks import task_for
@@ -64,6 +65,10 @@ def check(
 def read_source(config: Config, source: str) -> list:
     """Every input of a source dataset (read before any model runs, so a bad file fails
     at once), with the target's columns and settings."""
+    try:  # an empty one would fall back to the bundled data: a shift measured from nothing
+        path_given(source)
+    except ValueError as error:
+        raise TsuikaError(f"source {error}") from None
     data = config.data.model_copy(update={"train": source, "validation": None, "test": None})
     source_config = config.model_copy(update={"data": data})
     modality = modality_of(config.model)
@@ -85,6 +90,8 @@ def rank(
     """Candidates ordered by LogME on their frozen features of the training split (at most
     `limit` examples, drawn evenly across classes), each with a cross-validated probe's score
     and the seconds each part took. No candidate is fine-tuned."""
+    if limit is not None and limit < 1:
+        raise TsuikaError(f"--limit {limit}: give how many training examples to score (≥ 1)")
     config = as_config(config, overrides)
     names = models or [config.model]
     first = names[0].removeprefix(RANDOM_PREFIX)
@@ -96,6 +103,15 @@ def rank(
     rows = sampled_rows(splits.train.targets[column], limit, config.seed, classification)
     inputs = [splits.train.inputs[i] for i in rows]
     labels = np.asarray([splits.train.targets[column][i] for i in rows])
+    named = class_names(task).get(column)
+    shown = np.asarray([named[i] for i in labels]) if named and classification else labels
+    shortfall = probe_shortfall(shown, classification)
+    if shortfall:  # before any model is loaded
+        fewer = len(rows) < len(splits.train)
+        fix = "raise --limit" if fewer else "give more training examples"
+        if not fewer and config.data.k is not None:
+            fix += " or a larger data.k"
+        raise TsuikaError(f"tsuika rank: {shortfall} ({len(rows)} training examples scored); {fix}")
     results = []
     for name in names:
         plain = name.removeprefix(RANDOM_PREFIX)

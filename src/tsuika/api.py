@@ -28,6 +28,7 @@ from tsuika.evaluate.baselines import (
 )
 from tsuika.evaluate.records import test_records, write_records
 from tsuika.evaluate.summary import build_summary
+from tsuika.files import refuse_links_in
 from tsuika.methods import method_class
 from tsuika.methods.base import Method
 from tsuika.methods.cost import Speed, duration, epochs_within, estimate, measure_speed
@@ -37,7 +38,7 @@ from tsuika.models.base import AdaptableModel
 from tsuika.models.text import fitted_length
 from tsuika.report import PREDICTIONS, REPORT, write_report
 from tsuika.run import Run, load
-from tsuika.runs import create_run_dir, save_model, write_atomic
+from tsuika.runs import check_run_dir, create_run_dir, save_model, write_atomic
 from tsuika.tasks import task_for
 from tsuika.tasks.base import Task
 from tsuika.train.distributed import barrier, is_main_process, training_device
@@ -83,7 +84,11 @@ def train(
         config = as_config(config, overrides)
     if config.method != "auto":
         config = method_class(config.method).configured(config)
-    check_tracking(config)  # a missing tracker package fails before any folder is written
+    # A missing tracker package or a bad store, a taken `name` or a bad `output` fail before
+    # the data is read, the model built and timed, and any folder written.
+    check_tracking(config, Path(resume).parent if resume is not None else None)
+    if resume is None and is_main_process():
+        check_run_dir(config.output, config.name)
     seed_everything(config.seed)
     modality = modality_of(config.model)
     task = task_for(config, modality)
@@ -117,19 +122,20 @@ def train(
                 say(line_of(key, notes[key]))
     retained = retention(config, task, method, model)  # a bad retain file too
     main = is_main_process()
+    made = None  # the folder this call created: the only one a failure may remove
     if resume is not None:
         path = Path(resume)
     elif main:
         default_name = f"{config.method}-{Path(config.model).name}"
-        path = create_run_dir(config.output, config.name, default_name)
-        write_atomic(
-            path / RUN_MARKER, json.dumps({"tsuika": version("tsuika"), "pid": os.getpid()})
-        )
-        write_atomic(path / "config.yaml", to_yaml(config))
+        path = made = create_run_dir(config.output, config.name, default_name)
     else:  # other data-parallel processes use the folder the main process made
         path = Path(config.output) / str(config.name)
-    barrier()
     try:
+        if made is not None:
+            marker = {"tsuika": version("tsuika"), "pid": os.getpid()}
+            write_atomic(path / RUN_MARKER, json.dumps(marker))
+            write_atomic(path / "config.yaml", to_yaml(config))
+        barrier()
         with tracked(config, path, resume is not None) as tracker:
             resumed = resume is not None
             run = _train_in(
@@ -146,9 +152,45 @@ def train(
                 findings,
                 retained,
             )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the folder stays, with what it checkpointed, to resume
         raise RunInterrupted(path) from None
+    except Exception:
+        if made is not None:
+            discard_unstarted(made)
+        raise
     return run
+
+
+KEPT_AFTER_FAILURE = ("checkpoints", "metrics.jsonl", "model", "summary.json")
+"""What makes the folder of a run that failed worth keeping: a checkpoint to resume from, or
+results to read."""
+
+
+def discard_unstarted(path: Path) -> None:
+    """Remove the folder of a run that failed before it had anything of `KEPT_AFTER_FAILURE`:
+    it holds only what the run started with (its marker and config.yaml, maybe caches and a
+    tracker's first records), which `--resume` would only start again from scratch, and it
+    would keep its `name` taken. Marking it failed instead would leave folders that every
+    reader of runs (`report`, `compare`) must learn to skip."""
+    if not any(os.path.lexists(path / name) for name in KEPT_AFTER_FAILURE):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_before_launch(config: Config) -> None:
+    """What `train` checks before it makes a run folder, short of building the model: run by
+    the launching process of `tsuika train --processes N`, so that a mistake in the config or
+    the data is said once, before N workers each say it and torchrun adds its own report."""
+    if config.method != "auto":
+        config = method_class(config.method).configured(config)
+    check_tracking(config)
+    check_run_dir(config.output, config.name)
+    modality = modality_of(config.model)
+    task = task_for(config, modality)
+    # Without read_data's warnings: the main worker says them when it reads the data again.
+    splits = load_splits(config.data, task.input_kind(modality), task.columns, task)
+    task.handle_imbalance(config.train.balance, splits.train)
+    if config.method != "auto":
+        method_class(config.method)(config, task)  # a method that cannot train this task
 
 
 def with_train(config: Config, **values: Any) -> Config:
@@ -446,4 +488,5 @@ def resumable_config(path: Path, config: object, overrides: dict[str, Any]) -> C
             f"cannot resume {path}: it is not an unfinished tsuika run (no {RUN_MARKER} and "
             "config.yaml written by `tsuika train`); start a new run instead"
         )
+    refuse_links_in(path)  # the run appends and writes there again: never through a link
     return load_config(path / "config.yaml")

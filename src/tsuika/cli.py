@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +18,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tsuika.config import path_given
 from tsuika.errors import RunInterrupted, TsuikaError
+from tsuika.files import atomic_file, refuse_link
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 out = Console()
@@ -29,19 +34,23 @@ def results_table(summary: dict) -> Table:
     task = task_from_meta(summary["targets"])
     test = summary["test"]
     metrics = [m for m in task.shown if m in test]
+    # Titles, headers and cells are rich markup: user text in them (a model folder such as
+    # `m[/b]`, a label column's name) is escaped, or rich would read it as tags.
     table = Table(
-        title=f"{summary['method']} · {summary['task']} · {summary['model']} · "
-        f"test n={summary['data']['test']}"
+        title=escape(
+            f"{summary['method']} · {summary['task']} · {summary['model']} · "
+            f"test n={summary['data']['test']}"
+        )
     )
     table.add_column("model")
     for metric in metrics:
-        table.add_column(METRIC_NAMES.get(metric, metric), justify="right")
+        table.add_column(escape(METRIC_NAMES.get(metric, metric)), justify="right")
     table.add_column("gain of the run (95% CI)", justify="right")
     table.add_column("seconds", justify="right")
     timings = summary.get("timings", {})
     adapted = sum(v for k, v in timings.items() if k not in ("baselines", "total"))
     table.add_row(
-        f"[bold]{summary['method']}[/bold]",
+        f"[bold]{escape(summary['method'])}[/bold]",
         *(f"{test[m]:.3f}" for m in metrics),
         "",
         f"{adapted:.1f}" if timings else "",
@@ -51,7 +60,7 @@ def results_table(summary: dict) -> Table:
         table.add_row(
             escape(values.get("title", "")),
             *(f"{values[m]:.3f}" for m in metrics),
-            task.gain_interval(gain) if gain else "",
+            escape(task.gain_interval(gain)) if gain else "",
             f"{values.get('seconds', 0.0):.1f}",
         )
     return table
@@ -71,7 +80,9 @@ METRIC_NAMES = {
 def distillation_table(kd: dict) -> Table:
     """Teacher and student side by side: score, size, latency on this machine."""
     metric = kd["metric"]
-    table = Table("", METRIC_NAMES.get(metric, metric), "parameters", "MB", "ms @1", "ms @64")
+    table = Table(
+        "", escape(METRIC_NAMES.get(metric, metric)), "parameters", "MB", "ms @1", "ms @64"
+    )
     table.title = "teacher → student"
     for side in ("teacher", "student"):
         row = kd[side]
@@ -108,11 +119,26 @@ def print_summary(summary: dict) -> None:
         out.print(f"report: {escape(str(report))}")
 
 
+def _path_text(text: str) -> str:
+    """The parser of every path-valued argument and option: an empty one is refused, naming
+    the option (`path_given`), never read as the current folder or the default data."""
+    try:
+        return str(path_given(text))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def _path(text: str) -> Path:
+    return Path(_path_text(text))
+
+
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
     """`CONFIG.yaml key=value ...`: the config file is the one argument without `=`."""
     config = None
     overrides = []
     for arg in args:
+        if not arg.strip():  # not a quiet "no config file"
+            raise TsuikaError("an empty argument: give CONFIG.yaml, then key=value")
         if "=" in arg:
             overrides.append(arg)
         elif config is None:
@@ -126,8 +152,12 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
 def train(
     args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
     model: Annotated[str | None, typer.Option(help="bundled name or local model folder")] = None,
-    data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL")] = None,
-    test: Annotated[str | None, typer.Option(help="test file (default: held out)")] = None,
+    data: Annotated[
+        str | None, typer.Option(parser=_path_text, help="training CSV/TSV/JSONL")
+    ] = None,
+    test: Annotated[
+        str | None, typer.Option(parser=_path_text, help="test file (default: held out)")
+    ] = None,
     method: Annotated[
         str | None,
         typer.Option(
@@ -140,18 +170,29 @@ def train(
     ] = None,
     k: Annotated[int | None, typer.Option(help="examples per class to keep")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
-    output: Annotated[str | None, typer.Option(help="parent folder of runs")] = None,
+    output: Annotated[
+        str | None, typer.Option(parser=_path_text, help="parent folder of runs")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="run folder name")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
-    resume: Annotated[Path | None, typer.Option(help="continue an interrupted run")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(parser=_path, help="continue an interrupted run")
+    ] = None,
     processes: Annotated[int, typer.Option(help="data-parallel processes (DDP)")] = 1,
 ) -> None:
     """Adapt a model to your data: `tsuika train CONFIG.yaml [key=value ...]` or flags."""
     from tsuika.api import train as train_api
 
+    if processes < 1:
+        raise TsuikaError(f"--processes {processes}: give at least 1 (1 is one process, no DDP)")
     if resume is not None:
         if args or any(v is not None for v in (model, data, test, method, task, k, epochs, name)):
             raise TsuikaError("--resume RUN takes no other config; the run's config.yaml is used")
+        if processes > 1:
+            raise TsuikaError(
+                f"--processes {processes}: --resume continues a run in one process; drop "
+                "--processes"
+            )
         with reporting_interrupts():
             print_summary(train_api(resume=resume).summary)
         return
@@ -169,8 +210,10 @@ def train(
     }
     config = _config_from(args, flags, quiet)
     if processes > 1:
+        from tsuika.api import check_before_launch
         from tsuika.train.distributed import launch
 
+        check_before_launch(config)  # one message, not one per worker and torchrun's report
         raise typer.Exit(launch(_without_processes(ARGV[1:]), processes, config.name))
     with reporting_interrupts():
         run = train_api(config)
@@ -183,19 +226,28 @@ def train(
 @app.command()
 def distill(
     args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
-    teacher: Annotated[Path | None, typer.Option(help="a finished run folder")] = None,
+    teacher: Annotated[
+        Path | None, typer.Option(parser=_path, help="a finished run folder")
+    ] = None,
     student: Annotated[
         str | None, typer.Option(help="`teacher` (its blocks) or a model name/folder")
     ] = None,
     blocks: Annotated[str | None, typer.Option(help="teacher blocks to keep, e.g. 1,3,6")] = None,
-    data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL or image folder")] = None,
-    test: Annotated[str | None, typer.Option(help="test file (default: held out)")] = None,
+    data: Annotated[
+        str | None, typer.Option(parser=_path_text, help="training CSV/TSV/JSONL or image folder")
+    ] = None,
+    test: Annotated[
+        str | None, typer.Option(parser=_path_text, help="test file (default: held out)")
+    ] = None,
     unlabelled: Annotated[
-        str | None, typer.Option(help="inputs without labels, for the soft targets")
+        str | None,
+        typer.Option(parser=_path_text, help="inputs without labels, for the soft targets"),
     ] = None,
     k: Annotated[int | None, typer.Option(help="examples per class to keep")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
-    output: Annotated[str | None, typer.Option(help="parent folder of runs")] = None,
+    output: Annotated[
+        str | None, typer.Option(parser=_path_text, help="parent folder of runs")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="run folder name")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
@@ -238,21 +290,31 @@ def _config_from(args: list[str] | None, flags: dict, quiet: bool):
 
 def _block_list(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        blocks = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise TsuikaError(f"--blocks {text!r}: give block numbers such as 1,3,6") from None
+        blocks = []
+    if not blocks:  # an empty list must not quietly mean the default half
+        raise TsuikaError(
+            f"--blocks {text!r}: give block numbers such as 1,3,6 (or leave --blocks out)"
+        )
+    return blocks
 
 
 @app.command()
 def check(
     args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
-    data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL or image folder")] = None,
-    test: Annotated[str | None, typer.Option(help="test file (default: held out)")] = None,
+    data: Annotated[
+        str | None, typer.Option(parser=_path_text, help="training CSV/TSV/JSONL or image folder")
+    ] = None,
+    test: Annotated[
+        str | None, typer.Option(parser=_path_text, help="test file (default: held out)")
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="model whose frozen features compare inputs")
     ] = None,
     source: Annotated[
-        str | None, typer.Option(help="data of another domain, to measure the shift from")
+        str | None,
+        typer.Option(parser=_path_text, help="data of another domain, to measure the shift from"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="findings as JSON")] = False,
     quick: Annotated[bool, typer.Option(help="only the checks that need no model")] = False,
@@ -298,7 +360,9 @@ def findings_table(findings: list) -> Table:
 @app.command()
 def rank(
     args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
-    data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL or image folder")] = None,
+    data: Annotated[
+        str | None, typer.Option(parser=_path_text, help="training CSV/TSV/JSONL or image folder")
+    ] = None,
     models: Annotated[
         list[str] | None,
         typer.Option(help="candidates (repeat the option); random:NAME = NAME untrained"),
@@ -333,7 +397,9 @@ def rank(
 @app.command()
 def plan(
     args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
-    data: Annotated[str | None, typer.Option(help="training CSV/TSV/JSONL or image folder")] = None,
+    data: Annotated[
+        str | None, typer.Option(parser=_path_text, help="training CSV/TSV/JSONL or image folder")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="the pretrained model to adapt")] = None,
     budget: Annotated[str, typer.Option(help="wall-clock for the search: 10m, 90s, 1h")] = "10m",
     max_steps: Annotated[
@@ -349,7 +415,8 @@ def plan(
     from tsuika.report.sections import trial_row
 
     config = _config_from(args, {"data.train": data, "model": model}, quiet=as_json)
-    result = plan_api(config, budget_seconds=parse_budget(budget), budget_steps=max_steps)
+    with reporting_interrupts():  # the final run's Ctrl-C says how to resume it
+        result = plan_api(config, budget_seconds=parse_budget(budget), budget_steps=max_steps)
     if as_json:
         out.print_json(json.dumps(result))
         return
@@ -358,13 +425,15 @@ def plan(
         table.add_row(*map(escape, trial_row(trial)))
     out.print(table)
     out.print(escape(result["explanation"]))
-    out.print(f"run: {result['run']}")
+    out.print(f"run: {escape(result['run'])}")
 
 
 @app.command()
 def inspect(
     model: Annotated[str, typer.Argument(help="bundled name or local model folder")],
-    config: Annotated[Path | None, typer.Argument(help="a config: show what trains")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(parser=_path, help="a config: show what trains")
+    ] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value ...")] = None,
 ) -> None:
     """Print a model's layer groups, parameter counts, and what trains under a config."""
@@ -378,8 +447,10 @@ def inspect(
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run folder")],
-    data: Annotated[Path, typer.Option(help="labelled CSV/TSV/JSONL or image folder")],
+    run: Annotated[Path, typer.Argument(parser=_path, help="run folder")],
+    data: Annotated[
+        Path, typer.Option(parser=_path, help="labelled CSV/TSV/JSONL or image folder")
+    ],
     input_column: Annotated[
         str | None, typer.Option(help="text/path column (default: the run's)")
     ] = None,
@@ -393,9 +464,9 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="run folder")],
+    run: Annotated[Path, typer.Argument(parser=_path, help="run folder")],
     inputs: Annotated[list[str] | None, typer.Argument(help="texts (or image paths)")] = None,
-    file: Annotated[Path | None, typer.Option(help="CSV/TSV/JSONL of inputs")] = None,
+    file: Annotated[Path | None, typer.Option(parser=_path, help="CSV/TSV/JSONL of inputs")] = None,
     input_column: Annotated[str, typer.Option(help="column of --file")] = "text",
 ) -> None:
     """Predict: `tsuika predict RUN "text" ...` or `--file texts.csv`; one tab-separated line
@@ -415,27 +486,43 @@ def predict(
 
 @app.command()
 def generate(
-    run: Annotated[Path, typer.Argument(help="run folder (causal-lm or text-to-image)")],
+    run: Annotated[
+        Path, typer.Argument(parser=_path, help="run folder (causal-lm or text-to-image)")
+    ],
     prompts: Annotated[list[str] | None, typer.Argument(help="prompts")] = None,
-    file: Annotated[Path | None, typer.Option(help="JSONL with `prompt` (or `messages`)")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="default: the run's")] = None,
+    file: Annotated[
+        Path | None, typer.Option(parser=_path, help="JSONL with `prompt` (or `messages`)")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="default: the run's; at most the context length")
+    ] = None,
     sample: Annotated[bool, typer.Option(help="sample instead of greedy decoding")] = False,
     temperature: Annotated[float, typer.Option(help="with --sample")] = 1.0,
     top_p: Annotated[float, typer.Option(help="nucleus sampling, with --sample")] = 1.0,
-    seed: Annotated[int, typer.Option(help="with --sample; images: the first picture's")] = 0,
-    n: Annotated[int, typer.Option("--n", help="text-to-image: pictures per prompt")] = 8,
+    seed: Annotated[
+        int, typer.Option(help="with --sample; images: the first picture's (0 to 2³²−1)")
+    ] = 0,
+    n: Annotated[int, typer.Option("--n", help="text-to-image: pictures per prompt (1 to 64)")] = 8,
     steps: Annotated[int | None, typer.Option(help="text-to-image: default the run's")] = None,
-    guidance: Annotated[float | None, typer.Option(help="text-to-image: default the run's")] = None,
-    out: Annotated[Path | None, typer.Option(help="text-to-image: the PNG to write")] = None,
+    guidance: Annotated[
+        float | None, typer.Option(help="text-to-image: ≥ 1 (1: none); default the run's")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(parser=_path, help="text-to-image: the PNG to write")
+    ] = None,
 ) -> None:
     """Answer prompts with a causal-LM run (one line per prompt, in order; a newline inside an
     answer is written `\\n`), or draw them with a text-to-image run: `tsuika generate RUN
     "a photo of <concept>" --n 8 --seed 0` writes a PNG grid, one row per prompt."""
     from tsuika.api import load
     from tsuika.data.chat import read_prompts
-    from tsuika.models.causal import Decoding
+    from tsuika.models.causal import Decoding, context_length
 
-    given: list = list(prompts or [])
+    # Every option and prompt is checked before the run's model is loaded.
+    _check_generation_options(max_new_tokens, temperature, top_p, seed, n, steps, guidance)
+    if out is not None:
+        _writable_folder(out)
+    given: list = _checked_prompts(prompts or [])
     if file is not None:
         given += read_prompts(file)
     if not given:
@@ -444,17 +531,95 @@ def generate(
     if loaded.model.spec.get("family") == "text-to-image":
         _draw(loaded, given, n, seed, steps, guidance, out)
         return
-    if not 0 < top_p <= 1 or temperature <= 0 or (max_new_tokens or 1) < 1:
-        raise TsuikaError("--top-p must be in (0, 1], --temperature and --max-new-tokens > 0")
-    decoding = Decoding(
-        max_new_tokens or loaded.task.to_meta().get("max_new_tokens", 32),
-        sample,
-        temperature,
-        top_p,
-        seed,
-    )
+    if max_new_tokens is None:
+        max_new_tokens = loaded.task.to_meta().get("max_new_tokens", 32)
+    _check_max_new_tokens(max_new_tokens, context_length(loaded.model))
+    decoding = Decoding(max_new_tokens, sample, temperature, top_p, seed)
     for answer in loaded.generate(given, decoding):
         typer.echo(answer.replace("\\", "\\\\").replace("\n", "\\n"))  # one line per prompt
+
+
+MAX_PICTURES = 64
+"""`--n`'s cap: a grid row of 64 pictures is already wider than a screen."""
+MAX_SEED = 2**32 - 1
+"""Seeds are 32-bit, as in diffusers' and the web UIs' samplers (a larger one overflows)."""
+NO_CONTEXT_CAP = 8192
+"""`--max-new-tokens`'s cap for a model whose config records no context length."""
+
+
+def _check_generation_options(
+    max_new_tokens: int | None,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    n: int,
+    steps: int | None,
+    guidance: float | None,
+) -> None:
+    """`tsuika generate`'s ranges, each error naming its option. Zero new tokens or pictures
+    would be nothing to show, and guidance below 1 is no guidance at all in diffusers
+    (`guidance_scale <= 1` turns classifier-free guidance off), so each is refused, not
+    quietly read as a default."""
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise TsuikaError(
+            f"--max-new-tokens {max_new_tokens}: give at least 1 (leave it out for the run's "
+            "default)"
+        )
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise TsuikaError(f"--temperature {temperature}: give a finite number above 0")
+    if not 0 < top_p <= 1:
+        raise TsuikaError(f"--top-p {top_p}: give a number in (0, 1]")
+    if not 0 <= seed <= MAX_SEED:
+        raise TsuikaError(f"--seed {seed}: give a whole number from 0 to {MAX_SEED}")
+    if not 1 <= n <= MAX_PICTURES:
+        raise TsuikaError(f"--n {n}: give 1 to {MAX_PICTURES} pictures per prompt")
+    if steps is not None and steps < 1:
+        raise TsuikaError(f"--steps {steps}: give at least 1 (leave it out for the run's)")
+    if guidance is not None and (not math.isfinite(guidance) or guidance < 1):
+        raise TsuikaError(
+            f"--guidance {guidance}: give a finite number of at least 1 (1: no classifier-free "
+            "guidance; leave it out for the run's)"
+        )
+
+
+def _checked_prompts(prompts: list[str]) -> list[str]:
+    """Prompts from the command line, each non-empty UTF-8 text."""
+    from tsuika.run import text_problem
+
+    for number, prompt in enumerate(prompts, start=1):
+        problem = text_problem(prompt)
+        if problem:
+            raise TsuikaError(f"prompt {number} {problem}")
+    return list(prompts)
+
+
+def _check_max_new_tokens(max_new_tokens: int, context: int | None) -> None:
+    """No more new tokens than the model attends to at once."""
+    limit = context or NO_CONTEXT_CAP
+    if max_new_tokens > limit:
+        where = (
+            "the model's context length"
+            if context
+            else "tsuika's cap for a model whose config gives no context length"
+        )
+        raise TsuikaError(f"--max-new-tokens {max_new_tokens}: at most {limit} ({where})")
+
+
+def _writable_folder(out: Path) -> None:
+    """--out's folder can take a new file, checked before any picture is drawn: the nearest
+    folder above it that exists must be a folder in which a file can be created (tried with
+    an anonymous temporary file, gone when closed: `os.access` says yes to root even for
+    /proc)."""
+    existing = next(p for p in [out.parent, *out.parent.parents] if os.path.lexists(p))
+    if not existing.is_dir():
+        raise TsuikaError(f"--out {out}: {existing} is not a folder; give a path in a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise TsuikaError(
+            f"--out {out}: cannot create a file in {existing} ({err.strerror}); give a path "
+            "in a folder you can write to"
+        ) from None
 
 
 def _draw(loaded, prompts: list, n: int, seed: int, steps, guidance, out: Path | None) -> None:
@@ -463,30 +628,34 @@ def _draw(loaded, prompts: list, n: int, seed: int, steps, guidance, out: Path |
 
     if not all(isinstance(prompt, str) for prompt in prompts):
         raise TsuikaError("a text-to-image run draws text prompts, not chat messages")
-    rows = [loaded.images(prompt, n, seed, steps, guidance) for prompt in prompts]
     if out is None:
         folder = loaded.path / "generated"
+        refuse_link(folder)
         folder.mkdir(exist_ok=True)
         out = next(
             path
             for i in range(1, 10_000)
-            if not (path := folder / f"grid-{i:03d}-seed{seed}.png").exists()
+            if not os.path.lexists(path := folder / f"grid-{i:03d}-seed{seed}.png")
         )
     elif out.exists():
         raise TsuikaError(f"{out} exists; tsuika never overwrites a file, give another --out")
     elif out.suffix.lower() != ".png":
         raise TsuikaError(f"--out {out}: the grid is written as a .png file")
+    # Drawn only now that where the grid goes is settled: a bad --out costs no generation.
+    rows = [loaded.images(prompt, n, seed, steps, guidance) for prompt in prompts]
     out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(rows).save(out)
+    with atomic_file(out, replace=False) as tmp:
+        image_grid(rows).save(tmp, format="PNG")
     typer.echo(f"{len(prompts)} × {n} pictures → {out}")
 
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="run folder")],
+    run: Annotated[Path, typer.Argument(parser=_path, help="run folder")],
     format: Annotated[str | None, typer.Option("--format", help="onnx | hf (default: hf)")] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="new folder (default: RUN/export-FORMAT)")
+        Path | None,
+        typer.Option("--out", parser=_path, help="new folder (default: RUN/export-FORMAT)"),
     ] = None,
     int8: Annotated[bool, typer.Option("--int8", help="onnx: also an int8-weights copy")] = False,
     merge: Annotated[
@@ -497,14 +666,16 @@ def export(
     graph (`--format onnx`) or a folder plain transformers / timm / torch loads (`hf`)."""
     from tsuika.export import export as export_run
 
+    if format is not None and not format.strip():  # not a quiet "default"
+        raise TsuikaError("--format is empty; give onnx or hf (or leave --format out for hf)")
     if merge and format not in (None, "hf"):
         raise TsuikaError(f"--merge writes the hf format; drop it or --format {format}")
-    folder = export_run(run, format or "hf", out_dir, int8)
+    folder = export_run(run, "hf" if format is None else format, out_dir, int8)
     out.print(f"exported: {escape(str(folder))}")
 
 
 @app.command()
-def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
+def report(run: Annotated[Path, typer.Argument(parser=_path, help="run folder")]) -> None:
     """Rebuild a run's report.html from its folder (no model is loaded)."""
     from tsuika.report import write_report
 
@@ -513,9 +684,10 @@ def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
 
 @app.command()
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="two or more run folders")],
+    runs: Annotated[list[Path], typer.Argument(parser=_path, help="two or more run folders")],
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="HTML file (default: beside the first run)")
+        Path | None,
+        typer.Option("--out", parser=_path, help="HTML file (default: beside the first run)"),
     ] = None,
 ) -> None:
     """Several runs side by side: one table here and one HTML report."""
@@ -531,11 +703,11 @@ def compare(
             escape(row["method"]),
             escape(row["model"]),
             f"{row['score']:.3f}",
-            f"[{low:.3f}, {high:.3f}]",
-            row["versus"],
+            escape(f"[{low:.3f}, {high:.3f}]"),  # `[nan, nan]` would read as a tag
+            escape(row["versus"]),
             f"{row['seconds']:.1f}",
         )
-    table.title = f"test {metric}"
+    table.title = escape(f"test {metric}")
     out.print(table)
     out.print(f"comparison: {escape(str(path))}")
 
@@ -547,7 +719,7 @@ def models() -> None:
 
     table = Table("name", "modality", "description")
     for entry in available_models():
-        table.add_row(entry.name, entry.modality, entry.description)
+        table.add_row(escape(entry.name), entry.modality, escape(entry.description))
     out.print(table)
     out.print(
         "Or give a local folder: model: path/to/hf-model-folder (a diffusers folder for "
@@ -557,7 +729,7 @@ def models() -> None:
 
 @app.command()
 def demo(
-    output: Annotated[str, typer.Option(help="parent folder of runs")] = "runs",
+    output: Annotated[str, typer.Option(parser=_path_text, help="parent folder of runs")] = "runs",
     quiet: bool = False,
     images: Annotated[bool, typer.Option(help="EfficientNet-Lite0 on Fashion-MNIST")] = False,
 ) -> None:

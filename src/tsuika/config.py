@@ -6,7 +6,9 @@ the key and what was expected.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
+from string import Formatter
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -18,6 +20,18 @@ from tsuika.errors import TsuikaError
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+EMPTY_PATH = "is empty; give a file or folder (or leave it out)"
+
+
+def path_given(value: str | None) -> str | None:
+    """`value` as given; ValueError (`EMPTY_PATH`) when it is an empty path, which must never
+    quietly mean a default (the bundled data, the current folder). Every path-valued config
+    key and command-line option goes through here."""
+    if value is not None and not value.strip():
+        raise ValueError(EMPTY_PATH)
+    return value
 
 
 class AugmentConfig(Section):
@@ -81,13 +95,7 @@ class DataConfig(Section):
     retain_label_column: str = "label"
     """The label column of `retain` (encoders)."""
 
-    @field_validator("train", "validation", "test", "retain")
-    @classmethod
-    def _path_not_blank(cls, value: str | None) -> str | None:
-        # An empty path must not quietly mean "the bundled data".
-        if value is not None and not value.strip():
-            raise ValueError("is empty; give a file or folder (or leave the key out)")
-        return value
+    _paths = field_validator("train", "validation", "test", "retain")(path_given)
 
 
 class HeadConfig(Section):
@@ -232,9 +240,10 @@ class DistillConfig(Section):
     student: str = "teacher"
     """`teacher`: built from the teacher, keeping some of its blocks with their trained weights
     (DistilBERT-style); otherwise a model name or folder (`model` is set from it)."""
-    blocks: list[Annotated[int, Field(ge=1)]] | None = None
+    blocks: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
     """Teacher blocks the student keeps, numbered as `tsuika inspect` names them (block1 …);
-    null: half of them, evenly spaced, the first and the last included (DistilBERT's choice)."""
+    null: half of them, evenly spaced, the first and the last included (DistilBERT's choice);
+    an empty list is an error, not the default."""
     temperature: float = Field(2.0, gt=0)
     """Softmax temperature T of the soft targets; the soft loss is scaled by T²."""
     alpha: float = Field(0.5, ge=0, le=1)
@@ -248,6 +257,8 @@ class DistillConfig(Section):
     used)."""
     undistilled: bool = True
     """Baseline: the same student trained on the labels alone, with the same budget."""
+
+    _paths = field_validator("teacher", "student", "unlabelled")(path_given)
 
 
 class RegressionConfig(Section):
@@ -320,6 +331,36 @@ class DiffusionConfig(Section):
     """Classifier-free guidance scale (1: none); null: the model's own (`guidance_scale` in
     its model_index.json, measured for the bundled model), else Stable Diffusion's 7.5."""
 
+    _paths = field_validator("judge")(path_given)
+
+    @field_validator("class_template")
+    @classmethod
+    def _one_class_placeholder(cls, value: str) -> str:
+        problem = class_template_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def class_template_problem(template: str) -> str | None:
+    """Why `template` is not a prompt with exactly one plain `{}` for the class word (None
+    when it is). Only `{}`: a name, index or attribute in the braces (`{x}`, `{0.__class__}`)
+    would be looked up by `str.format`, which fails or reads attributes of the class word."""
+    try:
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError:  # a lone brace
+        fields = []
+    if fields == [("", "", None)]:
+        return None
+    return (
+        "must hold exactly one {} where the class word goes (e.g. 'a photo of a {}'); "
+        "write a literal brace as {{ or }}"
+    )
+
 
 class TextualInversionConfig(Section):
     token: str = "<concept>"
@@ -338,22 +379,60 @@ class DreamBoothConfig(Section):
     the base model and cached (or the first N of `class_data`)."""
     class_data: str | None = None
     """A folder of class images to use instead of generating them."""
+    _paths = field_validator("class_data")(path_given)
     train_text_encoder: bool = False
     """Also train the text encoder (full DreamBooth) or LoRA on it (dreambooth-lora)."""
     lora_targets: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
     """dreambooth-lora: the UNet layers LoRA adapts (its attention projections, as diffusers'
     DreamBooth LoRA script); rank, alpha and dropout come from `adapter`."""
 
+    @field_validator("identifier")
+    @classmethod
+    def _identifier_not_blank(cls, value: str) -> str:
+        # Without it the concept's prompt is the class prompt: the subject would be taught
+        # as the whole class, against its own prior-preservation images.
+        if not value.strip():
+            raise ValueError("is empty; give a rare word that names the subject (e.g. sks)")
+        return value
+
+
+HYPERNETWORK_MAX_WEIGHTS = 64
+"""The most weights one hypernetwork module may hold, in units of the context width squared
+(its Linear layers: the sum of neighbouring `layer_structure` entries' products; [1, 2, 1]
+holds 4, [1, 4, 4, 1] 24). 64 is 38 M weights at Stable Diffusion 1's width 768: larger only
+exhausts memory ([1, 100000000, 1] would allocate terabytes)."""
+
+
+def hypernetwork_size_problem(layer_structure: list[float]) -> str | None:
+    """Why `layer_structure` is too large to build (None when it is not)."""
+    weights = sum(a * b for a, b in pairwise(layer_structure))
+    if weights <= HYPERNETWORK_MAX_WEIGHTS:
+        return None
+    return (
+        f"is too large: its layers would hold {weights:,.2f}".removesuffix(".00")
+        + f" × the context width² weights; the limit is {HYPERNETWORK_MAX_WEIGHTS} "
+        "([1, 2, 1] holds 4, [1, 4, 4, 1] 24)"
+    )
+
 
 class HypernetworkConfig(Section):
     layer_structure: list[float] = [1.0, 2.0, 1.0]
-    """Widths of the MLP's layers as multiples of the context width (the web UI's)."""
+    """Widths of the MLP's layers as multiples of the context width (the web UI's); at most
+    `HYPERNETWORK_MAX_WEIGHTS` × width² weights in all."""
     activation: Literal["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid"] = "linear"
     layer_norm: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
     multiplier: float = Field(1.0, ge=0)
     """Strength, in training and generation: context + mlp(context) · multiplier (0 = the
     base model exactly)."""
+
+    @field_validator("layer_structure")
+    @classmethod
+    def _not_too_large(cls, value: list[float]) -> list[float]:
+        problem = hypernetwork_size_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Config(Section):
@@ -401,6 +480,8 @@ class Config(Section):
     """Write `report.html` when the run ends; false skips it (about half a second of charts
     per run: for sweeps of many small runs), and `tsuika report RUN` writes it later from
     the folder alone."""
+
+    _paths = field_validator("model_weights", "output")(path_given)
 
     @field_validator("model")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from tsuika.config import Config
@@ -24,7 +25,8 @@ def describe(config: Config) -> Table:
         for event in method.on_epoch_start(model, epoch):
             unfreeze_at.setdefault(event.removeprefix("unfroze "), epoch)
     boundary = method.cache_boundary(model)
-    table = Table(title=f"{config.model} under method `{config.method}`")
+    # rich markup: a model folder such as `m[/b]` must not be read as a tag
+    table = Table(title=escape(f"{config.model} under method `{config.method}`"))
     for column in ("#", "group", "parameters", "trains", "lr", "note"):
         table.add_column(column, justify="right" if column in ("#", "parameters", "lr") else "left")
     for group in model.layer_groups():
@@ -40,7 +42,7 @@ def describe(config: Config) -> Table:
             note.append(f"unfreezes at epoch {unfreeze_at[group.name]}")
         table.add_row(
             str(group.index),
-            group.name,
+            escape(group.name),
             f"{group.size:,}",
             "yes" if trains else "no",
             f"{rate:.2e}" if trains and rate is not None else "",

@@ -35,9 +35,10 @@ from tsuika.feed.cache import CacheSettings
 from tsuika.methods import method_class
 from tsuika.methods.recipe import choose
 from tsuika.models import modality_of
-from tsuika.runs import write_atomic
+from tsuika.runs import check_run_dir, write_atomic
 from tsuika.tasks.base import Task
 from tsuika.train.phase import run_trial, seed_everything
+from tsuika.train.tracking import check_tracking
 
 SEARCH_TRAINING = {"epochs": 10, "patience": 3}
 """Fine-tuning and LoRA candidates: at most 10 epochs, stopping after 3 without a better
@@ -99,6 +100,17 @@ class Trial:
     """Validation score after each epoch."""
     overfit: str | None = None
     why: str | None = None
+
+
+def check_budget(seconds: float | None, steps: int | None) -> None:
+    """A budget that allows some training: a zero or negative one would end the search
+    before its first step and then ask for a larger budget."""
+    if seconds is not None and not seconds > 0:
+        raise TsuikaError(f"--budget {seconds:g} seconds: give a duration such as 10m, 90s or 1h")
+    if steps is not None and steps < 1:
+        raise TsuikaError(
+            f"--max-steps {steps}: give at least 1 optimizer step (or leave --max-steps out)"
+        )
 
 
 def parse_budget(text: str) -> float:
@@ -171,6 +183,10 @@ def plan(
         raise TsuikaError(
             f"plan chooses the method itself; drop method={base.method} (or run `tsuika train`)"
         )
+    check_budget(budget_seconds, budget_steps)
+    if final:  # what the run at the end would refuse, refused before the budget is spent
+        check_tracking(base)
+        check_run_dir(base.output, base.name)
     task, splits = task_and_data(base)
     if task.name in ("causal-lm", "text-to-image"):
         raise TsuikaError(f"plan searches classifiers and regressors, not {task.name} runs")
@@ -183,6 +199,7 @@ def plan(
     maximize = task.higher_is_better
 
     spill = Path(tempfile.mkdtemp(prefix="tsuika-plan-"))  # caches above the memory limit
+    stopped_by: list[BaseException] = []
 
     def objective(trial: optuna.Trial) -> float:
         strategy = candidates[trial.number]
@@ -198,7 +215,14 @@ def plan(
                 shared=shared.setdefault(inputs, {}),
             )
 
-        done = _attempt(strategy, base, task, splits, budget, cache_for, trial)
+        try:
+            done = _attempt(strategy, base, task, splits, budget, cache_for, trial)
+        except (KeyboardInterrupt, TsuikaError) as error:
+            # Optuna would log it with its traceback ("Trial 2 failed …") before raising it
+            # again; it ends the search here instead, and is raised once, after it.
+            stopped_by.append(error)
+            study.stop()
+            raise optuna.TrialPruned() from None
         trials.append(done)
         if base.progress:
             score = "" if done.score is None else f", best validation {done.score:.3f}"
@@ -221,6 +245,8 @@ def plan(
     finally:
         shared.clear()
         shutil.rmtree(spill, ignore_errors=True)
+    if stopped_by:
+        raise stopped_by[0]
     default = next(s.name for s in candidates if s.default)
     best = _best(trials, maximize, default, len(splits.val), task)
     if best is None:

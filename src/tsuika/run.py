@@ -3,7 +3,6 @@ the data it was trained on, and without importing any training code."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,23 @@ from tsuika.errors import TsuikaError
 from tsuika.feed import input_feed
 from tsuika.models.base import AdaptableModel, State
 from tsuika.models.causal import Decoding, generate
+from tsuika.run_files import SUMMARY, read_summary
 from tsuika.runs import load_model_folder
 from tsuika.tasks.base import Arrays, Task
 from tsuika.tasks.classify import Classify
+
+
+def text_problem(text: object) -> str | None:
+    """Why `text` cannot be a model's input (None when it can): empty, or not UTF-8 (bytes
+    that are not, given on the command line, reach Python as lone surrogates, which no
+    tokenizer encodes)."""
+    if not isinstance(text, str) or not text.strip():
+        return "is empty; give non-empty texts"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "has bytes that are not UTF-8; give it as UTF-8 text"
+    return None
 
 
 def read_inputs(model: AdaptableModel, inputs: list, data: DataConfig) -> list:
@@ -28,8 +41,9 @@ def read_inputs(model: AdaptableModel, inputs: list, data: DataConfig) -> list:
         for number, text in enumerate(inputs, start=1):
             if chat and isinstance(text, list) and text:  # chat messages
                 continue
-            if not isinstance(text, str) or not text.strip():
-                raise TsuikaError(f"text {number} to predict is empty; give non-empty texts")
+            problem = text_problem(text)
+            if problem:
+                raise TsuikaError(f"text {number} to predict {problem}")
         return list(inputs)
     return [decode_for_prediction(Path(path), data.max_image_pixels) for path in inputs]
 
@@ -120,6 +134,10 @@ class Run:
             raise TsuikaError(f"a {self.task.name} run does not generate images")
         if n < 1 or (steps is not None and steps < 1):
             raise TsuikaError("the number of images and --steps must be at least 1")
+        # The scheduler refuses more sampling steps than the noise schedule it was trained on.
+        schedule = getattr(self.model.library.scheduler.config, "num_train_timesteps", None)
+        if steps is not None and schedule is not None and steps > schedule:
+            raise TsuikaError(f"--steps {steps}: at most {schedule} (the model's noise schedule)")
         settings = self.task.to_meta()
         return generate_images(
             self.model,
@@ -162,12 +180,11 @@ def load(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise TsuikaError(f"run folder {path} not found")
+    # No summary: a model folder copied on its own. One there is checked before the model
+    # is built (export's model card reads it).
+    summary_path = path / SUMMARY
+    summary = read_summary(summary_path) if summary_path.is_file() else {}
     model, task, _ = load_model_folder(path / "model")
-    summary_path = path / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except (ValueError, UnicodeDecodeError):
-        raise TsuikaError(f"{summary_path} is not valid JSON; the run folder is damaged") from None
     return Run(path, model, task, summary, _data_settings(path / "config.yaml"))
 
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from tsuika.errors import TsuikaError
+from tsuika.files import fresh_folder, write_atomic
 from tsuika.methods.base import Method
 from tsuika.methods.saved import META_FORMAT, load_model_folder, read_meta
 from tsuika.models.base import AdaptableModel
@@ -67,6 +69,32 @@ def _output_error(parent: Path, error: OSError | ValueError) -> TsuikaError:
     )
 
 
+def _name_taken(path: Path) -> TsuikaError:
+    return TsuikaError(
+        f"run folder {path} already exists; choose another `name` (runs are never overwritten)"
+    )
+
+
+def check_run_dir(parent: str | Path, name: str | None) -> None:
+    """Raise the error `create_run_dir(parent, name, …)` would raise for a bad `name` or
+    `output`, creating nothing: commands that spend minutes before they make the folder
+    (`plan`'s search, `train`'s model and timing, `--processes`' launch) fail first."""
+    parent = Path(parent)
+    if name is not None:
+        _check_name(name)
+    try:
+        if name is not None and os.path.lexists(parent / name):
+            raise _name_taken(parent / name)
+        # The nearest folder that exists must be one that can be written in.
+        existing = next(p for p in (parent, *parent.parents) if os.path.lexists(p))
+    except ValueError as error:  # a NUL byte in the path
+        raise _output_error(parent, error) from None
+    if not existing.is_dir():
+        raise _output_error(parent, NotADirectoryError(errno.ENOTDIR, "Not a directory"))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _output_error(parent, PermissionError(errno.EACCES, "Permission denied"))
+
+
 def create_run_dir(parent: str | Path, name: str | None, default_name: str) -> Path:
     """Make a new, empty run folder. An explicit name is taken as given (one folder name, or
     an error) and may not exist yet; a default name is made safe, gets a timestamp and, if
@@ -83,10 +111,7 @@ def create_run_dir(parent: str | Path, name: str | None, default_name: str) -> P
         try:
             path.mkdir()
         except FileExistsError:
-            raise TsuikaError(
-                f"run folder {path} already exists; choose another `name` (runs are never "
-                "overwritten)"
-            ) from None
+            raise _name_taken(path) from None
         except OSError as error:
             raise _output_error(parent, error) from None
         return path
@@ -103,29 +128,30 @@ def create_run_dir(parent: str | Path, name: str | None, default_name: str) -> P
     raise TsuikaError(f"could not create a new run folder under {parent}")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_model(folder: Path, model: AdaptableModel, task: Task, method: Method, base: str) -> None:
     """The method's own weights (only what trained), and meta.json saying how to rebuild the
-    rest: the base model's spec, the task (targets, label sets) and the method."""
-    method.save(model, folder)
-    meta = {
+    rest: the base model's spec, the task (targets, label sets) and the method. Written in a
+    fresh folder renamed into place, so a method's files never land on a planted link."""
+    with fresh_folder(folder, replace=True) as staging:
+        method.save(model, staging)
+        write_atomic(
+            staging / "meta.json", json.dumps(meta_of(model, task, method, base), indent=2)
+        )
+
+
+def meta_of(model: AdaptableModel, task: Task, method: Method, base: str) -> dict:
+    return {
         "format": META_FORMAT,
         "base": base,
         "model": model.spec,
         "task": task.to_meta(),
         "method": method.name,
     }
-    write_atomic(folder / "meta.json", json.dumps(meta, indent=2))
 
 
 __all__ = [
     "META_FORMAT",
+    "check_run_dir",
     "create_run_dir",
     "load_model_folder",
     "read_meta",

@@ -300,7 +300,8 @@ def data_checks(splits: Splits, task: object) -> list[Finding]:
     """The checks that read only the data, for `task`'s splits, classes shown by name: what
     every `train` runs first and `tsuika check` starts from."""
     columns = label_columns(task.name, task.columns)  # type: ignore[attr-defined]
-    return with_label_names(cheap_checks(splits, columns, class_names(task)), task)
+    checked = task.checked_splits(splits)  # type: ignore[attr-defined]
+    return with_label_names(cheap_checks(checked, columns, class_names(task)), task)
 
 
 def cheap_checks(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from tsuika.advice.rank import classification_probe
+from tsuika.advice.rank import classification_probe, probe_shortfall
 from tsuika.config import Config
 from tsuika.data.reading import read_examples
 from tsuika.errors import TsuikaError
@@ -154,7 +154,8 @@ def retention(
     else:
         modality = "image" if family == "image" else "text"
         column = config.data.retain_label_column
-        raw = read_examples(modality, path, "train", settings, [column], problems)
+        key = "data.retain_label_column"
+        raw = read_examples(modality, path, "train", settings, [column], problems, key)
         if problems:
             raise TsuikaError(f"data.retain: {problems[0]}")
         labels = np.array(raw.targets[column])
@@ -164,6 +165,11 @@ def retention(
                 "(data.retain_label_column names it)"
             )
         rows = sampled(len(labels), config.seed)
+        shortfall = probe_shortfall(labels[rows], classification=True)
+        if shortfall:
+            raise TsuikaError(
+                f"data.retain {path}: {shortfall}; add examples of that class or remove it"
+            )
         inputs = [raw.inputs[i] for i in rows]
         feed = method.precompute(
             model, input_feed(model, inputs), CacheSettings(mode=config.train.cache), "retain"

@@ -19,6 +19,11 @@ from threadpoolctl import threadpool_limits
 
 LOGME_ITERATIONS = 11
 """The reference implementation's cap; it usually converges in 2–3 fixed-point steps."""
+PROBE_FOLDS = 5
+MIN_PER_CLASS = 2
+"""The probe's stratified folds need two examples of a class: one to fit, one to score."""
+MIN_REGRESSION_EXAMPLES = 2 * PROBE_FOLDS
+"""R² is undefined on one example: every fold needs two to score."""
 
 
 def logme_targets(labels: np.ndarray, classification: bool) -> np.ndarray:
@@ -76,6 +81,25 @@ def column_evidence(
     return float(evidence / n), alpha, beta
 
 
+def probe_shortfall(labels: np.ndarray, classification: bool) -> str | None:
+    """Why the cross-validated probe cannot score these labels (None when it can)."""
+    if not classification:
+        if len(labels) < MIN_REGRESSION_EXAMPLES:
+            return (
+                f"the probe's {PROBE_FOLDS}-fold R² needs at least {MIN_REGRESSION_EXAMPLES} "
+                f"examples, not {len(labels)}"
+            )
+        return None
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() >= MIN_PER_CLASS:
+        return None
+    lone = classes[counts.argmin()].item()
+    return (
+        f"class {lone!r} has only {counts.min()} example, and the probe's cross-validation "
+        f"needs {MIN_PER_CLASS} of every class"
+    )
+
+
 def classification_probe(labels: np.ndarray, seed: int):
     """The linear probe on frozen features and its folds: standardised logistic regression,
     5-fold stratified (fewer when a class has fewer examples). Shared by `tsuika rank` and
@@ -85,8 +109,8 @@ def classification_probe(labels: np.ndarray, seed: int):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    folds = min(5, int(np.unique(labels, return_counts=True)[1].min()))
-    split = StratifiedKFold(max(folds, 2), shuffle=True, random_state=seed)
+    folds = min(PROBE_FOLDS, int(np.unique(labels, return_counts=True)[1].min()))
+    split = StratifiedKFold(max(folds, MIN_PER_CLASS), shuffle=True, random_state=seed)
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1)), split
 
 
@@ -104,7 +128,7 @@ def probe_score(
         probe, split = classification_probe(labels, seed)
         scoring = "accuracy"
     else:
-        split = KFold(5, shuffle=True, random_state=seed)
+        split = KFold(PROBE_FOLDS, shuffle=True, random_state=seed)
         probe, scoring = make_pipeline(StandardScaler(), Ridge(alpha=1.0)), "r2"
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")

@@ -10,7 +10,6 @@ model never saw. Unreadable images are skipped and named, as for image classific
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import torch
 
 from tsuika.data.images import IMAGE_SUFFIXES, decode
 from tsuika.data.splits import Examples
-from tsuika.data.tables import BUNDLED
+from tsuika.data.tables import BUNDLED, json_records, read_text_file
+from tsuika.data.tables import _checked as text_checked
 from tsuika.errors import TsuikaError
 
 BUNDLED_CONCEPTS = {"bundled:sneakers": BUNDLED / "fashion" / "train" / "sneaker"}
@@ -50,7 +50,8 @@ def concept_class_of(path: str | None, classes: list[str]) -> str:
     )
 
 
-def concept_folder(path: str) -> Path:
+def concept_folder(path: str, key: str = "data.train") -> Path:
+    """The folder of pictures `path` names; `key`: the config key that gave it."""
     if path.startswith("bundled:"):
         if path not in BUNDLED_CONCEPTS:
             raise TsuikaError(
@@ -59,9 +60,7 @@ def concept_folder(path: str) -> Path:
         return BUNDLED_CONCEPTS[path]
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise TsuikaError(
-            f"{folder}: not found; give a folder of images of the concept (data.train=<folder>)"
-        )
+        raise TsuikaError(f"{folder}: not found; give a folder of images ({key}=<folder>)")
     return folder
 
 
@@ -69,28 +68,42 @@ def _metadata_captions(folder: Path) -> dict[str, str]:
     path = folder / METADATA
     if not path.is_file():
         return {}
+    if not path.read_bytes().strip():
+        return {}  # an empty metadata file captions nothing
+    # The data reader's: bytes that are not UTF-8, JSON nested too deeply or a line that is
+    # not an object are errors naming the file and line.
+    rows, lines, _ = json_records(path, read_text_file(path))
     captions = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise TsuikaError(f"{path}, line {number}: not a JSON object") from None
-        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+    for row, number in zip(rows, lines, strict=True):
+        if not isinstance(row.get("file_name"), str):
             raise TsuikaError(f"{path}, line {number}: needs a `file_name` string")
         if not isinstance(row.get("text"), str):
             raise TsuikaError(f"{path}, line {number}: needs a `text` string (the caption)")
-        captions[row["file_name"]] = row["text"]
+        # JSON can spell half a surrogate pair, which no tokenizer takes: refused here, before
+        # any run folder, not when the first batch is encoded.
+        captions[row["file_name"]] = text_checked(path, number, "text", row["text"])
     return captions
 
 
+def _sidecar_caption(path: Path) -> str:
+    """A `<image>.txt` caption; an empty one means none (the template captions the image)."""
+    if not path.read_bytes().strip():
+        return ""
+    return read_text_file(path).strip()
+
+
 def read_captioned_images(
-    path: str, template: str, limit: int | None, max_pixels: int, problems: list[str]
+    path: str,
+    template: str,
+    limit: int | None,
+    max_pixels: int,
+    problems: list[str],
+    key: str = "data.train",
 ) -> Examples:
     """The concept's images (sorted by name; the first `limit` if given), decoded once, with
-    their captions; unreadable files are left out and named in `problems`."""
-    folder = concept_folder(path)
+    their captions; unreadable files are left out and named in `problems`. `key`: the config
+    key that names the folder (for the messages)."""
+    folder = concept_folder(path, key)
     files = sorted(
         p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
@@ -110,7 +123,7 @@ def read_captioned_images(
         sidecar = file.with_suffix(".txt")
         caption = captions.get(file.name)
         if caption is None and sidecar.is_file():
-            caption = sidecar.read_text(encoding="utf-8").strip()
+            caption = _sidecar_caption(sidecar)
         inputs.append(CaptionedImage(image, caption if caption else template))
         names.append(str(file))
     if not inputs:

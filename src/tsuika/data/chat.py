@@ -21,7 +21,10 @@ def _messages(path: Path, line: int, value: object, key: str) -> list[dict[str, 
         )
     turns = []
     for number, turn in enumerate(value, start=1):
-        if not isinstance(turn, dict) or turn.get("role") not in ROLES:
+        # A role that is not a string (a list, say) is refused before the set lookup,
+        # which would fail on an unhashable value.
+        role = turn.get("role") if isinstance(turn, dict) else None
+        if not isinstance(role, str) or role not in ROLES:
             raise TsuikaError(
                 f"{path} line {line}: turn {number} of `{key}` needs a role "
                 f"({', '.join(sorted(ROLES))}) and a content"
@@ -38,7 +41,19 @@ def _prompt(path: Path, line: int, value: object) -> str | list[dict[str, str]]:
     return text_value(path, line, "prompt", value)
 
 
+def _one_form(path: Path, line: int, row: dict) -> None:
+    """A row is `prompt`/`completion` or `messages`, not both: which one is meant cannot be
+    told, and reading either would silently drop the other."""
+    other = [key for key in ("prompt", "completion") if key in row]
+    if "messages" in row and other:
+        raise TsuikaError(
+            f"{path} line {line}: has both `messages` and `{other[0]}`; keep one form "
+            "(`prompt` and `completion`, or `messages`)"
+        )
+
+
 def _example(path: Path, line: int, row: dict) -> tuple[str | list[dict[str, str]], str]:
+    _one_form(path, line, row)
     if "messages" in row:
         turns = _messages(path, line, row["messages"], "messages")
         if len(turns) < 2 or turns[-1]["role"] != "assistant":
@@ -57,6 +72,11 @@ def _example(path: Path, line: int, row: dict) -> tuple[str | list[dict[str, str
     completion = row["completion"]
     if isinstance(completion, list):  # conversational: one assistant turn
         turns = _messages(path, line, completion, "completion")
+        if turns[-1]["role"] != "assistant":
+            raise TsuikaError(
+                f"{path} line {line}: the last turn of `completion` must be the assistant's "
+                f"answer (what the model learns), not the {turns[-1]['role']}'s"
+            )
         completion = turns[-1]["content"]
     return prompt, text_value(path, line, "completion", completion)
 
@@ -87,6 +107,7 @@ def read_prompts(path: str | Path) -> list[str | list[dict[str, str]]]:
     rows, lines, _ = json_records(file, read_text_file(file))
     prompts: list[str | list[dict[str, str]]] = []
     for row, line in zip(rows, lines, strict=True):
+        _one_form(file, line, row)
         if "messages" in row:
             turns = _messages(file, line, row["messages"], "messages")
             prompts.append(turns[:-1] if turns[-1]["role"] == "assistant" else turns)

@@ -118,10 +118,12 @@ def _inside(file: Path, folder: Path) -> bool:
         return True  # cannot tell where it leads; decode will report it as unreadable
 
 
-def list_table(path: Path, config: DataConfig, columns: list[str]) -> Listing:
+def list_table(
+    path: Path, config: DataConfig, columns: list[str], label_key: str = "data.label_column"
+) -> Listing:
     """A table of `path,<target columns>` rows; relative paths are relative to the table's
     folder, and (unless data.allow_outside_paths) must stay inside it, links followed."""
-    table = read_table(path, config.image_column, columns, input_key="data.image_column")
+    table = read_table(path, config.image_column, columns, "data.image_column", label_key)
     listing = Listing(targets={column: [] for column in columns})
     folder = path.parent.resolve()
     for row, image in enumerate(table.texts):
@@ -138,7 +140,13 @@ def list_table(path: Path, config: DataConfig, columns: list[str]) -> Listing:
     return listing
 
 
-def list_images(path: str, split: str, config: DataConfig, columns: list[str]) -> Listing:
+def list_images(
+    path: str,
+    split: str,
+    config: DataConfig,
+    columns: list[str],
+    label_key: str = "data.label_column",
+) -> Listing:
     """An image folder (its class folders give the one target column) or a table."""
     source = resolve_images(path, split)
     if source.is_dir() and not columns:
@@ -163,7 +171,7 @@ def list_images(path: str, split: str, config: DataConfig, columns: list[str]) -
         return listing
     if not source.exists():
         raise TsuikaError(f"image data {source} not found; give an image folder or a CSV/JSONL")
-    return list_table(source, config, columns)
+    return list_table(source, config, columns, label_key)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -255,11 +263,16 @@ def decode(path: Path, max_pixels: int) -> torch.Tensor:
 
 
 def read_image_examples(
-    path: str, split: str, config: DataConfig, columns: list[str], problems: list[str]
+    path: str,
+    split: str,
+    config: DataConfig,
+    columns: list[str],
+    problems: list[str],
+    label_key: str = "data.label_column",
 ) -> Examples:
     """Every image of a folder or table decoded once (RGB uint8), with its raw targets; an
     unreadable file is left out and named in `problems`."""
-    listing = list_images(path, split, config, columns)
+    listing = list_images(path, split, config, columns, label_key)
     problems.extend(listing.problems)
     images, kept = [], []
     for row, file in enumerate(listing.paths):

@@ -36,14 +36,16 @@ def read_examples(
     config: DataConfig,
     columns: list[str],
     problems: list[str],
+    label_key: str = "data.label_column",
 ) -> Examples:
     """Raw examples of one file or folder: texts, prompts with completions (`chat`), or
-    decoded images (bad ones in `problems`)."""
+    decoded images (bad ones in `problems`). `label_key`: the setting that names `columns`,
+    for the message when one is missing."""
     if modality == "image":
-        return read_image_examples(path, split, config, columns, problems)
+        return read_image_examples(path, split, config, columns, problems, label_key)
     if modality == "chat":
         return read_chat_examples(path, split)
-    return read_text_examples(path, split, config, columns)
+    return read_text_examples(path, split, config, columns, label_key)
 
 
 def load_splits(

@@ -143,9 +143,10 @@ def _check_columns(
     text_column: str,
     target_columns: list[str],
     input_key: str = "data.text_column",
+    label_key: str = "data.label_column",
 ) -> None:
     for column in [text_column, *target_columns]:
-        key = input_key if column == text_column else "data.label_column"
+        key = input_key if column == text_column else label_key
         if column not in columns:
             raise TsuikaError(
                 f"{path}: no column `{column}`; columns are {', '.join(columns)} "
@@ -210,15 +211,17 @@ def read_table(
     text_column: str,
     target_columns: list[str],
     input_key: str = "data.text_column",
+    label_key: str = "data.label_column",
 ) -> Table:
     """Read a table's input column and target columns (none: inputs only, for prediction).
-    `input_key` is the setting that names the input column (`data.image_column` for a table
-    of image paths), for the message when the column is missing."""
+    `input_key` and `label_key` are the settings that name them (`data.image_column` for a
+    table of image paths, `data.retain_label_column` for a retain file), for the message
+    when a column is missing."""
     path = Path(path)
     rows, lines, columns = _records(path, read_text_file(path))
     if not rows:
         raise TsuikaError(f"{path} has a header but no rows")
-    _check_columns(path, columns, text_column, target_columns, input_key)
+    _check_columns(path, columns, text_column, target_columns, input_key, label_key)
     texts = [
         text_value(path, line, text_column, row.get(text_column))
         for row, line in zip(rows, lines, strict=True)

@@ -7,6 +7,12 @@ from tsuika.data.splits import Examples
 from tsuika.data.tables import read_table, resolve
 
 
-def read_text_examples(path: str, split: str, config: DataConfig, columns: list[str]) -> Examples:
-    table = read_table(resolve(path, split), config.text_column, columns)
+def read_text_examples(
+    path: str,
+    split: str,
+    config: DataConfig,
+    columns: list[str],
+    label_key: str = "data.label_column",
+) -> Examples:
+    table = read_table(resolve(path, split), config.text_column, columns, label_key=label_key)
     return Examples(table.texts, table.targets, str(table.path), table.lines)

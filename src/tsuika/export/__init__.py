@@ -13,8 +13,6 @@ export.json describing its inputs, outputs and labels.
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +21,9 @@ from tsuika.export.card import model_card
 from tsuika.export.graph import Written
 from tsuika.export.hf_folder import write_hf
 from tsuika.export.onnx_graph import write_onnx
+from tsuika.files import fresh_folder, refuse_link, write_atomic
 from tsuika.run import Run, load
+from tsuika.run_files import PREDICTIONS, read_predictions
 
 FORMATS = ("onnx", "hf")
 
@@ -39,9 +39,11 @@ def export(
         raise TsuikaError("--int8 quantises an ONNX graph; use it with --format onnx")
     run_path = Path(run_path)
     out = Path(out) if out is not None else run_path / f"export-{format}"
+    refuse_link(out)
     if out.exists():
         raise TsuikaError(f"{out} already exists; exports never overwrite, choose another --out")
     run = load(run_path)
+    read_predictions(run.path / PREDICTIONS, run.task)  # checked before any work: the card reads it
     if format == "onnx":
         return staged(out, lambda folder: write_onnx(run, folder, out.name, int8), run)
     return staged(out, lambda folder: write_hf(run, folder, out.name), run)
@@ -55,22 +57,11 @@ def export_merged(run_path: str | Path, out: str | Path) -> Path:
 
 def staged(out: Path, write: Callable[[Path], Written], run: Run) -> Path:
     """Write into a hidden folder beside `out` and rename it when complete: a failed export
-    (or a failed check) leaves no half folder behind."""
-    # A plain mkdir (not mkdtemp, which makes it private): the folder gets the usual
-    # permissions, as every other file tsuika writes.
-    staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
-    except OSError as err:
-        raise TsuikaError(f"cannot write {out} ({err.strerror or err})") from None
-    try:
+    (or a failed check) leaves no half folder behind, and of two exports to the same `out`
+    at once the second is told the folder exists."""
+    with fresh_folder(out) as staging:
         written = write(staging)
         description = json.dumps(written.description, indent=2, ensure_ascii=False)
-        (staging / "export.json").write_text(description + "\n", encoding="utf-8")
-        (staging / "README.md").write_text(model_card(run, written), encoding="utf-8")
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_atomic(staging / "export.json", description + "\n")
+        write_atomic(staging / "README.md", model_card(run, written))
     return out

@@ -3,8 +3,8 @@ for Model Reporting" (arXiv:1810.03993): what the model is and where its weights
 from (with their licences), how well it did against its baselines with intervals, the run's
 own verdicts, what it is for and not for, and how to load the folder.
 
-Built from the run folder alone (summary.json, config.yaml, predictions.jsonl); a key a run
-lacks leaves its line out rather than failing the export."""
+Built from the run folder alone (summary.json, config.yaml, predictions.jsonl, checked by
+`tsuika.run_files`); a key a run lacks leaves its line out rather than failing the export."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tsuika.evaluate.metrics import bootstrap_interval
 from tsuika.export.graph import Written
 from tsuika.models import REGISTERED
 from tsuika.run import Run
+from tsuika.run_files import PREDICTIONS, read_predictions
 from tsuika.tasks.base import Task
 
 BASE_MODELS = {
@@ -193,12 +194,8 @@ def results(run: Run) -> str:
 
 
 def selection_interval(run: Run) -> tuple[float, float] | None:
-    path = run.path / "predictions.jsonl"
-    try:
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        scores = np.array([float(r["score"]) for r in records])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    records = read_predictions(run.path / PREDICTIONS, run.task)
+    scores = np.array([r["score"] for r in records], dtype=float)
     return bootstrap_interval(scores, run.task.from_mean) if len(scores) else None
 
 

@@ -45,13 +45,19 @@ def is_image(model: AdaptableModel) -> bool:
     return model.spec.get("family") == "image"
 
 
-def encoder_task(task: Task) -> Classify | Regression:
-    """The tasks whose exports end in a plain output tensor; a causal LM is refused."""
-    if not isinstance(task, Classify | Regression):
+def encoder_task(task: Task, format: str) -> Classify | Regression:
+    """The tasks whose exports end in a plain output tensor; another is refused for the
+    `format` asked: a causal LM has its own hf export, a text-to-image run none."""
+    if isinstance(task, Classify | Regression):
+        return task
+    if task.model_kind == "causal-lm" and format != "hf":
         raise TsuikaError(
             f"a {task.name} run exports only as a merged Hugging Face folder: use --format hf"
         )
-    return task
+    raise TsuikaError(
+        f"a {task.name} run has no {format} export: the files in its model/ folder already "
+        "load without tsuika (see the README's text-to-image methods)"
+    )
 
 
 def input_names(model: AdaptableModel) -> list[str]:

@@ -56,7 +56,7 @@ def write_hf(run: Run, folder: Path, name: str) -> Written:
     family = run.model.spec.get("family")
     if family == "causal-lm":
         return write_causal(run, folder, name)
-    task = encoder_task(run.task)
+    task = encoder_task(run.task, "hf")
     if family == "image":
         return write_image(run, task, folder, name)
     return write_text(run, task, folder, name)

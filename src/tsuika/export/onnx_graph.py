@@ -47,7 +47,7 @@ INT8 = "model.int8.onnx"
 
 def write_onnx(run: Run, folder: Path, name: str, int8: bool = False) -> Written:
     """model.onnx (adapters merged), the tokenizer for text, and what export.json says."""
-    model, task = run.model, encoder_task(run.task)
+    model, task = run.model, encoder_task(run.task, "onnx")
     batches = check_batches(model)
     expected = reference(model, task, batches)  # before merging: the run as it was trained
     merge_adapters(model)

@@ -18,6 +18,7 @@ import torch
 
 from tsuika.feed import Feed, collate_states, split_states
 from tsuika.feed.batches import sorted_batches
+from tsuika.files import open_new
 from tsuika.models.base import AdaptableModel, State
 
 
@@ -37,7 +38,7 @@ class DiskStore:
         for key, tensor in item.items():
             array = tensor.numpy()
             if key not in self.files:
-                self.files[key] = open(self.folder / f"{key}.bin", "wb")  # noqa: SIM115
+                self.files[key] = open_new(self.folder / f"{key}.bin")
                 self.offsets[key] = 0
             self.files[key].write(array.tobytes())
             entry[key] = (self.offsets[key], array.shape, array.dtype)

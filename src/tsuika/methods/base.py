@@ -30,7 +30,7 @@ from tsuika.data.splits import Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed import Batch, Feed, Pretrained
 from tsuika.feed.cache import CacheSettings, cache_boundary
-from tsuika.files import match_umask
+from tsuika.files import atomic_file
 from tsuika.models import model_for
 from tsuika.models.base import AdaptableModel, State, unwrapped
 from tsuika.tasks.base import Task
@@ -241,10 +241,8 @@ class Method:
 def save_weights(state: dict[str, torch.Tensor], folder: Path) -> None:
     """`state` as `<folder>/weights.safetensors`, written atomically."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    tmp = folder / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp))
-    match_umask(tmp)  # before the rename, so the final name never has the 0600 mode
-    tmp.replace(folder / WEIGHTS)
+    with atomic_file(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
 
 
 def damaged(path: Path, problem: str) -> TsuikaError:

@@ -32,7 +32,9 @@ from tsuika.data.captioned import (
 from tsuika.errors import TsuikaError
 from tsuika.feed import Batch, Feed
 from tsuika.feed.cache import CacheSettings
+from tsuika.files import atomic_file, fresh_folder, write_atomic
 from tsuika.methods.base import Method, save_weights
+from tsuika.models import modality_of
 from tsuika.models.base import AdaptableModel
 from tsuika.models.causal import cache_root
 from tsuika.models.diffusion import generate
@@ -67,8 +69,10 @@ class ConceptMethod(Method):
             tree["task"] = "text-to-image"
         if tree["task"] != "text-to-image":
             return config  # the method refuses the task with its own message
-        if tree["model"] == Config.model_fields["model"].default:  # a text encoder
+        if "model" not in config.model_fields_set:  # the default is a text encoder
             tree["model"] = "fashion-diffusion"
+        else:
+            _check_text_to_image(cls.name, config.model)
         data, diffusion = tree["data"], tree["diffusion"]
         data["train"] = data["train"] or DEFAULT_CONCEPT
         if diffusion["images"] is None:
@@ -184,6 +188,18 @@ class ConceptMethod(Method):
         return {"concept": concept, "verdicts": verdicts}
 
 
+def _check_text_to_image(method: str, model: str) -> None:
+    """A model the user named is theirs: a concept method refuses one that is not a
+    text-to-image model rather than putting the bundled one in its place."""
+    kind = modality_of(model)
+    if kind != "text-to-image":
+        raise TsuikaError(
+            f"method {method} teaches a text-to-image model a concept, and model `{model}` is "
+            f"a {kind} model; name a text-to-image model (fashion-diffusion or a diffusers "
+            "folder), or leave `model` out for the bundled one"
+        )
+
+
 # -- Textual Inversion -----------------------------------------------------------------------
 class TextualInversion(ConceptMethod):
     """Only the new pseudo-word's embedding rows learn (Gal et al. 2022, arXiv:2208.01618):
@@ -213,6 +229,14 @@ class TextualInversion(ConceptMethod):
                 "the model's vocabulary; Textual Inversion starts the new token from it"
             )
         tokens = self.tokens()
+        for token in tokens:
+            if _known_word(tokenizer, token):
+                raise TsuikaError(
+                    f"textual_inversion.token {token!r} is already a word of the model's "
+                    "vocabulary; the token must be new to the tokenizer (training it would "
+                    f"change what {token!r} means in every prompt): choose one such as "
+                    f"<{token}>"
+                )
         if tokenizer.add_tokens(tokens) != len(tokens):
             raise TsuikaError(
                 f"textual_inversion.token {tokens[0]!r} is already a word of the model; "
@@ -241,7 +265,8 @@ class TextualInversion(ConceptMethod):
 
         weight = model.library.text_encoder.get_input_embeddings().weight
         rows = weight[model.concept_token_ids].detach().cpu().clone()
-        save_file({self.tokens()[0]: rows}, str(folder / "learned_embeds.safetensors"))
+        with atomic_file(folder / "learned_embeds.safetensors") as tmp:
+            save_file({self.tokens()[0]: rows}, str(tmp))
 
     @classmethod
     def restore(cls, model: AdaptableModel, folder: Path) -> None:
@@ -249,6 +274,16 @@ class TextualInversion(ConceptMethod):
         if not path.is_file():
             raise TsuikaError(f"{folder}: no learned_embeds.safetensors; the run folder is damaged")
         model.library.load_textual_inversion(str(path))
+
+
+def _known_word(tokenizer, word: str) -> bool:
+    """Whether `word` already means something to `tokenizer`: a vocabulary entry, or text it
+    reads as one known token. `add_tokens` misses the second (CLIP's BPE stores `shoe` as
+    `shoe</w>`), and the new token would then shadow the word."""
+    if word in tokenizer.get_vocab():
+        return True
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    return len(ids) == 1 and ids[0] != tokenizer.unk_token_id
 
 
 # -- DreamBooth ------------------------------------------------------------------------------
@@ -274,6 +309,8 @@ class DreamBooth(ConceptMethod):
 
     name = "dreambooth"
     default_lr = 1e-4
+    given_class_images: list[torch.Tensor] | None = None
+    """The pictures of `dreambooth.class_data`, read by `prepare`."""
 
     @classmethod
     def concept_words(cls, config: Config) -> str:
@@ -287,6 +324,22 @@ class DreamBooth(ConceptMethod):
         model.library.unet.requires_grad_(True)
         if self.config.dreambooth.train_text_encoder:
             model.library.text_encoder.requires_grad_(True)
+
+    def prepare(self, model: AdaptableModel) -> None:
+        super().prepare(model)
+        settings = self.config.dreambooth
+        if settings.class_data is not None and settings.prior_weight > 0:
+            # Read now, as the concept's own pictures are: a bad folder fails before any run
+            # folder exists.
+            self.given_class_images = self._read_class_data()
+
+    def _read_class_data(self) -> list[torch.Tensor]:
+        settings = self.config.dreambooth
+        examples = read_captioned_images(
+            settings.class_data, self.class_prompt, settings.class_images,
+            self.config.data.max_image_pixels, [], key="dreambooth.class_data",
+        )  # fmt: skip
+        return [example.image for example in examples.inputs]
 
     def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         outputs = model(self.task.inputs(batch.state, batch.targets), batch.start)
@@ -324,12 +377,9 @@ class DreamBooth(ConceptMethod):
         ~/.cache/tsuika/class-images (keyed by the model's weights and the settings)."""
         settings, diffusion = self.config.dreambooth, self.config.diffusion
         if settings.class_data is not None:
-            problems: list[str] = []
-            examples = read_captioned_images(
-                settings.class_data, self.class_prompt, settings.class_images,
-                self.config.data.max_image_pixels, problems,
-            )  # fmt: skip
-            return [example.image for example in examples.inputs]
+            if self.given_class_images is not None:
+                return self.given_class_images
+            return self._read_class_data()
         key = {
             "weights": weights_digest(model),
             "prompt": self.class_prompt,
@@ -353,9 +403,8 @@ class DreamBooth(ConceptMethod):
         )
         images = (generated * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"images": images}, str(tmp))
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            save_file({"images": images}, str(tmp))
         return list(images)
 
     # -- saving ----------------------------------------------------------------------------
@@ -382,13 +431,13 @@ def save_pipeline(pipeline, folder: Path) -> None:
     """A diffusers folder (safetensors) that plain diffusers loads: a Stable Diffusion folder
     with `DiffusionPipeline.from_pretrained(folder)`, a pixel-space one with
     `custom_pipeline=folder` (its `pipeline.py` is written beside it)."""
-    import shutil
-
     from tsuika.models import pixel_pipeline
 
-    pipeline.save_pretrained(str(folder), safe_serialization=True)
-    if isinstance(pipeline, pixel_pipeline.PixelDiffusionPipeline):
-        shutil.copy(pixel_pipeline.__file__, folder / "pipeline.py")
+    with fresh_folder(folder) as staging:
+        pipeline.save_pretrained(str(staging), safe_serialization=True)
+        if isinstance(pipeline, pixel_pipeline.PixelDiffusionPipeline):
+            source = Path(pixel_pipeline.__file__).read_text(encoding="utf-8")
+            write_atomic(staging / "pipeline.py", source)
 
 
 def weights_digest(model: AdaptableModel) -> str:
@@ -497,7 +546,7 @@ class HypernetworkMethod(ConceptMethod):
         save_hypernetwork(hypernetwork, folder / "hypernetwork.safetensors")
         # The strength is a user setting, not part of the web UI's file: kept beside it.
         settings = {"multiplier": hypernetwork.multiplier}
-        (folder / "hypernetwork.json").write_text(json.dumps(settings), encoding="utf-8")
+        write_atomic(folder / "hypernetwork.json", json.dumps(settings))
 
     @classmethod
     def restore(cls, model: AdaptableModel, folder: Path) -> None:

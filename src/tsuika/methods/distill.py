@@ -36,7 +36,7 @@ from torch import nn
 from tsuika.config import Config
 from tsuika.console import warn
 from tsuika.data.reading import read_examples
-from tsuika.data.splits import Splits
+from tsuika.data.splits import Examples, Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed import Batch, Feed, gather_outputs, input_feed
 from tsuika.feed.cache import CacheSettings
@@ -106,6 +106,8 @@ class Distill(Finetune):
         self.teacher_test: State | None = None
         self.unlabelled = 0
         """How many inputs without labels the training feed gained."""
+        self.extra: Examples | None = None
+        """The inputs of `distill.unlabelled`, read by `prepare` (before any run folder)."""
         self.teacher_live = False
         """Whether the teacher ran on every batch (augmentation) rather than once."""
         self.measures_teacher = True
@@ -194,6 +196,24 @@ class Distill(Finetune):
         super().prepare(model)
         self.last = model.num_stages - 1  # the head; the stage before it pools the features
         self.pooler = model.stages[-2]
+        if self.kd.unlabelled is not None and self.uses_teacher:
+            # Read now, as the labelled data is: a bad file fails before any run folder.
+            self.extra = self._read_unlabelled(model)
+
+    def _read_unlabelled(self, model: AdaptableModel) -> Examples:
+        kind = "image" if model.spec.get("family") == "image" else "text"
+        problems: list[str] = []
+        try:
+            extra = read_examples(
+                kind, self.kd.unlabelled, "unlabelled", self.config.data, [], problems
+            )
+        except TsuikaError as error:  # say which of the run's files it is
+            raise TsuikaError(f"distill.unlabelled: {error}") from None
+        if problems:
+            warn(f"distill.unlabelled: skipped {len(problems)} file(s), e.g. {problems[0]}")
+        if not len(extra):
+            raise TsuikaError(f"distill.unlabelled: {self.kd.unlabelled} holds no examples")
+        return extra
 
     # -- the teacher's targets, computed once ------------------------------------------------
     def precompute(
@@ -246,15 +266,7 @@ class Distill(Finetune):
         if self.kd.unlabelled is None:
             feed.targets = {**feed.targets, LABELLED: labelled}
             return feed
-        image = model.spec.get("family") == "image"
-        kind = "image" if image else "text"
-        problems: list[str] = []
-        settings = self.config.data
-        extra = read_examples(kind, self.kd.unlabelled, "unlabelled", settings, [], problems)
-        if problems:
-            warn(f"distill.unlabelled: skipped {len(problems)} file(s), e.g. {problems[0]}")
-        if not len(extra):
-            raise TsuikaError(f"distill.unlabelled: {self.kd.unlabelled} holds no examples")
+        extra = self.extra if self.extra is not None else self._read_unlabelled(model)
         inputs = list(feed.inputs) + list(extra.inputs)
         teacher_logits, _ = self._teacher_outputs(input_feed(self.teacher, list(extra.inputs)), 64)
         guesses = {

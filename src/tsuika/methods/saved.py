@@ -34,16 +34,24 @@ def _meta_problem(meta: Any) -> str | None:
     it: a run folder may come from someone else."""
     if not isinstance(meta, dict):
         return "is not a JSON object"
-    missing = [key for key in ("format", "model", "task", "method") if key not in meta]
+    missing = [key for key in ("format", "base", "model", "task", "method") if key not in meta]
     if missing:
         return f"lacks the key `{missing[0]}`"
     if not _is_int(meta["format"]) or meta["format"] != META_FORMAT:
         return f"has format {meta['format']!r}, this tsuika reads format {META_FORMAT}"
+    if not isinstance(meta["base"], str) or not meta["base"]:
+        return "`base` is not a model name"  # distill builds a student from it
     spec, task, method = meta["model"], meta["task"], meta["method"]
     if not isinstance(spec, dict):
         return "`model` is not an object"
     if not isinstance(spec.get("source"), str) or not spec["source"]:
         return "`model.source` is not a model name"
+    if not isinstance(spec.get("family", ""), str):
+        return "`model.family` is not a model family"
+    image = spec.get("image", {})  # image models: the input size the model was built for
+    size = image.get("size", 1) if isinstance(image, dict) else None
+    if not _is_int(size) or size < 1:
+        return "`model.image` is not an object with a positive integer `size`"
     if not isinstance(spec.get("head"), dict):
         return "`model.head` is not an object"
     try:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from tsuika.config import HeadConfig
 from tsuika.console import warn
 from tsuika.errors import TsuikaError
+from tsuika.files import fresh_folder
 from tsuika.models.base import AdaptableModel, State
 from tsuika.models.text import TextPreprocess, check_folder
 
@@ -83,13 +82,14 @@ def smollm2_folder() -> Path:
     plain.load_state_dict(loaded.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed: a killed conversion never leaves half a folder.
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    plain.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
     try:
-        staging.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
+        with fresh_folder(target) as staging:
+            plain.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+    except TsuikaError:
+        if not target.is_dir():
+            raise
+        # else: another process finished the same conversion first; its folder is used
     return target
 
 
@@ -374,6 +374,22 @@ class Decoding:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+"""Where Hugging Face configs record the most tokens a model attends to (Llama and most;
+GPT-2; Falcon, ChatGLM)."""
+
+
+def context_length(model: AdaptableModel) -> int | None:
+    """The most tokens the causal LM's network attends to at once, as its config records it
+    (None when it records none)."""
+    config = getattr(model.library, "config", None)
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 @torch.no_grad()

@@ -37,8 +37,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from tsuika.config import hypernetwork_size_problem
 from tsuika.errors import TsuikaError
-from tsuika.files import match_umask
+from tsuika.files import atomic_file
 
 FORMAT = "tsuika-hypernetwork-webui-1"
 WEIGHT_INIT = "Normal"  # the web UI's default; the only initialisation offered here
@@ -101,6 +102,9 @@ def _check_structure(layer_structure: Sequence[float], activation: str, dropout:
         raise TsuikaError(
             f"hypernetwork layer_structure {list(layer_structure)} must hold positive numbers"
         )
+    too_large = hypernetwork_size_problem(list(layer_structure))
+    if too_large:  # checked before a single layer is allocated
+        raise TsuikaError(f"hypernetwork layer_structure {list(layer_structure)} {too_large}")
     if activation not in ACTIVATIONS:
         raise TsuikaError(
             f"unknown hypernetwork activation {activation!r}; use one of "
@@ -402,10 +406,8 @@ def save_hypernetwork(
     if step is not None:
         metadata["step"] = str(int(step))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    match_umask(tmp)  # before the rename, so the final name never has the 0600 mode
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

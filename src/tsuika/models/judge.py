@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tsuika.files import atomic_file, write_atomic
+
 
 class ImageJudge(nn.Module):
     """Three convolutions and a linear layer: images [B, C, S, S] in [-1, 1] → logits [B, K]."""
@@ -52,11 +54,10 @@ class ImageJudge(nn.Module):
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.contiguous() for k, v in self.state_dict().items()}, folder / "judge.safetensors"
-        )
+        with atomic_file(folder / "judge.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
         meta = {"classes": self.classes, "size": self.size, "channels": self.channels}
-        (folder / "judge.json").write_text(json.dumps(meta, indent=1) + "\n")
+        write_atomic(folder / "judge.json", json.dumps(meta, indent=1) + "\n")
 
     @staticmethod
     def classes_at(folder: Path) -> list[str]:

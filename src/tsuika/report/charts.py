@@ -29,6 +29,8 @@ STYLE = {
 }
 RUN, BASE, VAL, TRAIN = "#1f6feb", "#8c959f", "#d1242f", "#1f6feb"
 WIDTH = 6.4
+SCHEDULE_POINTS = 2000
+"""Steps the learning-rate chart computes at most: a smooth line at any width a page has."""
 
 
 def to_svg(figure: plt.Figure) -> str:
@@ -48,6 +50,13 @@ def _figure(height: float, columns: int = 1) -> tuple[plt.Figure, np.ndarray]:
     with plt.rc_context(STYLE):
         figure, axes = plt.subplots(1, columns, figsize=(WIDTH, height), squeeze=False)
     return figure, axes[0]
+
+
+def _reach(upper: float, lower: float) -> float:
+    """An error bar's length from `lower` up to `upper`; none when the interval misses its
+    estimate (matplotlib refuses a negative length): runs compared by a ratio metric such as
+    macro-F1, or a summary edited by hand."""
+    return max(upper - lower, 0.0)
 
 
 def learning_curves(history: list[dict], metric: str, best_epoch: int, stopped_early: bool) -> str:
@@ -100,7 +109,10 @@ def lr_schedule(schedule: dict, steps_run: int) -> str:
     with plt.rc_context(STYLE):
         figure, (axis,) = _figure(2.4)
         total, warmup = schedule["total_steps"], schedule["warmup_steps"]
-        steps = np.arange(max(total, 1))
+        if total > SCHEDULE_POINTS:  # a long run (or an edited total): a sample of its steps
+            steps = np.linspace(0, total - 1, SCHEDULE_POINTS).round()
+        else:
+            steps = np.arange(max(total, 1))
         factors = np.array([lr_multiplier(int(s), total, warmup, schedule["kind"]) for s in steps])
         for name, rate in schedule["rates"].items():
             axis.plot(steps, rate * factors, lw=1.5, label=name)
@@ -143,8 +155,8 @@ def versus_baselines(
         left.set_title(f"test {metric}", fontsize=9)
         left.margins(x=0.22)
         gain = [g["gain"] * gain_scale for g in gains]
-        below = [(g["gain"] - g["low"]) * gain_scale for g in gains]
-        above = [(g["high"] - g["gain"]) * gain_scale for g in gains]
+        below = [_reach(g["gain"], g["low"]) * gain_scale for g in gains]
+        above = [_reach(g["high"], g["gain"]) * gain_scale for g in gains]
         colours = [RUN if g["low"] > 0 else (VAL if g["gain"] <= 0 else "#bf8700") for g in gains]
         for row, value, low, high, colour in zip(y[1:], gain, below, above, colours, strict=True):
             right.errorbar([value], [row], xerr=[[low], [high]], fmt="o", color=colour, capsize=3)
@@ -207,8 +219,8 @@ def runs_compared(
     with plt.rc_context(STYLE):
         figure, (left, right) = _figure(0.45 * len(names) + 1.2, 2)
         y = np.arange(len(names))[::-1]
-        low = [s - i[0] for s, i in zip(scores, intervals, strict=True)]
-        high = [i[1] - s for s, i in zip(scores, intervals, strict=True)]
+        low = [_reach(s, i[0]) for s, i in zip(scores, intervals, strict=True)]
+        high = [_reach(i[1], s) for s, i in zip(scores, intervals, strict=True)]
         left.errorbar(scores, y, xerr=[low, high], fmt="o", color=RUN, capsize=3)
         left.set_yticks(y, names)
         left.set_xlabel(f"test {metric} (95% CI)")

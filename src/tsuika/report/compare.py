@@ -5,6 +5,7 @@ each run's gain over the best one comes with a paired bootstrap interval."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -159,11 +160,11 @@ def build_comparison(runs: list[RunFiles], rows: list[dict[str, Any]]) -> str:
 
 def write_comparison(paths: list[str | Path], out: str | Path | None = None) -> tuple[Path, list]:
     """Compare runs; the page goes to `out` (never over an existing file) or, by default, to
-    `compare-<time>.html` beside the first run."""
+    a new `compare-<time>.html` beside the first run."""
     runs = read_runs(paths)
     rows = comparison_rows(runs)
     if out is None:
-        out = runs[0].path.parent / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.html"
+        return write_new_page(runs[0].path.parent, build_comparison(runs, rows)), rows
     out = Path(out)
     if out.exists():
         raise TsuikaError(
@@ -173,3 +174,23 @@ def write_comparison(paths: list[str | Path], out: str | Path | None = None) -> 
         raise TsuikaError(f"folder {out.parent} does not exist; create it or choose another --out")
     write_atomic(out, build_comparison(runs, rows))
     return out, rows
+
+
+def write_new_page(folder: Path, html: str) -> Path:
+    """`html` as `compare-<time>.html` in `folder`, or `-2`, `-3`, … after it when pages of
+    the same second are there. As for run folders, a name is claimed only if nothing has it:
+    the write itself refuses a name taken meanwhile (by a comparison running at the same
+    time), and the next one is tried, so a page never replaces another."""
+    stem = f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    for attempt in range(1000):
+        path = folder / (f"{stem}.html" if attempt == 0 else f"{stem}-{attempt + 1}.html")
+        if os.path.lexists(path):
+            continue
+        try:
+            write_atomic(path, html, replace=False)
+        except TsuikaError:
+            if os.path.lexists(path):  # lost the name to another comparison
+                continue
+            raise
+        return path
+    raise TsuikaError(f"could not find a free name for a comparison page in {folder}")

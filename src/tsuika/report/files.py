@@ -1,20 +1,27 @@
 """What a report is made of, read from a finished run folder: summary.json, metrics.jsonl,
-predictions.jsonl and the task recorded in model/meta.json. No model is loaded."""
+predictions.jsonl (checked by `tsuika.run_files`) and the task recorded in model/meta.json.
+No model is loaded."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tsuika.errors import TsuikaError
+from tsuika.run_files import (
+    METRICS,
+    PREDICTIONS,
+    SUMMARY,
+    read_metrics,
+    read_predictions,
+    read_summary,
+)
 from tsuika.runs import read_meta
 from tsuika.tasks import task_from_meta
 from tsuika.tasks.base import Task
 
 REPORT = "report.html"
-PREDICTIONS = "predictions.jsonl"
 
 
 @dataclass
@@ -32,40 +39,19 @@ class RunFiles:
         return self.path.name
 
 
-def _json_lines(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            raise TsuikaError(
-                f"{path} line {number} is not valid JSON; the run folder is damaged"
-            ) from None
-    return rows
-
-
 def read_run(path: str | Path) -> RunFiles:
     """A finished run's files; a missing or unfinished folder is an error naming the fix."""
     path = Path(path)
     if not path.is_dir():
         raise TsuikaError(f"run folder {path} not found")
-    summary_path = path / "summary.json"
+    summary_path = path / SUMMARY
     if not summary_path.is_file():
         raise TsuikaError(
             f"{path} has no summary.json: the run has not finished (continue it with "
             f"`tsuika train --resume {path}`) or is not a tsuika run folder"
         )
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise TsuikaError(f"{summary_path} is not valid JSON; the run folder is damaged") from None
-    if not isinstance(summary, dict) or "test" not in summary or "method" not in summary:
-        raise TsuikaError(f"{summary_path} is not a tsuika run summary")
+    summary = read_summary(summary_path)
     task = task_from_meta(read_meta(path / "model" / "meta.json")["task"])
     phase = summary["method"]
-    history = [r for r in _json_lines(path / "metrics.jsonl") if r.get("phase") == phase]
-    return RunFiles(path, summary, history, _json_lines(path / PREDICTIONS), task)
+    history = [r for r in read_metrics(path / METRICS) if r["phase"] == phase]
+    return RunFiles(path, summary, history, read_predictions(path / PREDICTIONS, task), task)

@@ -147,7 +147,8 @@ def versus_baselines(run: RunFiles) -> Section:
         if versus
         else ""
     )
-    body = chart("baselines", svg, f"test {metric_name(metric)}, n={summary['data']['test']}")
+    tested = summary.get("data", {}).get("test")
+    body = chart("baselines", svg, f"test {metric_name(metric)}, n={tested}")
     return Section(
         "baselines",
         "Against the baselines",
@@ -266,7 +267,7 @@ def examples(run: RunFiles) -> Section:
             _input_cell(r, image),
             _shown(r["truth"]),
             _shown(r["predicted"]),
-            *([r["confidence"]] if confident else []),
+            *([r.get("confidence", "")] if confident else []),
             r["loss"],
         ]
         for r in worst

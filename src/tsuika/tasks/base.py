@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tsuika.config import Config, HeadConfig
-from tsuika.data.splits import Examples
+from tsuika.data.splits import Examples, Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed import Feed, gather_outputs, input_feed, run_model
 from tsuika.models.base import AdaptableModel, State
@@ -89,6 +89,12 @@ class Task:
 
     def fit(self, train: Examples) -> None:
         """Statistics of the training split (e.g. target mean and spread)."""
+
+    def checked_splits(self, splits: Splits) -> Splits:
+        """The splits as the data checks (duplicates, leakage, sizes) read them: the data the
+        user gave, each example once. By default the splits themselves; a task whose splits
+        repeat examples or share them by design returns what is left to check."""
+        return splits
 
     def strata(self, examples: Examples) -> list[int] | None:
         """Class of each example for stratified splits and `data.k`; None: no classes."""

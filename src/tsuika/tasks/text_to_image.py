@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tsuika.config import Config, DataConfig, HeadConfig
+from tsuika.config import Config, DataConfig, HeadConfig, class_template_problem
 from tsuika.data.captioned import DEFAULT_CONCEPT, concept_class_of, read_captioned_images
 from tsuika.data.splits import Examples, Splits
 from tsuika.errors import TsuikaError
@@ -119,6 +119,9 @@ class TextToImage(Task):
         for key in ("source", "prompt", "class_template"):
             if not isinstance(meta.get(key), str):
                 return f"`{key}` is not a string"
+        template = class_template_problem(meta["class_template"])
+        if template:
+            return f"`class_template` {template}"
         for key in ("eval_images", "val_images", "sample_steps"):
             value = meta.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -164,6 +167,14 @@ class TextToImage(Task):
             f"{self.settings['val_images']} generations on fresh seeds",
         ]
         return Splits(repeated, train, self.encode(self.evaluation()), notes, problems)
+
+    def checked_splits(self, splits: Splits) -> Splits:
+        """Only the concept's pictures, once each (the validation split). By design the
+        training split repeats them, validation is the same pictures (a handful leaves none
+        to hold out) and the test split is prompts this task wrote, each for several seeds:
+        none of that is a duplicate or a leak of the user's data."""
+        nothing = splits.val.subset([])
+        return Splits(splits.val, nothing, nothing, splits.notes, splits.skipped)
 
     def evaluation(self) -> Examples:
         """The test split: the concept's prompt and every known class's, `eval_images` seeds

@@ -9,7 +9,6 @@ after that, so a kill at any moment leaves at least one complete checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tsuika.errors import TsuikaError
-from tsuika.files import match_umask
+from tsuika.files import fresh_folder, match_umask, refuse_link, write_atomic
 
 
 # Strict, no unknown keys: a damaged loop.json must fail on load, not resume with wrong counters.
@@ -56,22 +55,16 @@ def save_checkpoint(
     best: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
 ) -> Path:
+    refuse_link(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{loop.step:07d}-{loop.epoch:04d}-{loop.micro:05d}"
-    tmp = folder / (final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, state in (("weights.safetensors", weights), ("best.safetensors", best)):
-        save_file(_contiguous(state), str(tmp / name))
-        match_umask(tmp / name)  # save_file makes 0600 files; the others get the umask
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-    (tmp / "loop.json").write_text(json.dumps(asdict(loop)))
-    with open(tmp / "loop.json") as handle:
-        os.fsync(handle.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with fresh_folder(final, replace=True) as tmp:
+        for name, state in (("weights.safetensors", weights), ("best.safetensors", best)):
+            save_file(_contiguous(state), str(tmp / name))
+            match_umask(tmp / name)  # save_file makes 0600 files; the others get the umask
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        write_atomic(tmp / "loop.json", json.dumps(asdict(loop)))  # fsynced: written last
     for old in folder.iterdir():
         if old != final and old.name.startswith("step-"):
             shutil.rmtree(old, ignore_errors=True)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
+
+from tsuika.files import append_lines, atomic_file
 
 
 class MetricsLog:
@@ -13,7 +14,9 @@ class MetricsLog:
 
     A resumed run first reads what the file already holds, then appends the epochs of each
     phase's history that are not there yet — so an interrupted phase neither repeats nor loses
-    an epoch, and a finished phase's lines are never rewritten.
+    an epoch, and a finished phase's lines are never rewritten. The one exception: a last
+    line torn by a kill mid-write is cut off (its epoch is written again), so the file stays
+    one JSON object per line for the report.
     """
 
     def __init__(self, path: Path | None, sink: Callable[[str, dict], None] | None = None) -> None:
@@ -22,17 +25,14 @@ class MetricsLog:
         """Also receives every new record with its phase (experiment tracking)."""
         self.logged: dict[str, int] = {}
         """Last epoch written, per phase."""
-        self.torn = False
-        """The file ends without a newline (killed mid-write): start on a fresh line."""
         if path is not None and path.is_file():
-            text = path.read_text(encoding="utf-8", errors="replace")
-            self.torn = bool(text) and not text.endswith("\n")
-            for line in text.splitlines():
+            whole = _without_torn_tail(path)
+            for line in whole.decode("utf-8", errors="replace").splitlines():
                 try:
                     record = json.loads(line)
                     phase, epoch = record["phase"], int(record["epoch"])
                 except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line of a killed run: its epoch is written again
+                    continue
                 self.logged[phase] = max(self.logged.get(phase, 0), epoch)
 
     def writer(self, phase: str):
@@ -40,17 +40,22 @@ class MetricsLog:
             new = [r for r in history if r["epoch"] > self.logged.get(phase, 0)]
             if not new or self.path is None:
                 return
-            with open(self.path, "a", encoding="utf-8") as handle:
-                if self.torn:
-                    handle.write("\n")
-                    self.torn = False
-                for record in new:
-                    handle.write(json.dumps({"phase": phase, **record}) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_lines(self.path, [json.dumps({"phase": phase, **r}) + "\n" for r in new])
             self.logged[phase] = new[-1]["epoch"]
             if self.sink is not None:
                 for record in new:
                     self.sink(phase, record)
 
         return write
+
+
+def _without_torn_tail(path: Path) -> bytes:
+    """The file's complete lines; a torn last line (no newline: killed mid-write) is cut off
+    the file itself."""
+    data = path.read_bytes()
+    if data.endswith(b"\n") or not data:
+        return data
+    whole = data[: data.rfind(b"\n") + 1]
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(whole)
+    return whole

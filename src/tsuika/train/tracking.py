@@ -47,7 +47,15 @@ from tsuika.errors import TsuikaError
 from tsuika.runs import write_atomic
 from tsuika.train.distributed import training_device
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 EXPERIMENT = "tsuika"
+STORE, DATABASE = "mlruns", "mlflow.db"
+"""MLflow's store: `<output>/mlruns/mlflow.db`, beside the run folders."""
+SQLITE_HEADER = b"SQLite format 3\x00"
 TRACKING_FILE = "tracking.json"
 """In the run folder: the MLflow run id, so that a resumed run continues the same MLflow run."""
 PACKAGES = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow", "sqlalchemy", "alembic")}
@@ -164,11 +172,12 @@ class MLflowRun(Tracker):
 
     def __init__(self, store: Path, run_path: Path, resuming: bool) -> None:
         store.mkdir(parents=True, exist_ok=True)
-        self.uri = f"sqlite:///{(store / 'mlflow.db').resolve().as_posix()}"
+        self.uri = f"sqlite:///{(store / DATABASE).resolve().as_posix()}"
         self.artifacts = (store / "artifacts").resolve().as_uri()
-        known = self._continued_run_id(run_path) if resuming else None
-        with self._scope():
-            backend = self._start(run_path, known)
+        with _store_lock(store), _store_errors(store / DATABASE):
+            known = self._continued_run_id(run_path) if resuming else None
+            with self._scope():
+                backend = self._start(run_path, known)
         self.run_id: str = backend.active_run.info.run_id
         _open_mlflow_runs[self.run_id] = self.uri
         if known is None:
@@ -243,9 +252,10 @@ class MLflowRun(Tracker):
         super()._end(status)
 
 
-def check_tracking(config: Config) -> None:
-    """Raise TsuikaError when `config.track` needs a package that is not installed: call it
-    before the run folder is created."""
+def check_tracking(config: Config, output: Path | None = None) -> None:
+    """Raise TsuikaError when `config.track` needs a package that is not installed, or for
+    MLflow when `<output>/mlruns` (`output`: default `config.output`) cannot be its store:
+    call it before the run folder is created."""
     if config.track == "none":
         return
     missing = [name for name in PACKAGES[config.track] if not importable(name)]
@@ -254,6 +264,34 @@ def check_tracking(config: Config) -> None:
             f"track: {config.track} needs {', '.join(missing)} (not installed): "
             "pip install 'tsuika[track]'"
         )
+    if config.track == "mlflow":
+        check_mlflow_store(Path(config.output if output is None else output) / STORE)
+
+
+def check_mlflow_store(store: Path) -> None:
+    """The MLflow store is a folder holding an SQLite database, or is not there yet."""
+    database = store / DATABASE
+    if os.path.lexists(store) and not store.is_dir():
+        problem = f"{store} is not a folder"
+    elif os.path.lexists(database) and not database.is_file():
+        problem = f"{database} is not a file"
+    elif database.is_file() and not _sqlite_or_empty(database):
+        problem = f"{database} is not an SQLite database"
+    else:
+        return
+    raise TsuikaError(
+        f"track: mlflow keeps its store in {store}, and {problem}; move it away or choose "
+        "another `output`"
+    )
+
+
+def _sqlite_or_empty(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError:
+        return False
+    return header in (b"", SQLITE_HEADER)  # SQLite takes an empty file as a new database
 
 
 def open_tracker(config: Config, run_path: Path, resuming: bool) -> Tracker | None:
@@ -268,7 +306,7 @@ def open_tracker(config: Config, run_path: Path, resuming: bool) -> Tracker | No
     else:
         # `<output>/mlruns`, found from the run folder: `config.output` may be relative to
         # another working directory than the one a run is resumed from.
-        tracker = MLflowRun(run_path.parent / "mlruns", run_path, resuming)
+        tracker = MLflowRun(run_path.parent / STORE, run_path, resuming)
     if tracker.new:
         tracker.log_config(flat_params(config.model_dump(mode="json")))
     return tracker
@@ -402,6 +440,41 @@ def end_abandoned_runs(status: str) -> None:
     for run_id, uri in reversed(list(_open_mlflow_runs.items())):
         with _mlflow_scope(uri):
             _end_mlflow_run(run_id, status)
+
+
+@contextmanager
+def _store_lock(store: Path) -> Iterator[None]:
+    """One process at a time opens the store: two runs that create a new store at once both
+    run MLflow's table migrations, and one fails (`duplicate column name: step`, `table …
+    already exists`); so do two that create the `tsuika` experiment. An advisory lock on the
+    `mlruns` folder itself, so no lock file is left behind; none where `fcntl` is missing
+    (Windows)."""
+    if fcntl is None:
+        yield
+        return
+    descriptor = os.open(store, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+@contextmanager
+def _store_errors(database: Path) -> Iterator[None]:
+    """A store MLflow cannot open (another program's SQLite file, one a newer MLflow
+    migrated) as one error naming it: the file is the user's to move, not a bug."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (MlflowException, SQLAlchemyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TsuikaError(
+            f"track: mlflow cannot open its store {database} ({reason}); move it away or "
+            "choose another `output`"
+        ) from None
 
 
 @functools.cache
