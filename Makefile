@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal
 
 # The report's browser test needs headless Chromium: Debian's package, installed when missing
 # and possible (root with apt); otherwise that test is skipped and says why.

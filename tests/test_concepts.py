@@ -113,6 +113,7 @@ def test_denoising_step_targets_the_noise_and_the_velocity(tiny_folder: Path) ->
 
 
 # -- Textual Inversion ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_textual_inversion_changes_only_the_new_rows(tiny_folder, sneakers, tmp_path) -> None:
     base = diffusion_model(str(tiny_folder)).library.text_encoder.get_input_embeddings().weight
     run = tiny_run(

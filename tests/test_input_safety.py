@@ -59,6 +59,7 @@ def _cli(args: list[str], stdin: str = "", cwd: Path | None = None) -> subproces
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["evil", "bert"])
 def test_tampered_meta_pointing_at_custom_code_never_runs_it(
     tiny_run: tsuika.Run, tiny_bert_dir: Path, tmp_path: Path, model_type: str
@@ -146,6 +147,7 @@ def _wait_for_checkpoint(process: subprocess.Popen, folder: Path, epoch: int) ->
     pytest.fail("the run ended before it could be killed")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["finetune", "scratch"])
 def test_sigterm_in_each_phase_then_resume_keeps_every_metrics_line(
     tiny_bert_dir: Path, tmp_path: Path, phase: str

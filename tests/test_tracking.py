@@ -357,6 +357,7 @@ sys.exit(3)  # dies with its MLflow run open
 """
 
 
+@pytest.mark.slow
 def test_a_process_that_dies_mid_run_ends_its_mlflow_run_in_its_own_store(
     tmp_path: Path, mlflow_store: Path
 ) -> None:
