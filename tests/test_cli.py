@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -160,3 +161,31 @@ def test_models_lists_the_bundled_model(capsys):
 def test_usage_errors_exit_2(argv, mentions, capsys):
     assert main(argv) == 2
     assert mentions in capsys.readouterr().err
+
+
+def test_a_long_path_is_printed_on_one_line_in_a_narrow_terminal(
+    tiny_run, tmp_path, capsys, monkeypatch
+):
+    """A run folder's path is copied from the output: rich broke it with a newline at the
+    console's width (seen under pytest-xdist, whose console is 80 columns)."""
+    import shutil
+
+    import tsuika.cli
+
+    run = tmp_path / ("a-rather-long-folder-name-" * 3) / "run"
+    shutil.copytree(tiny_run.path, run)
+    monkeypatch.setattr(tsuika.cli.out, "width", 30)
+    assert main(["report", str(run)]) == 0
+    assert f"report: {run / 'report.html'}\n" in capsys.readouterr().out
+
+
+def test_the_train_help_names_every_registered_method_and_task(capsys):
+    """The choices are written out in the help (importing the registries would load torch
+    for `tsuika --help`): a part registered without being named there fails here."""
+    from tsuika.methods import METHODS
+    from tsuika.tasks import TASKS
+
+    assert main(["train", "--help"]) == 0
+    words = set(re.findall(r"[\w-]+", capsys.readouterr().out))
+    assert set(METHODS) | {"auto"} <= words
+    assert set(TASKS) <= words

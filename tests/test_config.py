@@ -173,3 +173,22 @@ def test_an_unquoted_star_pattern_says_to_quote_it():
         parse_overrides(["adapter.target_modules=[*query,*value]"])
     parsed = parse_overrides(["adapter.target_modules=['*query','*value']"])
     assert parsed["adapter"]["target_modules"] == ["*query", "*value"]
+
+
+@pytest.mark.parametrize("method", ["dreambooth", "textual-inversion", "hypernetwork"])
+def test_what_the_user_set_wins_even_when_it_equals_the_global_default(method: str) -> None:
+    """Issue 32: `--method dreambooth train.epochs=50` trained 30 epochs, because the concept
+    defaults replaced every value *equal* to the global default instead of every value the
+    user left unset."""
+    from tsuika.api import as_config
+    from tsuika.config import TrainConfig
+    from tsuika.methods import method_class
+    from tsuika.methods.concepts import CONCEPT_TRAINING
+
+    default = TrainConfig.model_fields["epochs"].default
+    chosen = as_config(
+        None, {"method": method, "task": "text-to-image", "train": {"epochs": default}}
+    )
+    assert method_class(method).configured(chosen).train.epochs == default
+    unset = as_config(None, {"method": method, "task": "text-to-image"})
+    assert method_class(method).configured(unset).train.epochs == CONCEPT_TRAINING["epochs"]

@@ -5,6 +5,8 @@ sandals or ankle boots, 1 sneaker), with margin."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tsuika.models.diffusion import bundled_folder, diffusion_model, generate, judge_at
@@ -26,3 +28,14 @@ def test_bundled_model_draws_what_it_knows_and_not_the_held_out_class() -> None:
     shoes = judged(model, judge, "a photo of a shoe")
     assert shoes.count("sandal") + shoes.count("ankle boot") >= 10
     assert shoes.count("sneaker") <= 3
+
+
+def test_the_bundled_pipeline_file_is_the_one_tsuika_exports() -> None:
+    """The bundled model folder carries its own `pipeline.py` (plain diffusers loads it with
+    `custom_pipeline=`), a verbatim copy of `tsuika/models/pixel_pipeline.py`, which exports
+    write into every pixel-space folder: the two must not drift apart."""
+    from tsuika.models import pixel_pipeline
+
+    exported = Path(pixel_pipeline.__file__).read_bytes()
+    bundled = Path(pixel_pipeline.__file__).parents[1] / "data/bundled/fashion-diffusion"
+    assert (bundled / "pipeline.py").read_bytes() == exported

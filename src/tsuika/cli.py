@@ -23,7 +23,9 @@ from tsuika.errors import RunInterrupted, TsuikaError
 from tsuika.files import atomic_file, refuse_link
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-out = Console()
+# Soft wrap: a long line (a run folder's path) is left for the terminal to wrap, so it is
+# copied whole; rich would otherwise break it with a newline at the console's width.
+out = Console(soft_wrap=True)
 
 
 def results_table(summary: dict) -> Table:
@@ -44,7 +46,7 @@ def results_table(summary: dict) -> Table:
     )
     table.add_column("model")
     for metric in metrics:
-        table.add_column(escape(METRIC_NAMES.get(metric, metric)), justify="right")
+        table.add_column(escape(task.metric_title(metric)), justify="right")
     table.add_column("gain of the run (95% CI)", justify="right")
     table.add_column("seconds", justify="right")
     timings = summary.get("timings", {})
@@ -66,23 +68,10 @@ def results_table(summary: dict) -> Table:
     return table
 
 
-METRIC_NAMES = {
-    "macro_f1": "macro-F1",
-    "rmse": "RMSE",
-    "mae": "MAE",
-    "r2": "R²",
-    "exact_match": "exact match",
-    "token_accuracy": "token accuracy",
-    "loss": "loss per token",
-}
-
-
-def distillation_table(kd: dict) -> Table:
+def distillation_table(kd: dict, task) -> Table:
     """Teacher and student side by side: score, size, latency on this machine."""
     metric = kd["metric"]
-    table = Table(
-        "", escape(METRIC_NAMES.get(metric, metric)), "parameters", "MB", "ms @1", "ms @64"
-    )
+    table = Table("", escape(task.metric_title(metric)), "parameters", "MB", "ms @1", "ms @64")
     table.title = "teacher → student"
     for side in ("teacher", "student"):
         row = kd[side]
@@ -104,7 +93,10 @@ def distillation_table(kd: dict) -> Table:
 def print_summary(summary: dict) -> None:
     out.print(results_table(summary))
     if "distillation" in summary:
-        out.print(distillation_table(summary["distillation"]))
+        from tsuika.tasks import task_from_meta
+
+        task = task_from_meta(summary["targets"])
+        out.print(distillation_table(summary["distillation"], task))
     for verdict in summary.get("verdicts", {}).values():
         out.print(f"• {escape(verdict['text'])}")
     timings = summary.get("timings", {})
@@ -162,11 +154,13 @@ def train(
         str | None,
         typer.Option(
             help="auto (the default: chosen from the data) | transfer | finetune | contrastive "
-            "| lora | dora | ia3 | prompt-tuning"
+            "| lora | dora | ia3 | prompt-tuning | distill | textual-inversion | dreambooth "
+            "| dreambooth-lora | hypernetwork"
         ),
     ] = None,
     task: Annotated[
-        str | None, typer.Option(help="classify | multi-task | regression | causal-lm")
+        str | None,
+        typer.Option(help="classify | multi-task | regression | causal-lm | text-to-image"),
     ] = None,
     k: Annotated[int | None, typer.Option(help="examples per class to keep")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
@@ -694,7 +688,7 @@ def compare(
     from tsuika.report.compare import write_comparison
 
     path, rows = write_comparison(list(runs), out_file)
-    metric = METRIC_NAMES.get(rows[0]["metric"], rows[0]["metric"])
+    metric = rows[0]["metric_title"]
     table = Table("run", "method", "model", "test", "95% CI", "vs best (paired)", "seconds")
     for row in rows:
         low, high = row["interval"] or (float("nan"), float("nan"))

@@ -100,10 +100,6 @@ class ActivationCache:
         if self.disk is not None:
             self.disk.finish()
 
-    @property
-    def on_disk(self) -> bool:
-        return self.disk is not None
-
     def __len__(self) -> int:
         return len(self.items)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tsuika.config import Config, TrainConfig
+from tsuika.config import Config
 from tsuika.data.captioned import (
     BUNDLED_CLASS_WORDS,
     BUNDLED_IMAGES,
@@ -85,7 +85,9 @@ class ConceptMethod(Method):
                 "the concept is (e.g. diffusion.class_word=dog)"
             )
         for key, value in CONCEPT_TRAINING.items():
-            if tree["train"][key] == TrainConfig.model_fields[key].default:
+            # What the user set wins, even a value equal to the global default
+            # (`train.epochs=50` is 50 epochs, not the concept's 30).
+            if key not in config.train.model_fields_set:
                 tree["train"][key] = value
         configured = Config.model_validate(tree)
         if diffusion["caption"] is None:

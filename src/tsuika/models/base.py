@@ -92,19 +92,9 @@ class AdaptableModel(nn.Module):
             state = stage(state)
         return state
 
-    def logits(self, state: State, start: int = 0) -> torch.Tensor:
-        return self.forward(state, start)["logits"]
-
     def embed(self, state: State) -> torch.Tensor:
         """Pooled features [batch, width]: everything but the head."""
         return self.forward(state, 0, self.num_stages - 1)["features"]
-
-    def frozen_prefix(self) -> int:
-        """How many leading stages have no trainable parameter (cacheable boundary)."""
-        for group in self.layer_groups():
-            if group.trainable:
-                return group.index
-        return self.num_stages
 
     def train(self, mode: bool = True) -> AdaptableModel:
         """Train mode only for stages that train: frozen stages keep eval behaviour

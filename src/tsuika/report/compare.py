@@ -17,7 +17,6 @@ from tsuika.evaluate.metrics import bootstrap_interval, paired_bootstrap
 from tsuika.report import charts
 from tsuika.report.files import RunFiles, read_run
 from tsuika.report.html import Section, chart, page, percent, table, text
-from tsuika.report.sections import metric_name
 from tsuika.runs import write_atomic
 
 
@@ -75,6 +74,7 @@ def comparison_rows(runs: list[RunFiles]) -> list[dict[str, Any]]:
             "verdicts": [v.get("text", "") for v in summary.get("verdicts", {}).values()],
             "best": run is best,
             "metric": metric,
+            "metric_title": task.metric_title(metric),
             "versus": "best" if run is best else "—",
         }
         if paired and run is not best:
@@ -90,7 +90,7 @@ def comparison_rows(runs: list[RunFiles]) -> list[dict[str, Any]]:
 def build_comparison(runs: list[RunFiles], rows: list[dict[str, Any]]) -> str:
     metric = runs[0].summary["selection"]["metric"]
     task = runs[0].task
-    name = metric_name(metric)
+    name = task.metric_title(metric)
     cells = []
     for row in rows:
         low, high = row["interval"] or (float("nan"), float("nan"))

@@ -12,12 +12,7 @@ from tsuika.report import charts
 from tsuika.report.files import RunFiles
 from tsuika.report.html import Raw, Section, chart, percent, table, text
 
-METRIC_NAMES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "R²"}
 SHOWN_EXAMPLES = 10
-
-
-def metric_name(metric: str) -> str:
-    return METRIC_NAMES.get(metric, metric)
 
 
 def verdicts(run: RunFiles) -> Section:
@@ -114,7 +109,7 @@ def versus_baselines(run: RunFiles) -> Section:
         list(baselines),
         [b[metric] for b in baselines.values()],
         [b["gain"] for b in baselines.values()],
-        metric_name(metric),
+        run.task.metric_title(metric),
         summary["method"],
         summary["test"][metric],
         task.gain_scale,
@@ -135,7 +130,7 @@ def versus_baselines(run: RunFiles) -> Section:
     headers = [
         "",
         "what",
-        *(metric_name(m) for m in shown),
+        *(run.task.metric_title(m) for m in shown),
         f"gain of the run ({task.gain_unit}, 95% CI)",
         "seconds",
     ]
@@ -148,7 +143,7 @@ def versus_baselines(run: RunFiles) -> Section:
         else ""
     )
     tested = summary.get("data", {}).get("test")
-    body = chart("baselines", svg, f"test {metric_name(metric)}, n={tested}")
+    body = chart("baselines", svg, f"test {run.task.metric_title(metric)}, n={tested}")
     return Section(
         "baselines",
         "Against the baselines",
@@ -165,7 +160,7 @@ def learning_curves(run: RunFiles) -> Section:
         run.history, metric, training.get("best_epoch", 0), training.get("stopped_early", False)
     )
     caption = (
-        f"best validation {metric_name(metric)} at epoch {training.get('best_epoch')} of "
+        f"best validation {run.task.metric_title(metric)} at epoch {training.get('best_epoch')} of "
         f"{training.get('epochs_run')} (its weights were kept)"
     )
     return Section("curves", "Learning curves", chart("curves", svg, caption))
@@ -206,13 +201,6 @@ def trained(run: RunFiles) -> Section:
         )
     )
     return Section("trained", "What trained", body)
-
-
-def _trained_words(group: dict) -> str:
-    if not group["trained"]:
-        return "frozen"
-    trainable = group.get("trainable", group["parameters"])
-    return "yes" if trainable == group["parameters"] else f"{trainable:,} (adapters)"
 
 
 def _input_cell(record: dict, image: bool) -> object:
@@ -349,7 +337,7 @@ def distillation(run: RunFiles) -> list[Section]:
     ]
     headers = [
         "",
-        metric_name(metric),
+        run.task.metric_title(metric),
         "blocks",
         "parameters",
         "MB",
@@ -360,7 +348,9 @@ def distillation(run: RunFiles) -> list[Section]:
     retained = kd.get("retained_percent")
     words = []
     if retained is not None:
-        words.append(f"the student keeps {retained:.1f} % of the teacher's {metric_name(metric)}")
+        words.append(
+            f"the student keeps {retained:.1f} % of the teacher's {run.task.metric_title(metric)}"
+        )
     words.append(
         f"runs {kd['speedup_batch1']:.2f}× faster at batch 1 and {kd['speedup_batch64']:.2f}× "
         f"at batch 64, at {100 * kd['size_ratio']:.0f} % of the size"

@@ -28,6 +28,10 @@ from tsuika.tasks.linear import FeatureSplits
 Arrays = dict[str, np.ndarray]
 
 
+METRIC_TITLES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "R²"}
+"""How the results table, the report and `compare` name a metric; a task adds its own."""
+
+
 class Task:
     name: ClassVar[str] = "task"
     modalities: ClassVar[frozenset[str]] = frozenset({"text", "image"})
@@ -37,9 +41,15 @@ class Task:
     higher_is_better: ClassVar[bool]
     shown: ClassVar[tuple[str, ...]]
     """Test metrics in the results table, most important first."""
+    metric_titles: ClassVar[dict[str, str]] = METRIC_TITLES
+    """Display names of metrics whose key is not already how a reader would name them."""
     model_kind: ClassVar[str] = "encoder"
     """What the task adapts: an `encoder` whose pooled features feed a new head (`head`), or
     a `causal-lm` that keeps its own pretrained LM head."""
+
+    @classmethod
+    def metric_title(cls, metric: str) -> str:
+        return cls.metric_titles.get(metric, metric)
 
     @property
     def new_head(self) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from tsuika.models.causal import (
     generate,
     tokenizer_for,
 )
-from tsuika.tasks.base import Arrays, Task
+from tsuika.tasks.base import METRIC_TITLES, Arrays, Task
 
 IGNORE = -100
 """Label of a position that is not learned (prompt, padding), as in transformers."""
@@ -94,6 +94,12 @@ class CausalLM(Task):
     selection = "exact_match"
     higher_is_better = True
     shown = ("exact_match", "token_accuracy", "loss")
+    metric_titles: ClassVar[dict[str, str]] = {
+        **METRIC_TITLES,
+        "exact_match": "exact match",
+        "token_accuracy": "token accuracy",
+        "loss": "loss per token",
+    }
     baselines = ("base",)
     inference_batch = 16
     """Logits are [batch, tokens, vocabulary]: 16 × 80 × 49,152 floats is 250 MB."""
