@@ -1,4 +1,4 @@
-"""The layers of ARCHITECTURE.md hold, and the import-linter contracts that enforce them really
+"""The layers of docs/architecture.md hold, and the import-linter contracts that enforce them really
 fail when a lower layer imports a higher one."""
 
 from __future__ import annotations
