@@ -622,6 +622,8 @@ def _draw(loaded, prompts: list, n: int, seed: int, steps, guidance, out: Path |
 
     if not all(isinstance(prompt, str) for prompt in prompts):
         raise TsuikaError("a text-to-image run draws text prompts, not chat messages")
+    if out is not None:
+        refuse_link(out)  # refused before anything is drawn, not only when the grid is written
     if out is None:
         folder = loaded.path / "generated"
         refuse_link(folder)
