@@ -108,6 +108,10 @@ def train(
     if config.train.max_length is None and model.spec.get("family") == "text":
         length, notes["input_length"] = fitted_length(model, splits.train.inputs)
         config = with_train(config, max_length=length)
+    held_out = len(splits.val)
+    splits = validation_given_back(config, task, method, model, splits)
+    if len(splits.val) < held_out and tell:
+        say(splits.notes[-1])  # the summary keeps it with the data's other notes
     if task.new_head and resume is None:
         config, method, model, notes["estimate"] = budgeted(
             config, task, splits, method, model, recipe is not None, started
@@ -191,6 +195,20 @@ def check_before_launch(config: Config) -> None:
     task.handle_imbalance(config.train.balance, splits.train)
     if config.method != "auto":
         method_class(config.method)(config, task)  # a method that cannot train this task
+
+
+def validation_given_back(
+    config: Config, task: Task, method: Method, model: AdaptableModel, splits: Splits
+) -> Splits:
+    """`splits` with a validation split that nothing selects on joined to training
+    (`data.give_back`): held out of the training file, of a task with a new head, not a
+    few-shot experiment (`data.k`: training is then k per class, whatever validation holds).
+    The same decision on resuming, from the same config."""
+    data = config.data
+    if not data.give_back or data.validation or data.k or not task.new_head or not splits.val:
+        return splits
+    why = method.unused_validation(model)
+    return splits if why is None else splits.with_validation_given_back(why)
 
 
 def with_train(config: Config, **values: Any) -> Config:

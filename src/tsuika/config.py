@@ -69,6 +69,11 @@ class DataConfig(Section):
     """The target column; several (`[topic, sentiment]`) for multi-task classification, a
     numeric column for `task: regression`."""
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    give_back: bool = True
+    """A validation split held out of `train` that nothing selects on (the last epoch kept
+    without early stopping, or a head solved in closed form, which picks its regularisation by
+    cross-validation on training) goes back to training: 128 examples of two classes train on
+    102, not 92. Not with a `validation` file or `k` per class; false keeps it, to report on."""
     test_fraction: float = Field(0.2, gt=0, lt=1)
     k: int | None = Field(None, ge=1)
     """Examples per class to keep from the training split (few-shot experiments)."""

@@ -53,6 +53,19 @@ class Splits:
     skipped: list[str] = field(default_factory=list)
     """Files left out (images): each line names the file and why."""
 
+    def with_validation_given_back(self, why: str) -> Splits:
+        """Validation joins training (nothing selects on it, `why`); an empty one remains."""
+        given = len(self.val)
+        train = Examples(
+            self.train.inputs + self.val.inputs,
+            {key: values + self.val.targets[key] for key, values in self.train.targets.items()},
+            self.train.source,
+            self.train.lines + self.val.lines,
+            self.train.names + self.val.names,
+        )
+        note = f"validation: the {given} held-out examples went back to training ({why})"
+        return Splits(train, self.val.subset([]), self.test, [*self.notes, note], self.skipped)
+
 
 def _by_class(labels: list[int]) -> dict[int, list[int]]:
     groups: dict[int, list[int]] = defaultdict(list)

@@ -36,6 +36,9 @@ def tfidf_features(splits: Splits) -> FeatureSplits:
         fitted = [words.fit(train), chars.set_params(min_df=1).fit(train)]
 
     def transform(texts: list[str]):
+        if not texts:  # a validation split given back to training
+            width = sum(len(v.vocabulary_) for v in fitted)
+            return scipy.sparse.csr_matrix((0, width))
         return scipy.sparse.hstack([v.transform(texts) for v in fitted]).tocsr()
 
     return transform(train), transform(splits.val.inputs), transform(splits.test.inputs)

@@ -76,6 +76,9 @@ def overfitting_verdict(history: list[dict], best_epoch: int, task: Task) -> dic
     selection metric at the best epoch (positive: training looks better)."""
     metric = task.selection
     best = history[best_epoch - 1]
+    if f"val_{metric}" not in best:  # validation given back to training
+        text = "no validation split (given back to training): overfitting is not judged"
+        return {"overfitting": False, "best_epoch": best_epoch, "train_val_gap": None, "text": text}
     sign = 1 if task.higher_is_better else -1
     # A metric measured on validation only (a text-to-image run's fidelity of generations)
     # has no training value: the gap is then unknown, not zero.

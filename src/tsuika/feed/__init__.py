@@ -235,6 +235,9 @@ class Pretrained:
         return made
 
     def pooled(self, split: str) -> State:
+        if split not in self._pooled and split != "train" and len(self.feed(split)) == 0:
+            # A validation split given back to training: no rows, the training split's widths.
+            self._pooled[split] = {key: rows[:0] for key, rows in self.pooled("train").items()}
         if split not in self._pooled:
             stop = self.model.num_stages - 1
             self._pooled[split] = gather_outputs(self.model, self.feed(split), stop=stop)

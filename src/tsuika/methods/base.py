@@ -12,7 +12,8 @@
     evidence(model, splits, summary)   extra summary sections (optional)
 
 The loop calls only these and never asks which method it runs; the task gives the loss. A new
-method is one module plus one line in `tsuika.methods.METHODS`.
+method is one module plus one line in `tsuika.methods.BUILT_IN` (or an entry point of another
+package: `tsuika.plugins`).
 """
 
 from __future__ import annotations
@@ -190,6 +191,14 @@ class Method:
         target = self.remembered[rows].to(pooled["features"].device)
         drift = (pooled["features"].float() - target) ** 2
         return self.config.finetune.lwf * drift.sum(-1).mean()
+
+    def unused_validation(self, model: AdaptableModel) -> str | None:
+        """Why nothing this run keeps is chosen on validation (None: something is — the best
+        epoch, or early stopping): its held-out examples can train instead."""
+        train = self.config.train
+        if train.select == "last" and train.patience is None:
+            return "the last epoch is kept, without early stopping"
+        return None
 
     def epoch_examples(self, train_examples: int) -> int:
         """Examples one training epoch passes through the network (what its cost scales

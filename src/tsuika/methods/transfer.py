@@ -32,12 +32,23 @@ class Transfer(Method):
     def prepare(self, model: AdaptableModel) -> None:
         set_trainable(model, self.trainable_groups(model))
 
-    def before_fit(self, model: AdaptableModel, pretrained: Pretrained) -> None:
-        """Solve the head on the training split's pooled features, when it has a closed form
-        and the inputs do not change between epochs (augmentation: it trains by steps)."""
+    def solves_head(self, model: AdaptableModel) -> bool:
+        """Is the head solved in closed form? When it has one, and the inputs do not change
+        between epochs (augmentation: it trains by steps); a pretrained head (a causal LM's)
+        is not refitted from scratch."""
         fixed = not self.config.data.augment.active
-        if self.config.head.fit != "convex" or not fixed or not self.task.new_head:
-            return  # a pretrained head (a causal LM's) is not refitted from scratch
+        wanted = self.config.head.fit == "convex" and fixed and self.task.new_head
+        return wanted and self.task.has_closed_form(model.head)
+
+    def unused_validation(self, model: AdaptableModel) -> str | None:
+        if self.solves_head(model):
+            return "the head is solved in closed form, its regularisation cross-validated"
+        return super().unused_validation(model)
+
+    def before_fit(self, model: AdaptableModel, pretrained: Pretrained) -> None:
+        """Solve the head on the training split's pooled features (see `solves_head`)."""
+        if not self.solves_head(model):
+            return
         targets = pretrained.feed("train").targets
         features = pretrained.features("train")
         self.solved = self.task.solve_head(model.head, features, targets, self.config.seed)

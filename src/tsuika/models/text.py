@@ -35,6 +35,8 @@ class TextPreprocess:
 
     def encode(self, texts: list[str]) -> list[State]:
         """One dict of 1-D tensors per text; `len(item["input_ids"])` is its token length."""
+        if not texts:  # fast tokenizers fail on an empty batch
+            return []
         out = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         keys = [k for k in ("input_ids", "token_type_ids") if k in out]
         return [

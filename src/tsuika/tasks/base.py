@@ -206,8 +206,11 @@ class Task:
         raise TsuikaError(f"train.balance applies to classification; this task is {self.name}")
 
     def evaluate(self, model: nn.Module, feed: Feed) -> dict[str, float]:
-        """Metrics of `model` over a whole feed, in one eval-mode pass."""
+        """Metrics of `model` over a whole feed, in one eval-mode pass (none for an empty feed:
+        a validation split given back to training)."""
         totals: dict[str, float] = {}
+        if len(feed) == 0:
+            return totals
         for outputs, batch in run_model(model, feed, self.inference_batch, None, self.inputs):
             for key, value in self.sums(outputs, batch.targets).items():
                 totals[key] = totals.get(key, 0.0) + value
@@ -258,6 +261,10 @@ class Task:
 
     def from_mean(self, mean: np.ndarray) -> np.ndarray:
         return mean
+
+    def has_closed_form(self, head: nn.Module) -> bool:
+        """Can `solve_head` fit this head? (A linear head, and a convex loss.)"""
+        return False
 
     def solve_head(
         self, head: nn.Module, features: torch.Tensor, targets: dict[str, torch.Tensor], seed: int

@@ -397,13 +397,16 @@ class Classify(Task):
             return float(f1_score(truth, predicted, average="macro", zero_division=0))
         return float((truth == predicted).mean())
 
+    def has_closed_form(self, head: nn.Module) -> bool:
+        return linear_layers(head) is not None
+
     def solve_head(
         self, head: nn.Module, features: torch.Tensor, targets: dict[str, torch.Tensor], seed: int
     ) -> dict[str, Any] | None:
         """Each column's logistic regression solved to its optimum (`solve_logistic`), C by
         cross-validation on the selection metric, the imbalance remedy applied."""
         layers = linear_layers(head)
-        if layers is None:
+        if not self.has_closed_form(head) or layers is None:
             return None
         x = features.float().cpu().numpy()
         details = {}

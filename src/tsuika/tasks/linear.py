@@ -30,7 +30,10 @@ def fit_on_validation(
     """The model (`make(strength)` fitted on train) whose validation `score` is highest, and
     its strength. Validation picks the regularisation as it picks the adapted model's best
     epoch, so the baseline gets the same help; the test split is never seen. Ties go to the
-    first strength in the list (order them from most to least regularised)."""
+    first strength in the list (order them from most to least regularised). Without a
+    validation split (given back to training) the score is cross-validated on train."""
+    if len(y_val) == 0:
+        return _fit_by_folds(make, strengths, x_train, y_train, score)
     best, best_score, best_strength = None, -np.inf, strengths[0]
     # One BLAS thread: these matrices are small, and a thread pool's hand-offs cost more than
     # they save (measured 5.5× faster for 400 images × 3072 pixels on 2 cores).
@@ -46,6 +49,42 @@ def fit_on_validation(
             if best is None or value > best_score:
                 best, best_score, best_strength = model, value, strength
     return best, best_strength
+
+
+def _fit_by_folds(
+    make: Callable[[float], Any],
+    strengths: Sequence[float],
+    x: Features,
+    y: np.ndarray,
+    score: Callable[[np.ndarray, np.ndarray], float],
+) -> tuple[Any, float]:
+    """`fit_on_validation` with each strength scored on out-of-fold predictions of the
+    training split (stratified when `y` holds classes), then refitted on all of it."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    classes = y.dtype.kind in "iub"
+    smallest = len(y)
+    if classes:
+        counts = np.bincount(y.astype(np.int64))
+        smallest = int(counts[counts > 0].min())
+    folds = min(FOLDS, smallest)
+    if folds < 2:  # too few to hold any out: the most regularised fit
+        return make(strengths[0]).fit(x, y), strengths[0]
+    split = (StratifiedKFold if classes else KFold)(folds, shuffle=True, random_state=0)
+    best_score, best_strength = -np.inf, strengths[0]
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", "Singular matrix", UserWarning)
+        for strength in strengths:
+            predicted = np.empty_like(y)
+            for fit_rows, held_rows in split.split(np.zeros(len(y)), y):
+                predicted[held_rows] = (
+                    make(strength).fit(x[fit_rows], y[fit_rows]).predict(x[held_rows])
+                )
+            value = score(y, predicted)
+            if value > best_score:
+                best_score, best_strength = value, strength
+        return make(best_strength).fit(x, y), best_strength
 
 
 def in_training_span(features: FeatureSplits) -> FeatureSplits:

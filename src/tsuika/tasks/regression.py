@@ -199,13 +199,16 @@ class Regression(Task):
     gain_unit = "RMSE (positive: lower error)"
     linear_model = "ridge regression"
 
+    def has_closed_form(self, head: nn.Module) -> bool:
+        return linear_layers(head) is not None and self.loss_name == "mse"
+
     def solve_head(
         self, head: nn.Module, features: torch.Tensor, targets: dict[str, torch.Tensor], seed: int
     ) -> dict[str, Any] | None:
         """Ridge regression to the standardised target (the MSE loss's convex optimum plus
         an L2 penalty chosen by leave-one-out error); the Huber loss trains by steps."""
         layers = linear_layers(head)
-        if layers is None or self.loss_name != "mse":
+        if not self.has_closed_form(head) or layers is None:
             return None
         wanted = (targets[self.column].double().cpu().numpy() - self.mean) / self.std
         solved = solve_ridge(features.float().cpu().numpy(), wanted)

@@ -25,6 +25,7 @@ from tsuika.feed import Feed
 from tsuika.feed.batches import training_batches
 from tsuika.methods.base import Method, stage_state
 from tsuika.models.base import AdaptableModel
+from tsuika.tasks.base import Task
 from tsuika.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
 from tsuika.train.progress import Progress
 from tsuika.train.schedule import lr_multiplier
@@ -34,7 +35,7 @@ from tsuika.train.schedule import lr_multiplier
 class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
-    best_score: float = 0.0
+    best_score: float | None = None
     """The task's selection metric on validation at the best epoch."""
     stopped_early: bool = False
     """Early stopping ended the run (patience ran out), not the epoch count."""
@@ -192,9 +193,11 @@ class Loop:
         """Record the epoch, keep the best weights, decide on early stopping."""
         state, task = self.state, self.task
         state.history.append(record)
-        score, loss = record[f"val_{task.selection}"], record["val_loss"]
-        tie = score == state.best_score and loss < state.best_loss
-        last = self.config.select == "last"  # every epoch replaces the one kept
+        score, loss = record.get(f"val_{task.selection}"), record.get("val_loss")
+        tie = score is not None and score == state.best_score and loss < state.best_loss
+        # Every epoch replaces the one kept when the last is asked for, or when there is no
+        # validation to choose by (given back to training).
+        last = self.config.select == "last" or score is None
         if last or state.best_score is None or task.better(score, state.best_score) or tie:
             state.best_score, state.best_loss = score, loss
             state.best_epoch = record["epoch"]
@@ -263,8 +266,7 @@ def fit(
         if log and loop.accelerator.is_main_process:
             log(state.history)
         if task is not None:
-            selection = method.task.selection
-            progress.advance(task, info=f"val {selection} {record[f'val_{selection}']:.3f}")
+            progress.advance(task, info=epoch_words(record, method.task))
     model.load_state_dict(loop.best, strict=False)
     last = state.history[-1]["epoch"] if state.history else 0
     rates: dict[str, float] = {}
@@ -273,7 +275,7 @@ def fit(
     return FitResult(
         history=state.history,
         best_epoch=state.best_epoch,
-        best_score=state.best_score if state.best_score is not None else 0.0,
+        best_score=state.best_score,
         stopped_early=bool(
             state.patience_left is not None and state.patience_left <= 0 and last < config.epochs
         ),
@@ -287,6 +289,14 @@ def fit(
             "rates": rates,
         },
     )
+
+
+def epoch_words(record: dict, task: Task) -> str:
+    """An epoch's progress note: its validation score, or its training loss without one."""
+    selection = task.selection
+    if f"val_{selection}" in record:
+        return f"val {selection} {record[f'val_{selection}']:.3f}"
+    return f"train loss {record['train_loss']:.3f}"
 
 
 def evaluated(
@@ -313,12 +323,10 @@ def evaluated(
     if log:
         log([record])
     if progress is not None:
-        selection = task.selection
-        info = f"val {selection} {record[f'val_{selection}']:.3f}"
-        progress.advance(progress.task(label, total=1), info=info)
+        progress.advance(progress.task(label, total=1), info=epoch_words(record, task))
     return FitResult(
         history=[record],
         best_epoch=1,
-        best_score=record[f"val_{task.selection}"],
+        best_score=record.get(f"val_{task.selection}"),
         seconds=time.perf_counter() - started,
     )
