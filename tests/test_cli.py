@@ -180,8 +180,8 @@ def test_a_long_path_is_printed_on_one_line_in_a_narrow_terminal(
 
 
 def test_the_train_help_names_every_registered_method_and_task(capsys):
-    """The choices are written out in the help (importing the registries would load torch
-    for `tsuika --help`): a part registered without being named there fails here."""
+    """The choices in the help are generated from the registries (`tsuika.cli.METHOD_HELP`,
+    `TASK_HELP`): a registered part the help does not name fails here."""
     from tsuika.methods import METHODS
     from tsuika.tasks import TASKS
 

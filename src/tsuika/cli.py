@@ -21,6 +21,8 @@ from rich.table import Table
 from tsuika.config import path_given
 from tsuika.errors import RunInterrupted, TsuikaError
 from tsuika.files import atomic_file, refuse_link
+from tsuika.methods import METHODS
+from tsuika.tasks import TASKS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 # Soft wrap: a long line (a run folder's path) is left for the terminal to wrap, so it is
@@ -124,25 +126,88 @@ def _path(text: str) -> Path:
     return Path(_path_text(text))
 
 
-def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """`CONFIG.yaml key=value ...`: the config file is the one argument without `=`."""
-    config = None
+CONFIG_SUFFIXES = (".yaml", ".yml")
+TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".json", ".ndjson", ".txt")
+"""Tables `tsuika.data.tables` reads: JSON lines, tab-separated, or else comma-separated."""
+UNREAD_FORMATS = {
+    ".parquet": ("a Parquet table", "convert it to CSV or JSONL (pandas: read_parquet, to_csv)"),
+    ".gz": ("compressed", "decompress it first (gunzip)"),
+}
+"""Data files the readers would take for CSV and fail on with a misleading message."""
+MAX_CONFIG_BYTES = 1 << 20
+"""Larger files of no known suffix are not read to see whether they are YAML (a model's
+weights would be read whole for nothing)."""
+# No `[key=value]`: rich would take it for a markup tag and print nothing.
+ARGUMENTS_HELP = "CONFIG.yaml or DATA (a table or image folder: data.train), then key=value ..."
+EXPECTED_ARGUMENT = (
+    "give a CONFIG.yaml or the training data (a .csv/.tsv/.jsonl table, an image folder or "
+    "bundled:NAME), then key=value"
+)
+
+
+def _split_args(args: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """`[CONFIG.yaml | DATA] key=value ...`: the one argument without `=` is a config file or
+    the training data (`_config_or_data`); returns (config, data, key=value pairs)."""
+    given = None
     overrides = []
     for arg in args:
         if not arg.strip():  # not a quiet "no config file"
-            raise TsuikaError("an empty argument: give CONFIG.yaml, then key=value")
+            raise TsuikaError(f"an empty argument: {EXPECTED_ARGUMENT}")
         if "=" in arg:
             overrides.append(arg)
-        elif config is None:
-            config = arg
+        elif given is None:
+            given = arg
         else:
-            raise TsuikaError(f"unexpected argument `{arg}`: give one CONFIG.yaml, then key=value")
-    return config, overrides
+            raise TsuikaError(
+                f"unexpected argument `{arg}`: give one CONFIG.yaml or data file, then key=value"
+            )
+    config, data = _config_or_data(given) if given is not None else (None, None)
+    return config, data, overrides
+
+
+def _config_or_data(arg: str) -> tuple[str | None, str | None]:
+    """(arg, None) for a config file, (None, arg) for training data: a table by its suffix,
+    a folder (of images) or a `bundled:` name. Anything else is refused before any run: read
+    as YAML, a table failed as "not valid YAML", and a text file that parses as a plain
+    string ran quietly on the default data."""
+    path = Path(arg).expanduser()
+    suffix = path.suffix.lower()
+    if arg.startswith("bundled:") or path.is_dir() or suffix in TABLE_SUFFIXES:
+        return None, arg
+    if suffix in CONFIG_SUFFIXES:
+        return arg, None
+    if suffix in UNREAD_FORMATS:
+        what, fix = UNREAD_FORMATS[suffix]
+        raise TsuikaError(f"{arg} is {what} and tsuika reads CSV, TSV and JSONL: {fix}")
+    if not path.exists():
+        raise TsuikaError(f"{arg}: no such file or folder; {EXPECTED_ARGUMENT}")
+    if _is_yaml_config(path):  # a config under another name (`settings.conf`)
+        return arg, None
+    raise TsuikaError(f"{arg} is neither a YAML config nor data; {EXPECTED_ARGUMENT}")
+
+
+def _is_yaml_config(path: Path) -> bool:
+    """A small file that holds a non-empty YAML mapping of settings."""
+    from tsuika.config import read_yaml
+
+    if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
+        return False
+    try:
+        return bool(read_yaml(path))
+    except TsuikaError:
+        return False
+
+
+# From the registries, so a registered part is offered by the command line as it is.
+METHOD_HELP = "auto (the default: chosen from the data) | " + " | ".join(METHODS)
+TASK_HELP = "auto (the default: classify, or multi-task for several label columns) | " + (
+    " | ".join(TASKS)
+)
 
 
 @app.command()
 def train(
-    args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
+    args: Annotated[list[str] | None, typer.Argument(help=ARGUMENTS_HELP)] = None,
     model: Annotated[str | None, typer.Option(help="bundled name or local model folder")] = None,
     data: Annotated[
         str | None, typer.Option(parser=_path_text, help="training CSV/TSV/JSONL")
@@ -150,18 +215,8 @@ def train(
     test: Annotated[
         str | None, typer.Option(parser=_path_text, help="test file (default: held out)")
     ] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(
-            help="auto (the default: chosen from the data) | transfer | finetune | contrastive "
-            "| lora | dora | ia3 | prompt-tuning | distill | textual-inversion | dreambooth "
-            "| dreambooth-lora | hypernetwork"
-        ),
-    ] = None,
-    task: Annotated[
-        str | None,
-        typer.Option(help="classify | multi-task | regression | causal-lm | text-to-image"),
-    ] = None,
+    method: Annotated[str | None, typer.Option(help=METHOD_HELP)] = None,
+    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
     k: Annotated[int | None, typer.Option(help="examples per class to keep")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     output: Annotated[
@@ -174,7 +229,8 @@ def train(
     ] = None,
     processes: Annotated[int, typer.Option(help="data-parallel processes (DDP)")] = 1,
 ) -> None:
-    """Adapt a model to your data: `tsuika train CONFIG.yaml [key=value ...]` or flags."""
+    """Adapt a model to your data: `tsuika train CONFIG.yaml key=value ...`, `tsuika train
+    DATA.csv key=value ...` or flags."""
     from tsuika.api import train as train_api
 
     if processes < 1:
@@ -219,7 +275,7 @@ def train(
 
 @app.command()
 def distill(
-    args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
+    args: Annotated[list[str] | None, typer.Argument(help=ARGUMENTS_HELP)] = None,
     teacher: Annotated[
         Path | None, typer.Option(parser=_path, help="a finished run folder")
     ] = None,
@@ -268,18 +324,30 @@ def distill(
 
 
 def _config_from(args: list[str] | None, flags: dict, quiet: bool):
-    """`[CONFIG.yaml] [key=value ...]` and a command's flags (dotted keys; None: not given)
+    """`[CONFIG.yaml | DATA] [key=value ...]` and a command's flags (dotted keys; None: not given)
     as one validated `Config`; key=value pairs win over flags."""
     from tsuika.config import load_config, merge, parse_overrides, set_dotted
 
-    config_path, pairs = _split_args(args or [])
+    config_path, data, pairs = _split_args(args or [])
     overrides: dict = {}
     for key, value in flags.items():
         if value is not None:  # a flag's value is taken as given, never re-parsed
             set_dotted(overrides, key, value)
     if quiet:
         overrides["progress"] = False
-    return load_config(config_path, merge(overrides, parse_overrides(pairs)))
+    overrides = merge(overrides, parse_overrides(pairs))
+    if data is not None:
+        _refuse_second_data(data, overrides)
+        set_dotted(overrides, "data.train", data)
+    return load_config(config_path, overrides)
+
+
+def _refuse_second_data(data: str, overrides: dict) -> None:
+    """Data where the config goes, and --data or data.train=: neither may quietly win."""
+    section = overrides.get("data")
+    other = section.get("train") if isinstance(section, dict) else None
+    if other is not None:
+        raise TsuikaError(f"the training data is given twice ({data} and {other}); give it once")
 
 
 def _block_list(text: str) -> list[int]:
@@ -296,7 +364,7 @@ def _block_list(text: str) -> list[int]:
 
 @app.command()
 def check(
-    args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
+    args: Annotated[list[str] | None, typer.Argument(help=ARGUMENTS_HELP)] = None,
     data: Annotated[
         str | None, typer.Option(parser=_path_text, help="training CSV/TSV/JSONL or image folder")
     ] = None,
@@ -353,7 +421,7 @@ def findings_table(findings: list) -> Table:
 
 @app.command()
 def rank(
-    args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
+    args: Annotated[list[str] | None, typer.Argument(help=ARGUMENTS_HELP)] = None,
     data: Annotated[
         str | None, typer.Option(parser=_path_text, help="training CSV/TSV/JSONL or image folder")
     ] = None,
@@ -390,7 +458,7 @@ def rank(
 
 @app.command()
 def plan(
-    args: Annotated[list[str] | None, typer.Argument(help="[CONFIG.yaml] [key=value ...]")] = None,
+    args: Annotated[list[str] | None, typer.Argument(help=ARGUMENTS_HELP)] = None,
     data: Annotated[
         str | None, typer.Option(parser=_path_text, help="training CSV/TSV/JSONL or image folder")
     ] = None,
@@ -434,8 +502,9 @@ def inspect(
     from tsuika.config import load_config
     from tsuika.inspect import describe
 
-    config_path, pairs = _split_args([*([str(config)] if config else []), *(overrides or [])])
-    cfg = load_config(config_path, [*pairs, f"model={model}"])
+    config_path, data, pairs = _split_args([*([str(config)] if config else []), *(overrides or [])])
+    data_pair = [f"data.train={data}"] if data is not None else []
+    cfg = load_config(config_path, [*pairs, *data_pair, f"model={model}"])
     out.print(describe(cfg))
 
 

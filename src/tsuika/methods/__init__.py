@@ -1,4 +1,5 @@
-"""Adaptation methods; each is one module, registered here by name."""
+"""Adaptation methods; each is one module, registered here by name, or by another installed
+package under the entry-point group `tsuika.methods` (`tsuika.plugins`)."""
 
 from tsuika.errors import TsuikaError
 from tsuika.methods.adapters import IA3, Dora, Lora
@@ -14,8 +15,9 @@ from tsuika.methods.distill import Distill
 from tsuika.methods.finetune import Finetune
 from tsuika.methods.prompt_tuning import PromptTuning
 from tsuika.methods.transfer import Transfer
+from tsuika.plugins import registry
 
-METHODS: dict[str, type[Method]] = {
+BUILT_IN: dict[str, type[Method]] = {
     "transfer": Transfer,
     "finetune": Finetune,
     "contrastive": Contrastive,
@@ -29,6 +31,9 @@ METHODS: dict[str, type[Method]] = {
     "dreambooth-lora": DreamBoothLora,
     "hypernetwork": HypernetworkMethod,
 }
+METHODS, UNUSABLE = registry("tsuika.methods", BUILT_IN, Method)
+"""Every method by name: the built-in ones, then the plugins'; `UNUSABLE`: why each plugin
+that could not be loaded is left out."""
 
 
 def method_class(name: str) -> type[Method]:
@@ -37,6 +42,8 @@ def method_class(name: str) -> type[Method]:
             "method `auto` is chosen from the training data when a run starts; name a method "
             f"here ({', '.join(METHODS)})"
         )
+    if name in UNUSABLE:
+        raise TsuikaError(UNUSABLE[name])
     if name not in METHODS:
         raise TsuikaError(f"unknown method `{name}`; methods are {', '.join(METHODS)}")
     return METHODS[name]

@@ -70,7 +70,9 @@ def _meta_problem(meta: Any) -> str | None:
     if spec.get("weights") is not None and not isinstance(spec["weights"], str):
         return "`model.weights` is not a path"
     if not isinstance(method, str) or method not in METHODS:
-        return f"`method` {method!r} is not one of {', '.join(METHODS)}"
+        # A run of a plugin's method reads here only where that plugin is installed.
+        plugin = " (a plugin's? install the package that provides it)" * isinstance(method, str)
+        return f"`method` {method!r} is not one of {', '.join(METHODS)}{plugin}"
     if not isinstance(task, dict) or not isinstance(task.get("name"), str):
         return f"`task.name` is not one of {', '.join(TASKS)}"
     if task["name"] not in TASKS:

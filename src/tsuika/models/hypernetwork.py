@@ -5,9 +5,9 @@ residual MLPs per context size: one rewrites the text context before the key pro
 cross-attention layer, the other before the value projection. Every cross-attention layer whose
 context has that size shares the pair. The UNet itself stays frozen; only the MLPs train.
 
-Here the pair is applied by `HypernetworkAttnProcessor`, a copy of diffusers' `AttnProcessor2_0`
-that feeds `attn.to_k` and `attn.to_v` the rewritten context; `attach` puts it on every `attn2`
-(cross-attention) layer and `detach` puts the default processor back.
+Here the pair is applied by `HypernetworkAttnProcessor`: diffusers' own `AttnProcessor2_0`, run
+on a view of the layer whose `to_k` and `to_v` first rewrite the context; `attach` puts it on
+every `attn2` (cross-attention) layer and `detach` puts the default processor back.
 
 Files keep the web UI's layout (the tensor names of its nested state dict and its other fields)
 but are safetensors: tensors `"{size}.{0 key | 1 value}.linear.{i}.{weight|bias}"` and the other
@@ -27,12 +27,10 @@ import inspect
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-from diffusers.utils import deprecate
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -209,21 +207,55 @@ class Hypernetwork(nn.Module):
                 module.multiplier = self._multiplier
 
     def context(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """(context for the keys, context for the values); unchanged for an unknown size.
+        """(context for the keys, context for the values); unchanged for an unknown size."""
+        return self.key_context(context), self.value_context(context)
 
-        Computed in the modules' dtype and returned in the context's, so a float32 hypernetwork
+    def key_context(self, context: Tensor) -> Tensor:
+        """The context the key projection sees; unchanged for an unknown size."""
+        return self._rewrite(context, 0)
+
+    def value_context(self, context: Tensor) -> Tensor:
+        """The context the value projection sees; unchanged for an unknown size."""
+        return self._rewrite(context, 1)
+
+    def _rewrite(self, context: Tensor, index: int) -> Tensor:
+        """`context` through module `index` (0 key, 1 value) of its size, if there is one.
+
+        Computed in the module's dtype and returned in the context's, so a float32 hypernetwork
         works on a half-precision UNet.
         """
         size = str(context.shape[-1])
         if size not in self.layers:
-            return context, context
-        key_module, value_module = self.layers[size]
-        dtype = key_module.linear[0].weight.dtype
-        x = context.to(dtype)
-        return key_module(x).to(context.dtype), value_module(x).to(context.dtype)
+            return context
+        module = self.layers[size][index]
+        dtype = module.linear[0].weight.dtype
+        return module(context.to(dtype)).to(context.dtype)
 
 
-class HypernetworkAttnProcessor:
+class _RewrittenContextView:
+    """`attn` as diffusers' processor sees it, but `to_k` and `to_v` first rewrite their input.
+
+    diffusers' processor calls `attn.to_k(context)` and `attn.to_v(context)` after its own
+    cross-attention norm, exactly where the web UI rewrites the context; everything else is
+    read from `attn` itself. A view rather than swapping `attn.to_k` so the UNet's modules are
+    never changed, not even for one call.
+    """
+
+    def __init__(self, attn: Attention, hypernetwork: Hypernetwork) -> None:
+        self._attn = attn
+        self._hypernetwork = hypernetwork
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._attn, name)
+
+    def to_k(self, context: Tensor) -> Tensor:
+        return self._attn.to_k(self._hypernetwork.key_context(context))
+
+    def to_v(self, context: Tensor) -> Tensor:
+        return self._attn.to_v(self._hypernetwork.value_context(context))
+
+
+class HypernetworkAttnProcessor(AttnProcessor2_0):
     """diffusers' `AttnProcessor2_0`, with the hypernetwork's contexts for keys and values.
 
     Only where `encoder_hidden_states` is given (cross-attention); self-attention is unchanged.
@@ -232,8 +264,11 @@ class HypernetworkAttnProcessor:
     """
 
     def __init__(self, hypernetwork: Hypernetwork) -> None:
+        super().__init__()
         self.hypernetwork = hypernetwork
 
+    # The same parameters as `AttnProcessor2_0.__call__`: `Attention.forward` passes on only
+    # the `cross_attention_kwargs` this signature names.
     def __call__(
         self,
         attn: Attention,
@@ -244,86 +279,12 @@ class HypernetworkAttnProcessor:
         *args: Any,
         **kwargs: Any,
     ) -> Tensor:
-        """The attention output, exactly as `AttnProcessor2_0` computes it but for k and v."""
-        if len(args) > 0 or kwargs.get("scale") is not None:
-            message = (
-                "The `scale` argument is deprecated and will be ignored. Please remove it, as"
-                " passing it will raise an error in the future. `scale` should directly be"
-                " passed while calling the underlying pipeline component i.e., via"
-                " `cross_attention_kwargs`."
-            )
-            deprecate("scale", "1.0.0", message)
-
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        """The attention output, computed by `AttnProcessor2_0` on the rewritten contexts."""
+        if encoder_hidden_states is not None:
+            attn = cast(Attention, _RewrittenContextView(attn, self.hypernetwork))
+        return super().__call__(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
         )
-
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(
-                attention_mask, sequence_length, batch_size
-            )
-            # scaled_dot_product_attention wants (batch, heads, source_length, target_length)
-            attention_mask = attention_mask.view(
-                batch_size, attn.heads, -1, attention_mask.shape[-1]
-            )
-
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-
-        if encoder_hidden_states is None:
-            key = attn.to_k(hidden_states)
-            value = attn.to_v(hidden_states)
-        else:
-            if attn.norm_cross:
-                encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-            # The one change: the web UI's hypernetwork rewrites the context right before the
-            # key and value projections.
-            key_context, value_context = self.hypernetwork.context(encoder_hidden_states)
-            key = attn.to_k(key_context)
-            value = attn.to_v(value_context)
-
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
-
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-
-        hidden_states = attn.to_out[0](hidden_states)  # linear projection
-        hidden_states = attn.to_out[1](hidden_states)  # dropout
-
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(
-                batch_size, channel, height, width
-            )
-
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-
-        return hidden_states / attn.rescale_output_factor
 
 
 def _is_cross_attention(name: str) -> bool:
