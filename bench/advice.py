@@ -35,7 +35,7 @@ def first_layers(layers: int, folder: Path) -> Path:
 
 
 def main() -> None:
-    from tsuika.advise import check, rank
+    from tsuika.advice.commands import check, rank
 
     torch.set_num_threads(2)
     print(f"# bench/advice.py · {date.today()} · {platform.machine()} · torch {torch.__version__}")

@@ -18,8 +18,8 @@ CONFIG_COMMANDS = {
     # command → where its config goes (the API function the command calls)
     "train": "tsuika.api.train",
     "distill": "tsuika.api.train",
-    "check": "tsuika.advise.check",
-    "rank": "tsuika.advise.rank",
+    "check": "tsuika.advice.commands.check",
+    "rank": "tsuika.advice.commands.rank",
     "plan": "tsuika.plan.plan",
 }
 

@@ -17,12 +17,12 @@ from safetensors.torch import load_file
 
 from tsuika.api import train
 from tsuika.errors import TsuikaError
+from tsuika.finished_run import load
 from tsuika.methods.concepts import prior_preservation_loss
 from tsuika.models.diffusion import diffusion_model, generate
 from tsuika.models.diffusion_parts import noise_scheduler, pixel_unet, text_encoder, word_tokenizer
 from tsuika.models.judge import ImageJudge
 from tsuika.models.pixel_pipeline import PixelDiffusionPipeline
-from tsuika.run import load
 
 CLASSES = ["shoe", "bag", "sneaker"]
 WORDS = ["a", "photo", "of", "shoe", "bag", "sks"]

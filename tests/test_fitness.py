@@ -23,12 +23,13 @@ PART_NAMES = (set(METHODS) | set(TASKS) | {"encoder"}) - {"auto"}
 
 KNOWN = {
     "advice/checks.py": 1,
+    "advice/commands.py": 1,
     "advice/forgetting.py": 2,
-    "advise.py": 1,
     "cli.py": 1,
     "evaluate/baselines.py": 1,
     "export/graph.py": 1,
     "export/hf_folder.py": 1,
+    "finished_run.py": 4,
     "methods/base.py": 1,
     "methods/concepts.py": 2,
     "methods/finetune.py": 1,
@@ -36,7 +37,6 @@ KNOWN = {
     "methods/recipe.py": 3,
     "models/__init__.py": 6,
     "plan.py": 2,
-    "run.py": 4,
     "tasks/base.py": 1,
 }
 """Comparisons of a part's name outside its own module, as of 2026-12-07."""

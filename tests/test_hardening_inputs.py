@@ -233,7 +233,7 @@ def test_new_tokens_are_capped_at_the_context_length(lm_run, capsys, monkeypatch
     run = str(lm_run.path)
     with monkeypatch.context() as patched:
         # Uncapped, this would decode for hours: any generation here fails the test at once.
-        patched.setattr("tsuika.run.generate", lambda *args: pytest.fail("not capped"))
+        patched.setattr("tsuika.finished_run.generate", lambda *args: pytest.fail("not capped"))
         assert main(["generate", run, "say pos", "--max-new-tokens", "1000000000"]) == 2
     assert "--max-new-tokens 1000000000: at most 128 (the model's context length)" in _error(capsys)
     assert main(["generate", run, "say pos", "--max-new-tokens", "2"]) == 0
@@ -243,8 +243,8 @@ def test_sampling_steps_are_capped_at_the_noise_schedule(tmp_path):
     from test_concepts import tiny_pipeline
 
     from tsuika.config import Config
+    from tsuika.finished_run import Run
     from tsuika.models.diffusion import diffusion_model
-    from tsuika.run import Run
     from tsuika.tasks.text_to_image import TextToImage
 
     folder = tmp_path / "tiny-diffusion"

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from test_concepts import tiny_pipeline
 
-from tsuika.advise import check
+from tsuika.advice.commands import check
 from tsuika.cli import main
 from tsuika.config import load_config
 from tsuika.data.chat import read_prompts

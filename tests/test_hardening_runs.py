@@ -373,7 +373,7 @@ def test_check_with_an_empty_source_is_an_error(tiny_csv, capsys):
 
 
 def test_the_api_refuses_an_empty_source_too(tiny_csv):
-    from tsuika.advise import check
+    from tsuika.advice.commands import check
 
     config = load_config(None, [f"data.train={tiny_csv}"])
     with pytest.raises(TsuikaError, match="source is empty"):

@@ -214,7 +214,7 @@ def test_check_finds_the_near_duplicate_across_the_bundled_review_split():
     """The bundled NOTICE names one near duplicate: a test review that is also in train,
     wrapped in quotes (measured cosine 0.985; the next pair that is not a paraphrase of one
     another, 0.895). The exact check passes; the embeddings find it."""
-    from tsuika.advise import check
+    from tsuika.advice.commands import check
 
     findings = check(model="minilm-l6", data={"train": "bundled:reviews"})
     found = {(f.check, f.verdict): f for f in findings}

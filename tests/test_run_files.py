@@ -25,7 +25,7 @@ import tsuika
 import tsuika.models
 from tsuika.cli import main
 from tsuika.errors import TsuikaError
-from tsuika.runs import create_run_dir
+from tsuika.run_folder import create_run_dir
 from tsuika.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
 
 # -- run folders ---------------------------------------------------------------------------

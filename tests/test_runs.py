@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import tsuika
 from tsuika.cli import main
 from tsuika.errors import TsuikaError
-from tsuika.runs import create_run_dir
+from tsuika.run_folder import create_run_dir
 
 
 def test_existing_name_is_an_error_and_the_first_run_is_untouched(

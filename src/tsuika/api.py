@@ -28,7 +28,8 @@ from tsuika.evaluate.baselines import (
 )
 from tsuika.evaluate.records import test_records, write_records
 from tsuika.evaluate.summary import build_summary
-from tsuika.files import refuse_links_in
+from tsuika.files import refuse_links_in, write_atomic
+from tsuika.finished_run import Run, load
 from tsuika.methods import method_class
 from tsuika.methods.base import Method
 from tsuika.methods.cost import Speed, duration, epochs_within, estimate, measure_speed
@@ -37,8 +38,7 @@ from tsuika.models import modality_of
 from tsuika.models.base import AdaptableModel
 from tsuika.models.text import fitted_length
 from tsuika.report import PREDICTIONS, REPORT, write_report
-from tsuika.run import Run, load
-from tsuika.runs import check_run_dir, create_run_dir, save_model, write_atomic
+from tsuika.run_folder import check_run_dir, create_run_dir, save_model
 from tsuika.tasks import task_for
 from tsuika.tasks.base import Task
 from tsuika.train.distributed import barrier, is_main_process, training_device

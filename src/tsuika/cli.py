@@ -384,7 +384,7 @@ def check(
     """Is the data sound? Class balance, empty and extreme inputs, exact and near
     duplicates, leakage between splits, suspected label errors, and with --source the
     domain shift: each with a count, examples, a verdict and the fix."""
-    from tsuika.advise import check as check_api
+    from tsuika.advice.commands import check as check_api
 
     flags = {"data.train": data, "data.test": test, "model": model}
     config = _config_from(args, flags, quiet=True)
@@ -434,7 +434,7 @@ def rank(
 ) -> None:
     """Order candidate pretrained models for your data without fine-tuning any: LogME
     on their frozen features, and a cross-validated linear probe."""
-    from tsuika.advise import rank as rank_api
+    from tsuika.advice.commands import rank as rank_api
 
     config = _config_from(args, {"data.train": data}, quiet=True)
     results = rank_api(config, models=models, limit=limit)
@@ -647,7 +647,7 @@ def _check_generation_options(
 
 def _checked_prompts(prompts: list[str]) -> list[str]:
     """Prompts from the command line, each non-empty UTF-8 text."""
-    from tsuika.run import text_problem
+    from tsuika.finished_run import text_problem
 
     for number, prompt in enumerate(prompts, start=1):
         problem = text_problem(prompt)

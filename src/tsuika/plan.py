@@ -32,10 +32,11 @@ from tsuika.console import say
 from tsuika.data.splits import Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed.cache import CacheSettings
+from tsuika.files import write_atomic
 from tsuika.methods import method_class
 from tsuika.methods.recipe import choose
 from tsuika.models import modality_of
-from tsuika.runs import check_run_dir, write_atomic
+from tsuika.run_folder import check_run_dir
 from tsuika.tasks.base import Task
 from tsuika.train.phase import run_trial, seed_everything
 from tsuika.train.tracking import check_tracking

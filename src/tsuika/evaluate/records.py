@@ -10,8 +10,8 @@ from typing import Any
 
 from tsuika.data.splits import Examples
 from tsuika.evaluate.baselines import Baseline
+from tsuika.files import write_atomic
 from tsuika.models.base import State
-from tsuika.runs import write_atomic
 from tsuika.tasks.base import Arrays, Task
 
 

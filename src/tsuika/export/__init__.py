@@ -22,7 +22,7 @@ from tsuika.export.graph import Written
 from tsuika.export.hf_folder import write_hf
 from tsuika.export.onnx_graph import write_onnx
 from tsuika.files import fresh_folder, refuse_link, write_atomic
-from tsuika.run import Run, load
+from tsuika.finished_run import Run, load
 from tsuika.run_files import PREDICTIONS, read_predictions
 
 FORMATS = ("onnx", "hf")

@@ -19,8 +19,8 @@ import yaml
 from tsuika.data.tables import BUNDLED as BUNDLED_DATA
 from tsuika.evaluate.metrics import bootstrap_interval
 from tsuika.export.graph import Written
+from tsuika.finished_run import Run
 from tsuika.models import REGISTERED
-from tsuika.run import Run
 from tsuika.run_files import PREDICTIONS, read_predictions
 from tsuika.tasks.base import Task
 

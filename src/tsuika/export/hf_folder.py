@@ -40,10 +40,10 @@ from tsuika.export.graph import (
     task_output,
     tokenize_code,
 )
+from tsuika.finished_run import Run
 from tsuika.models import REGISTERED
 from tsuika.models.base import AdaptableModel
 from tsuika.models.heads import MultiHead
-from tsuika.run import Run
 from tsuika.tasks.base import Task
 from tsuika.tasks.classify import Classify
 from tsuika.tasks.regression import Regression

@@ -35,8 +35,8 @@ from tsuika.export.graph import (
     targets,
     tokenize_code,
 )
+from tsuika.finished_run import Run
 from tsuika.models.base import AdaptableModel, State
-from tsuika.run import Run
 from tsuika.tasks.base import Task
 from tsuika.tasks.classify import Classify
 

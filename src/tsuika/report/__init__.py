@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tsuika.files import write_atomic
 from tsuika.report import sections
 from tsuika.report.files import PREDICTIONS, REPORT, RunFiles, read_run
 from tsuika.report.html import page
 from tsuika.report.task_sections import task_sections
-from tsuika.runs import write_atomic
 
 
 def build_report(run: RunFiles) -> str:

@@ -14,10 +14,10 @@ import numpy as np
 
 from tsuika.errors import TsuikaError
 from tsuika.evaluate.metrics import bootstrap_interval, paired_bootstrap
+from tsuika.files import write_atomic
 from tsuika.report import charts
 from tsuika.report.files import RunFiles, read_run
 from tsuika.report.html import Section, chart, page, percent, table, text
-from tsuika.runs import write_atomic
 
 
 def read_runs(paths: list[str | Path]) -> list[RunFiles]:

@@ -17,7 +17,7 @@ from tsuika.run_files import (
     read_predictions,
     read_summary,
 )
-from tsuika.runs import read_meta
+from tsuika.run_folder import read_meta
 from tsuika.tasks import task_from_meta
 from tsuika.tasks.base import Task
 

@@ -44,7 +44,7 @@ from typing import Any
 from tsuika.config import Config
 from tsuika.console import warn
 from tsuika.errors import TsuikaError
-from tsuika.runs import write_atomic
+from tsuika.files import write_atomic
 from tsuika.train.distributed import training_device
 
 try:

@@ -156,5 +156,4 @@ __all__ = [
     "load_model_folder",
     "read_meta",
     "save_model",
-    "write_atomic",
 ]

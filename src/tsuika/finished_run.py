@@ -15,7 +15,7 @@ from tsuika.feed import input_feed
 from tsuika.models.base import AdaptableModel, State
 from tsuika.models.causal import Decoding, generate
 from tsuika.run_files import SUMMARY, read_summary
-from tsuika.runs import load_model_folder
+from tsuika.run_folder import load_model_folder
 from tsuika.tasks.base import Arrays, Task
 from tsuika.tasks.classify import Classify
 

@@ -1,5 +1,9 @@
 """`tsuika check` and `tsuika rank`: advice measured on the user's data and models, in plain
-words with the fix."""
+words with the fix.
+
+The commands read data and build models through `tsuika.api`, which itself uses the checks of
+this package: `advice/__init__.py` must not import this module (it would close the loop and load
+the whole toolkit with the checks)."""
 
 from __future__ import annotations
 
