@@ -96,11 +96,11 @@ def classifier(name: str, classes: int, pretrained: bool = True, weights: str | 
     return load_model(name, Request(new_head, HeadConfig(), pretrained=pretrained, weights=weights))
 
 
-def classify_splits(data, modality: str = "text", columns: tuple[str, ...] = ("label",)):
-    """(task, splits) of a classification task on `data` (a DataConfig): read, encoded and
-    split as a run does; the class names are `task.labels[column]`."""
+def classify_splits(data, model_kind: str = "text-encoder", columns: tuple[str, ...] = ("label",)):
+    """(task, splits) of a classification task on `data` (a DataConfig), read for a model of
+    `model_kind`, encoded and split as a run does; the class names are `task.labels[column]`."""
     from tsuika.data.reading import load_splits
     from tsuika.tasks import Classify
 
     task = Classify(list(columns))
-    return task, load_splits(data, modality, task.columns, task)
+    return task, load_splits(data, model_kind, task.columns, task)

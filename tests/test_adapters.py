@@ -157,7 +157,7 @@ def test_lora_adapts_the_bundled_efficientnets_pointwise_convolutions():
     )
     before = model.eval()({"pixels": pixels})["logits"]
     config = build_config({"model": "efficientnet-lite0", "method": "lora"})
-    method = Lora(config, task_for(config, "image"))
+    method = Lora(config, task_for(config))
     method.prepare(model)
     adapted = [n for n, _ in model.library.named_modules() if n.endswith("lora_A.default")]
     # Each block's project convolution and, but for the first block, its expand convolution

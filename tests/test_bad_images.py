@@ -136,7 +136,7 @@ def test_decode_for_prediction_names_the_file(tmp_path):
 
 
 def skipped_for(root: Path, **extra) -> list[str]:
-    return classify_splits(DataConfig(train=str(root), **extra), "image")[1].skipped
+    return classify_splits(DataConfig(train=str(root), **extra), "image-encoder")[1].skipped
 
 
 @pytest.mark.parametrize(
@@ -185,7 +185,7 @@ def test_paths_outside_the_table_folder_are_refused(tmp_path):
     outside = save_image(tmp_path / "outside.png", 7)
     table = path_table(tmp_path, [f"{outside},red", "../outside.png,blue", "link.png,red"])
     os.symlink(outside, tmp_path / "data" / "link.png")
-    _, splits = classify_splits(DataConfig(train=str(table)), "image")
+    _, splits = classify_splits(DataConfig(train=str(table)), "image-encoder")
     assert len(splits.train) + len(splits.val) + len(splits.test) == 12
     assert len(splits.skipped) == 3
     for line in splits.skipped:
@@ -196,7 +196,9 @@ def test_paths_outside_the_table_folder_are_refused(tmp_path):
 def test_outside_paths_read_when_allowed(tmp_path):
     outside = save_image(tmp_path / "outside.png", 7)
     table = path_table(tmp_path, [f"{outside},red", "../outside.png,blue"])
-    _, splits = classify_splits(DataConfig(train=str(table), allow_outside_paths=True), "image")
+    _, splits = classify_splits(
+        DataConfig(train=str(table), allow_outside_paths=True), "image-encoder"
+    )
     assert len(splits.train) + len(splits.val) + len(splits.test) == 14
     assert splits.skipped == []
 
@@ -206,13 +208,13 @@ def test_outside_path_is_not_opened(tmp_path, monkeypatch):
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(path) or real_open(path))
     table = path_table(tmp_path, ["/etc/hostname,red", "../../../etc/shadow,red"])
-    classify_splits(DataConfig(train=str(table)), "image")
+    classify_splits(DataConfig(train=str(table)), "image-encoder")
     assert not any("etc" in str(path) for path in opened)
 
 
 def test_overlong_path_in_a_table_is_counted(tmp_path):
     table = path_table(tmp_path, ["x" * 5000 + ".png,red"])
-    _, splits = classify_splits(DataConfig(train=str(table)), "image")
+    _, splits = classify_splits(DataConfig(train=str(table)), "image-encoder")
     assert len(splits.skipped) == 1 and "x" * 5000 in splits.skipped[0]
 
 
@@ -264,7 +266,7 @@ def test_any_folder_loads_or_raises_a_tsuika_error(tmp_path_factory, files, stri
     for i, content in enumerate(files):
         (root / ["red", "blue"][i % 2] / f"fuzz{i}.png").write_bytes(content)
     try:
-        _, splits = classify_splits(DataConfig(train=str(root), strict=strict), "image")
+        _, splits = classify_splits(DataConfig(train=str(root), strict=strict), "image-encoder")
     except TsuikaError:
         return
     assert len(splits.train) > 0

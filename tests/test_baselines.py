@@ -94,7 +94,7 @@ def image_splits(labels_of, n: int = 300, seed: int = 0) -> tuple[Splits, Classi
 
 def test_pixel_logistic_regression_separates_bright_from_dark():
     splits, task = image_splits(lambda bright, rng: "bright" if bright else "dark")
-    features, described = classical_features("image", splits)
+    features, described = classical_features("image-encoder", splits)
     assert features[0].shape == (180, 3 * 32 * 32)
     predicted, _ = task.linear_baseline(features, splits.train, splits.val)
     assert "pixels" in described
@@ -103,7 +103,7 @@ def test_pixel_logistic_regression_separates_bright_from_dark():
 
 def test_pixel_logistic_regression_stays_at_chance_on_labels_pixels_do_not_carry():
     splits, task = image_splits(lambda bright, rng: str(rng.integers(0, 2)))
-    features, _ = classical_features("image", splits)
+    features, _ = classical_features("image-encoder", splits)
     predicted, _ = task.linear_baseline(features, splits.train, splits.val)
     assert accuracy(task, splits, predicted) < 0.7  # measured 0.52 (0.58, 0.50 other seeds)
 

@@ -145,7 +145,7 @@ def test_a_fresh_adapter_leaves_the_logits_unchanged(method, tiny_llama_dir, cha
     """LoRA's B starts at 0, IA³'s scales at 1, DoRA's magnitude at ‖W‖: the base model; a
     soft prompt changes the outputs, and `unadapted` gives the base model back."""
     config = build_config(lm_config(tiny_llama_dir, chat_file, Path("unused"), method=method))
-    model = model_for(config, None, kind="causal-lm").eval()
+    model = model_for(config, None, model_kind="causal-lm").eval()
     trainer = METHODS[method](config, CausalLM(str(tiny_llama_dir)))
     state = model.preprocess.collate(model.preprocess.encode(["say pos : good", "bad awful"]))
     with torch.no_grad():
@@ -244,7 +244,7 @@ def test_top_block_adapters_cache_the_prefix_and_match_no_cache(
 ):
     config = build_config(lm_config(tiny_llama_dir, chat_file, tmp_path, adapter={"blocks": 1}))
     task = CausalLM(str(tiny_llama_dir))
-    model = model_for(config, None, kind="causal-lm")
+    model = model_for(config, None, model_kind="causal-lm")
     method = METHODS["lora"](config, task)
     method.prepare(model)
     assert method.cache_boundary(model) == model.stage_names.index("block3")

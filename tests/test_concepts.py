@@ -346,7 +346,7 @@ def test_summary_has_fidelity_prior_preservation_and_the_base(
     assert summary["data"]["test"] == 2 * 3  # concept + 2 known classes, 2 seeds each
     assert "forgetting" in summary["verdicts"] and "memory" in summary
     assert summary["concept"]["per_class"].keys() == {"shoe", "bag"}
-    assert summary["modality"] == "text-to-image"
+    assert summary["model_kind"] == "text-to-image"
     report = (run.path / "report.html").read_text()
     assert "The new concept and what the model knew" in report
     assert "prior preservation" in report

@@ -192,3 +192,43 @@ def test_what_the_user_set_wins_even_when_it_equals_the_global_default(method: s
     assert method_class(method).configured(chosen).train.epochs == default
     unset = as_config(None, {"method": method, "task": "text-to-image"})
     assert method_class(method).configured(unset).train.epochs == CONCEPT_TRAINING["epochs"]
+
+
+def test_one_resolve_step_user_over_recipe_over_method_over_global(tmp_path: Path) -> None:
+    """Issue 32, item 3: the recipe's choices for the data win over the method's defaults,
+    what the user set wins over both, and the result resolves the same again — after a round
+    trip through the run's config.yaml too (what `--resume` reads)."""
+    from tsuika.api import as_config
+    from tsuika.config import TrainConfig, load_config, to_yaml
+    from tsuika.methods import method_class
+    from tsuika.methods.concepts import CONCEPT_TRAINING
+    from tsuika.methods.recipe import Recipe
+
+    user = as_config(None, {"task": "text-to-image", "train": {"batch_size": 2}})
+    recipe = Recipe("dreambooth", {"train": {"epochs": 7, "batch_size": 4}}, "a test")
+    config = recipe.applied(user)
+    assert config.method == "dreambooth"
+    assert config.train.epochs == 7  # the recipe's, over the method's 30
+    assert config.train.batch_size == 2  # the user's, over the recipe's and the method's
+    assert config.train.warmup == CONCEPT_TRAINING["warmup"]  # the method's, over the global
+    assert config.train.lr == TrainConfig.model_fields["lr"].default  # nobody chose it
+    # The user's and the recipe's decisions are remembered as such; the method's are not.
+    assert config.train.model_fields_set == {"batch_size", "epochs"}
+    again = method_class("dreambooth").configured(config)
+    assert again.model_dump() == config.model_dump()
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(config), encoding="utf-8")
+    resumed = method_class("dreambooth").configured(load_config(saved))
+    assert resumed.model_dump() == config.model_dump()
+
+
+def test_a_derived_value_is_not_taken_for_the_users(tmp_path: Path) -> None:
+    """`updated` (a method's derived values) keeps the user's fields as the only ones set, so
+    a later step still tells them apart."""
+    from tsuika.config import load_config, updated
+
+    config = load_config(overrides=["train.epochs=3"])
+    derived = updated(config, {"model": "efficientnet-lite0", "train": {"lr": 0.5}})
+    assert (derived.model, derived.train.lr, derived.train.epochs) == ("efficientnet-lite0", 0.5, 3)
+    assert derived.model_fields_set == {"train"}
+    assert derived.train.model_fields_set == {"epochs"}

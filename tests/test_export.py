@@ -314,7 +314,7 @@ def test_a_soft_prompt_is_not_merged(tiny_llama_dir, tmp_path):
     config = build_config(
         fast_config(tiny_llama_dir, tmp_path / "unused.jsonl", tmp_path, task="causal-lm")
     )
-    model = model_for(config, None, kind="causal-lm")
+    model = model_for(config, None, model_kind="causal-lm")
     METHODS["prompt-tuning"](config, CausalLM(str(tiny_llama_dir))).prepare(model)
     with pytest.raises(TsuikaError, match="cannot be merged"):
         merge_adapters(model)

@@ -14,30 +14,23 @@ from pathlib import Path
 
 import tsuika
 from tsuika.methods import METHODS
+from tsuika.model_kinds import MODEL_KINDS
 from tsuika.tasks import TASKS
 
 SOURCE = Path(tsuika.__file__).parent
-PART_NAMES = (set(METHODS) | set(TASKS) | {"encoder"}) - {"auto"}
-"""Task and method names, and the model kinds that share them (`encoder`, `causal-lm`,
-`text-to-image`). `auto` is left out: it is also the value of many unrelated settings."""
+PART_NAMES = (set(METHODS) | set(TASKS) | set(MODEL_KINDS)) - {"auto"}
+"""Task and method names, and the model kinds (`tsuika.model_kinds`, whose constants the
+rest of tsuika compares with). `auto` is left out: it is also the value of many unrelated
+settings."""
 
 KNOWN = {
     "advice/checks.py": 1,
     "advice/commands.py": 1,
     "advice/forgetting.py": 2,
-    "cli.py": 1,
     "evaluate/baselines.py": 1,
-    "export/graph.py": 1,
-    "export/hf_folder.py": 1,
-    "finished_run.py": 4,
-    "methods/base.py": 1,
-    "methods/concepts.py": 2,
-    "methods/finetune.py": 1,
-    "methods/prompt_tuning.py": 1,
+    "methods/concepts.py": 1,
     "methods/recipe.py": 3,
-    "models/__init__.py": 6,
     "plan.py": 2,
-    "tasks/base.py": 1,
 }
 """Comparisons of a part's name outside its own module, as of 2026-12-07."""
 
@@ -45,6 +38,8 @@ KNOWN = {
 def _own_module(name: str) -> str:
     """Where a part is defined: a comparison with its own name there is the part itself."""
     part = METHODS.get(name) or TASKS.get(name)
+    if part is None and name in MODEL_KINDS:
+        return "model_kinds.py"
     return part.__module__.removeprefix("tsuika.").replace(".", "/") + ".py" if part else ""
 
 
@@ -76,3 +71,62 @@ def test_the_rule_sees_a_comparison_and_allows_a_part_its_own_name() -> None:
     probe = "if config.method == 'distill' or task.name in ('regression', 'x'):\n    pass\n"
     assert name_comparisons(probe, "api.py") == 2
     assert name_comparisons("ok = name == 'distill'\n", _own_module("distill")) == 0
+
+
+OLD_KIND_WORDS = ("modality", "modalities", "input_kind", "family", "family_kinds")
+"""The words tsuika had for the kind of model before `model_kind` (issue 32, item 6). A run
+written then still says `family` or `modality` in its files: `tsuika.model_kinds.
+recorded_model_kind` reads those keys as strings, and no identifier carries them."""
+
+
+def identifiers(text: str) -> set[str]:
+    """Every name a module defines or uses: variables, attributes, functions, classes,
+    parameters, keyword arguments, imports (and the fields of a TypedDict)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found.add(node.name)
+        elif isinstance(node, ast.arg | ast.keyword) and node.arg:
+            found.add(node.arg)
+        elif isinstance(node, ast.alias):
+            found.update(name for name in (node.name, node.asname) if name)
+    return found
+
+
+def old_kind_words(text: str) -> set[str]:
+    """The identifiers of `text` that carry one of `OLD_KIND_WORDS` as a word of their own
+    (`modality_of`, `_folder_modality`, `FAMILY_KINDS`; not `STAGED_FAMILIES`)."""
+    words = [f"_{word}_" for word in OLD_KIND_WORDS]
+    return {name for name in identifiers(text) if any(w in f"_{name.lower()}_" for w in words)}
+
+
+def test_the_kind_of_model_has_one_word() -> None:
+    found = {}
+    for path in sorted(SOURCE.rglob("*.py")):
+        if names := old_kind_words(path.read_text(encoding="utf-8")):
+            found[path.relative_to(SOURCE).as_posix()] = sorted(names)
+    assert found == {}, (
+        "the kind of model is `model_kind`, in the vocabulary of tsuika.model_kinds; an older "
+        "run's words are read only by tsuika.model_kinds.recorded_model_kind"
+    )
+
+
+def test_the_one_word_rule_sees_the_old_words() -> None:
+    probe = (
+        "from tsuika.models import modality_of\n"
+        "FAMILY_KINDS = {}\n"
+        "def read(task, modality, family=None):\n"
+        "    return task.input_kind(modality), task.modalities, STAGED_FAMILIES, spec['family']\n"
+    )
+    assert old_kind_words(probe) == {
+        "modality_of",
+        "FAMILY_KINDS",
+        "modality",
+        "family",
+        "input_kind",
+        "modalities",
+    }

@@ -205,7 +205,7 @@ def test_lwf_keeps_a_causal_lm_adapter_nearer_the_pretrained_predictions(tiny_ll
 
     def moved(run) -> float:
         task, model = run.task, run.model
-        examples = task.encode(read_examples("chat", str(data), "train", DataConfig(), [], []))
+        examples = task.encode(read_examples("causal-lm", str(data), "train", DataConfig(), [], []))
         feed = input_feed(
             model, examples.inputs, task.targets(examples), None, task.units(examples)
         )

@@ -92,7 +92,10 @@ def test_an_explicit_model_that_is_not_text_to_image_is_refused(method, how, tmp
     model = ["--model", "minilm-l6"] if how == "flag" else ["model=minilm-l6"]
     args = ["train", "--method", method, "--data", str(tmp_path / "missing"), *model]
     message = error_of(capsys, args)
-    assert f"method {method}" in message and "`minilm-l6` is a text model" in message
+    assert (
+        f"method {method}" in message
+        and "`minilm-l6` is a text-encoder or causal-lm model" in message
+    )
     # Only the default model (a text encoder) is replaced by the bundled text-to-image one.
     concept_method = METHODS[method]
     configured = concept_method.configured(load_config(overrides=[f"method={method}"]))

@@ -175,7 +175,7 @@ def test_frozen_batchnorm_statistics_stay_while_scale_and_shift_train(tmp_path):
 
 def test_augmentation_applies_to_training_batches_only(tmp_path):
     data = DataConfig(train=str(image_folder(tmp_path / "images")))
-    task, splits = classify_splits(data, "image")
+    task, splits = classify_splits(data, "image-encoder")
     model = classifier(TINY, 2)
     augment = AugmentConfig(crop_scale=(0.3, 1.0), hflip=True, color_jitter=0.4)
     train = input_feed(model, splits.train.inputs, task.targets(splits.train), augment)
@@ -322,31 +322,31 @@ def test_bad_image_is_an_error_when_strict(tmp_path, make_bad, capsys):
 def test_class_only_in_test_is_skipped_with_a_warning(tmp_path):
     train = image_folder(tmp_path / "train")
     test = image_folder(tmp_path / "test", per_class=4, classes=("red", "blue", "green"))
-    task, splits = classify_splits(DataConfig(train=str(train), test=str(test)), "image")
+    task, splits = classify_splits(DataConfig(train=str(train), test=str(test)), "image-encoder")
     assert task.labels["label"] == ["blue", "red"] and len(splits.test) == 8
     assert any("green" in line and "4 images" in line for line in splits.skipped)
 
 
 def test_missing_folder_and_folder_without_classes_are_errors(tmp_path):
     with pytest.raises(TsuikaError, match="nowhere not found"):
-        classify_splits(DataConfig(train=str(tmp_path / "nowhere")), "image")
+        classify_splits(DataConfig(train=str(tmp_path / "nowhere")), "image-encoder")
     (tmp_path / "flat").mkdir()
     save_png(tmp_path / "flat" / "a.png", COLOURS["red"], 0)
     with pytest.raises(TsuikaError, match="no class folders"):
-        classify_splits(DataConfig(train=str(tmp_path / "flat")), "image")
+        classify_splits(DataConfig(train=str(tmp_path / "flat")), "image-encoder")
 
 
 def test_csv_of_paths_relative_to_the_file(tmp_path):
     image_folder(tmp_path / "images", per_class=6)
     rows = ["path,label"] + [f"images/{c}/{i}.png,{c}" for c in ("red", "blue") for i in range(6)]
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
-    task, splits = classify_splits(DataConfig(train=str(tmp_path / "list.csv")), "image")
+    task, splits = classify_splits(DataConfig(train=str(tmp_path / "list.csv")), "image-encoder")
     assert task.labels["label"] == ["blue", "red"]
     assert len(splits.train) + len(splits.val) + len(splits.test) == 12
 
 
 def test_bundled_fashion_reads():
-    task, splits = classify_splits(DataConfig(train="bundled:fashion", k=5), "image")
+    task, splits = classify_splits(DataConfig(train="bundled:fashion", k=5), "image-encoder")
     assert len(task.labels["label"]) == 10 and len(splits.train) == 50 and len(splits.test) == 1000
     assert splits.skipped == []
 
@@ -391,13 +391,13 @@ def test_image_table_without_its_path_column_names_the_image_setting(tmp_path):
     rows = ["file,label"] + [f"images/{c}/{i}.png,{c}" for c in ("red", "blue") for i in range(3)]
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(TsuikaError, match=r"no column `path`; columns are file, label") as err:
-        classify_splits(DataConfig(train=str(tmp_path / "list.csv")), "image")
+        classify_splits(DataConfig(train=str(tmp_path / "list.csv")), "image-encoder")
     assert "set data.image_column=... to the right name" in str(err.value)
     assert "data.text_column" not in str(err.value)
     assert str(tmp_path / "list.csv") in str(err.value)
     # The setting it names is the one that fixes it.
     task, splits = classify_splits(
-        DataConfig(train=str(tmp_path / "list.csv"), image_column="file"), "image"
+        DataConfig(train=str(tmp_path / "list.csv"), image_column="file"), "image-encoder"
     )
     assert task.labels["label"] == ["blue", "red"]
     assert len(splits.train) + len(splits.val) + len(splits.test) == 6

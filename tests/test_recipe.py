@@ -57,11 +57,11 @@ def _splits(per_class: int, inputs=None) -> Splits:
     return Splits(train, Examples([], {"label": []}), Examples([], {"label": []}))
 
 
-def _choice(per_class: int, modality: str = "text", inputs=None, **tree):
+def _choice(per_class: int, model_kind: str = "text-encoder", inputs=None, **tree):
     config = build_config({"model": "minilm-l6", **tree})
-    task = task_for(config, modality)
+    task = task_for(config)
     splits = _splits(per_class, inputs)
-    recipe = choose(config, task, splits, modality)
+    recipe = choose(config, task, splits, model_kind)
     return recipe, recipe.applied(config)
 
 
@@ -89,13 +89,15 @@ def test_what_the_user_set_wins_over_the_recipe():
 
 def test_small_images_are_read_at_a_smaller_size_unless_set():
     small = [torch.zeros(3, 28, 28, dtype=torch.uint8)] * 20
-    _, config = _choice(10, "image", small, model="efficientnet-lite0")
+    _, config = _choice(10, "image-encoder", small, model="efficientnet-lite0")
     assert config.data.image_size == SMALL_IMAGE_INPUT
     assert config.finetune.batchnorm == "frozen" and config.finetune.head_init == "probe"
-    _, config = _choice(10, "image", small, model="efficientnet-lite0", data={"image_size": 96})
+    _, config = _choice(
+        10, "image-encoder", small, model="efficientnet-lite0", data={"image_size": 96}
+    )
     assert config.data.image_size == 96
     large = [torch.zeros(3, 300, 400, dtype=torch.uint8)] * 20
-    recipe, config = _choice(10, "image", large, model="efficientnet-lite0")
+    recipe, config = _choice(10, "image-encoder", large, model="efficientnet-lite0")
     assert config.data.image_size is None and "px" not in recipe.reason
 
 

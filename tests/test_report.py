@@ -62,7 +62,7 @@ def write_run(
         "model": "tiny",
         "task": task.name,
         "method": "finetune",
-        "modality": "text",
+        "model_kind": "text-encoder",
         "data": {"train": 40, "validation": 10, "test": len(records)},
         "parameters": {
             "total": 1000,
@@ -254,7 +254,7 @@ def test_image_examples_are_shown_as_embedded_thumbnails(tmp_path: Path):
     for record in records:
         record["input"] = str(picture)
         del record["tokens"]
-    run = write_run(tmp_path / "run", classify_task(), records, modality="image")
+    run = write_run(tmp_path / "run", classify_task(), records, model_kind="image-encoder")
     html = write_report(run).read_text()
     assert '<img class="thumb" alt="shoe.png" src="data:image/png;base64,' in html
     assert "Slowest" not in html  # every image costs the same after resizing

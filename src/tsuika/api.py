@@ -34,12 +34,12 @@ from tsuika.methods import method_class
 from tsuika.methods.base import Method
 from tsuika.methods.cost import Speed, duration, epochs_within, estimate, measure_speed
 from tsuika.methods.recipe import choose
-from tsuika.models import modality_of
+from tsuika.model_kinds import TEXT_ENCODER
 from tsuika.models.base import AdaptableModel
 from tsuika.models.text import fitted_length
 from tsuika.report import PREDICTIONS, REPORT, write_report
 from tsuika.run_folder import check_run_dir, create_run_dir, save_model
-from tsuika.tasks import task_for
+from tsuika.tasks import model_kind_for, task_for
 from tsuika.tasks.base import Task
 from tsuika.train.distributed import barrier, is_main_process, training_device
 from tsuika.train.metrics_log import MetricsLog
@@ -90,9 +90,9 @@ def train(
     if resume is None and is_main_process():
         check_run_dir(config.output, config.name)
     seed_everything(config.seed)
-    modality = modality_of(config.model)
-    task = task_for(config, modality)
-    splits = read_data(config, modality, task)  # bad data fails before anything is written
+    model_kind = model_kind_for(config)
+    task = task_for(config)
+    splits = read_data(config, model_kind, task)  # bad data fails before anything is written
     findings = data_warnings(splits, task) if resume is None else []
     # A task without classes refuses `weights`/`sampler` here, before any folder is written.
     notes: dict[str, Any] = {}
@@ -102,10 +102,10 @@ def train(
         notes["imbalance"] = imbalance
     recipe = None
     if config.method == "auto":  # never when resuming: a run's config names its method
-        recipe = choose(config, task, splits, modality)
+        recipe = choose(config, task, splits, model_kind)
         config = recipe.applied(config)
     method, model = adapting(config, task)  # a bad freeze setting fails before any folder
-    if config.train.max_length is None and model.spec.get("family") == "text":
+    if config.train.max_length is None and model.model_kind == TEXT_ENCODER:
         length, notes["input_length"] = fitted_length(model, splits.train.inputs)
         config = with_train(config, max_length=length)
     held_out = len(splits.val)
@@ -188,10 +188,10 @@ def check_before_launch(config: Config) -> None:
         config = method_class(config.method).configured(config)
     check_tracking(config)
     check_run_dir(config.output, config.name)
-    modality = modality_of(config.model)
-    task = task_for(config, modality)
+    model_kind = model_kind_for(config)
+    task = task_for(config)
     # Without read_data's warnings: the main worker says them when it reads the data again.
-    splits = load_splits(config.data, task.input_kind(modality), task.columns, task)
+    splits = load_splits(config.data, model_kind, task.columns, task)
     task.handle_imbalance(config.train.balance, splits.train)
     if config.method != "auto":
         method_class(config.method)(config, task)  # a method that cannot train this task
@@ -305,13 +305,13 @@ def data_warnings(splits: Splits, task: Task) -> list[Finding]:
 
 def task_and_data(config: Config) -> tuple[Task, Splits]:
     """The task a config names and its data, read and split (what `train` starts from)."""
-    modality = modality_of(config.model)
-    task = task_for(config, modality)
-    return task, read_data(config, modality, task)
+    model_kind = model_kind_for(config)
+    task = task_for(config)
+    return task, read_data(config, model_kind, task)
 
 
-def read_data(config: Config, modality: str, task: Task) -> Splits:
-    splits = load_splits(config.data, task.input_kind(modality), task.columns, task)
+def read_data(config: Config, model_kind: str, task: Task) -> Splits:
+    splits = load_splits(config.data, model_kind, task.columns, task)
     if splits.skipped:
         shown = "\n  ".join(splits.skipped[:10])
         more = f"\n  … and {len(splits.skipped) - 10} more" if len(splits.skipped) > 10 else ""
@@ -381,7 +381,7 @@ def _train_in(
             config,
             task,
             splits,
-            modality_of(config.model),
+            model_kind_for(config),
             wanted,
             before,
             AdaptedRun(method, model, phase),

@@ -22,6 +22,7 @@ from tsuika.config import path_given
 from tsuika.errors import RunInterrupted, TsuikaError
 from tsuika.files import atomic_file, refuse_link
 from tsuika.methods import METHODS
+from tsuika.model_kinds import TEXT_TO_IMAGE
 from tsuika.tasks import TASKS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -591,7 +592,7 @@ def generate(
     if not given:
         raise TsuikaError("nothing to generate: give prompts or --file")
     loaded = load(run)
-    if loaded.model.spec.get("family") == "text-to-image":
+    if loaded.model.model_kind == TEXT_TO_IMAGE:
         _draw(loaded, given, n, seed, steps, guidance, out)
         return
     if max_new_tokens is None:
@@ -782,9 +783,9 @@ def models() -> None:
     """List the bundled models (any local Hugging Face folder works too)."""
     from tsuika.models import available_models
 
-    table = Table("name", "modality", "description")
+    table = Table("name", "model kind", "description")
     for entry in available_models():
-        table.add_row(escape(entry.name), entry.modality, escape(entry.description))
+        table.add_row(escape(entry.name), entry.model_kind, escape(entry.description))
     out.print(table)
     out.print(
         "Or give a local folder: model: path/to/hf-model-folder (a diffusers folder for "

@@ -646,5 +646,43 @@ def load_config(
     return build_config(tree, source=str(path) if path else "config")
 
 
+def resolved(config: Config, *defaults: dict[str, Any], chosen: dict | None = None) -> Config:
+    """The one way settings are decided. What the user set (`config`'s fields set: through
+    YAML, the command line or the API) wins over `chosen` (a recipe's choices for this data),
+    which wins over `defaults` — layers of nested settings, the least specific first (a
+    method's) — which win over the global defaults. A value the user set counts even when it
+    equals the global default (`--method dreambooth train.epochs=50` trains 50 epochs, not
+    the method's 30). Values nobody set keep what they hold (the global default, or a value
+    derived before: `updated`) where no layer names them.
+
+    The result remembers the user's fields and `chosen`'s as set, so resolving it again (a
+    method's `configured`, or the run's config.yaml on `--resume`) gives the same answer."""
+    decided = merge(chosen or {}, config.model_dump(exclude_unset=True))
+    tree = config.model_dump()
+    for layer in defaults:
+        tree = merge(tree, layer)
+    out = build_config(merge(tree, decided))
+    _set_fields(out, decided)
+    return out
+
+
+def updated(config: Config, changes: dict[str, Any]) -> Config:
+    """`config` with nested `changes` (derived values, not the user's); what the user set
+    stays exactly what was set."""
+    out = build_config(merge(config.model_dump(), changes))
+    _set_fields(out, config.model_dump(exclude_unset=True))
+    return out
+
+
+def _set_fields(section: BaseModel, user: dict[str, Any]) -> None:
+    """Mark exactly the keys of `user` as set in `section` and in its nested sections."""
+    section.__pydantic_fields_set__ = set(user) & set(type(section).model_fields)
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            given = user.get(name)
+            _set_fields(value, given if isinstance(given, dict) else {})
+
+
 def to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

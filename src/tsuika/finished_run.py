@@ -12,6 +12,7 @@ from tsuika.data.images import decode_for_prediction
 from tsuika.data.reading import read_examples
 from tsuika.errors import TsuikaError
 from tsuika.feed import input_feed
+from tsuika.model_kinds import CAUSAL_LM, IMAGE_ENCODER, TEXT_TO_IMAGE
 from tsuika.models.base import AdaptableModel, State
 from tsuika.models.causal import Decoding, generate
 from tsuika.run_files import SUMMARY, read_summary
@@ -36,8 +37,8 @@ def text_problem(text: object) -> str | None:
 def read_inputs(model: AdaptableModel, inputs: list, data: DataConfig) -> list:
     """Texts stay texts (an empty one is refused); for image models, paths are decoded under
     the run's own `data.max_image_pixels` (a bad file is an error naming it)."""
-    if model.spec.get("family") != "image":
-        chat = model.spec.get("family") == "causal-lm"
+    if model.model_kind != IMAGE_ENCODER:
+        chat = model.model_kind == CAUSAL_LM
         for number, text in enumerate(inputs, start=1):
             if chat and isinstance(text, list) and text:  # chat messages
                 continue
@@ -105,12 +106,8 @@ class Run:
     def generate(self, prompts: list, decoding: Decoding | None = None) -> list[str]:
         """A causal-LM run's answer to each prompt (text, or chat messages): greedy by
         default, sampled with `Decoding(sample=True, temperature=…, top_p=…, seed=…)`."""
-        if self.model.spec.get("family") != "causal-lm":
-            hint = (
-                "use images()"
-                if self.model.spec.get("family") == "text-to-image"
-                else "use predict"
-            )
+        if self.model.model_kind != CAUSAL_LM:
+            hint = "use images()" if self.model.model_kind == TEXT_TO_IMAGE else "use predict"
             raise TsuikaError(f"a {self.task.name} run does not generate text; {hint}")
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -130,7 +127,7 @@ class Run:
         default to the run's."""
         from tsuika.models.diffusion import generate as generate_images
 
-        if self.model.spec.get("family") != "text-to-image":
+        if self.model.model_kind != TEXT_TO_IMAGE:
             raise TsuikaError(f"a {self.task.name} run does not generate images")
         if n < 1 or (steps is not None and steps < 1):
             raise TsuikaError("the number of images and --steps must be at least 1")
@@ -160,12 +157,13 @@ class Run:
         the run knows."""
         settings = self.data.model_copy(update={"strict": True})
         if input_column:
-            key = "image_column" if self.model.spec.get("family") == "image" else "text_column"
+            image = self.model.model_kind == IMAGE_ENCODER
+            key = "image_column" if image else "text_column"
             settings = settings.model_copy(update={key: input_column})
-        modality = "image" if self.model.spec.get("family") == "image" else "text"
-        kind = self.task.input_kind(modality)
         problems: list[str] = []
-        raw = read_examples(kind, str(data), "test", settings, self.task.columns, problems)
+        raw = read_examples(
+            self.model.model_kind, str(data), "test", settings, self.task.columns, problems
+        )
         if problems:
             raise TsuikaError(f"{problems[0]} (fix or remove the file to evaluate)")
         examples = self.task.encode(raw)

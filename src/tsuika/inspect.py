@@ -9,14 +9,14 @@ from tsuika.config import Config
 from tsuika.methods import method_class
 from tsuika.models import model_for
 from tsuika.models.heads import Head
-from tsuika.tasks import task_for
+from tsuika.tasks import model_kind_for, task_for
 
 
 def describe(config: Config) -> Table:
     """The model's groups shallow → deep; under `config`: trains?, rate, and the epoch a
     group unfreezes (gradual unfreezing). No data is read: the head here has two outputs."""
     task = task_for(config)
-    model = model_for(config, lambda width: Head(width, 2), kind=task.model_kind)
+    model = model_for(config, lambda width: Head(width, 2), model_kind=model_kind_for(config, task))
     method = method_class(config.method)(config, task)
     method.prepare(model)
     rates = {group["name"]: group["lr"] for group in method.param_groups(model)}

@@ -35,8 +35,8 @@ from tsuika.feed.cache import CacheSettings
 from tsuika.files import write_atomic
 from tsuika.methods import method_class
 from tsuika.methods.recipe import choose
-from tsuika.models import modality_of
 from tsuika.run_folder import check_run_dir
+from tsuika.tasks import model_kind_for
 from tsuika.tasks.base import Task
 from tsuika.train.phase import run_trial, seed_everything
 from tsuika.train.tracking import check_tracking
@@ -125,7 +125,7 @@ def parse_budget(text: str) -> float:
 def strategies(config: Config, task: Task, splits: Splits, groups: int) -> list[Strategy]:
     """The candidates, cheapest first. `groups`: the model's layer groups (embeddings, blocks,
     head), from which the freeze depths are counted."""
-    recipe = choose(config, task, splits, modality_of(config.model))
+    recipe = choose(config, task, splits, model_kind_for(config, task))
     search = {"train": SEARCH_TRAINING}
     found = [Strategy("transfer", {"method": "transfer"})]
     chosen = {"method": recipe.method, **recipe.settings}

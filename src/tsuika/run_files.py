@@ -275,7 +275,9 @@ class Summary(TypedDict):
     model: str
     task: str
     method: str
-    modality: NotRequired[str]
+    model_kind: NotRequired[str]
+    """`tsuika.model_kinds`; a run written before issue 32 has `modality` (text, image,
+    text-to-image) instead, which `tsuika.model_kinds.recorded_model_kind` reads."""
     selection: Selection
     test: dict[str, float]
     data: NotRequired[DataSizes]

@@ -30,8 +30,9 @@ from tsuika.advice.rank import logme, probe_score, probe_shortfall
 from tsuika.api import as_config, read_data, task_and_data
 from tsuika.config import Config, path_given
 from tsuika.errors import TsuikaError
-from tsuika.models import modality_of, model_for
-from tsuika.tasks import task_for
+from tsuika.model_kinds import kinds_in_words
+from tsuika.models import model_for
+from tsuika.tasks import model_kind_for, task_for
 
 SPLITS = ("train", "val", "test")
 GENERATIVE = ("causal-lm", "text-to-image")
@@ -75,8 +76,7 @@ def read_source(config: Config, source: str) -> list:
         raise TsuikaError(f"source {error}") from None
     data = config.data.model_copy(update={"train": source, "validation": None, "test": None})
     source_config = config.model_copy(update={"data": data})
-    modality = modality_of(config.model)
-    splits = read_data(source_config, modality, task_for(source_config, modality))
+    splits = read_data(source_config, model_kind_for(source_config), task_for(source_config))
     return splits.train.inputs + splits.val.inputs + splits.test.inputs
 
 
@@ -116,17 +116,19 @@ def rank(
         if not fewer and config.data.k is not None:
             fix += " or a larger data.k"
         raise TsuikaError(f"tsuika rank: {shortfall} ({len(rows)} training examples scored); {fix}")
+    kind = model_kind_for(config.model_copy(update={"model": first}), task)
     results = []
     for name in names:
         plain = name.removeprefix(RANDOM_PREFIX)
-        if modality_of(plain) != modality_of(first):
+        candidate = config.model_copy(update={"model": plain})
+        other = model_kind_for(candidate, task)
+        if other != kind:
             raise TsuikaError(
-                f"{name} reads {modality_of(plain)} and {names[0]} {modality_of(first)}: "
-                "rank models of one kind"
+                f"{name} is {kinds_in_words({other}, article=True)} and {names[0]} "
+                f"{kinds_in_words({kind}, article=True)}: rank models of one kind"
             )
         started = time.perf_counter()
-        candidate = config.model_copy(update={"model": plain})
-        model = model_for(candidate, lambda width: nn.Identity(), pretrained=plain == name)
+        model = model_for(candidate, lambda width: nn.Identity(), plain == name, kind)
         features = pooled_features(model.eval(), inputs)
         timings = {"features": time.perf_counter() - started}
         started = time.perf_counter()

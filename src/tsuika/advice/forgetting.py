@@ -135,11 +135,10 @@ def retention(
     path = config.data.retain
     if path is None:
         return None
-    family = model.spec.get("family")
     settings = config.data.model_copy(update={"strict": True})
     problems: list[str] = []
     if task.name == "causal-lm":
-        raw = read_examples("chat", path, "train", settings, [], problems)
+        raw = read_examples(model.model_kind, path, "train", settings, [], problems)
         examples = task.encode(raw.subset(sampled(len(raw), config.seed)))
         feed = input_feed(
             model, examples.inputs, task.targets(examples), None, task.units(examples)
@@ -152,10 +151,9 @@ def retention(
     elif task.name == "text-to-image":
         raise TsuikaError("data.retain: forgetting is measured for encoders and causal LMs")
     else:
-        modality = "image" if family == "image" else "text"
         column = config.data.retain_label_column
         key = "data.retain_label_column"
-        raw = read_examples(modality, path, "train", settings, [column], problems, key)
+        raw = read_examples(model.model_kind, path, "train", settings, [column], problems, key)
         if problems:
             raise TsuikaError(f"data.retain: {problems[0]}")
         labels = np.array(raw.targets[column])

@@ -113,7 +113,7 @@ def run_baselines(
     config: Config,
     task: Task,
     splits: Splits,
-    modality: str,
+    model_kind: str,
     names: list[str],
     before: BeforeTraining | None,
     adapted: AdaptedRun,
@@ -131,7 +131,7 @@ def run_baselines(
             key, predicted, details = task.constant_baseline(splits.train, len(splits.test))
             title, pretrained = CONSTANT_TITLES.get(key, key), False
         elif name == "classical":
-            features, described = classical_features(modality, splits)
+            features, described = classical_features(model_kind, splits)
             features = in_training_span(features)
             predicted, details = task.linear_baseline(features, splits.train, splits.val)
             key, title, pretrained = name, f"{task.linear_model} on {described}", False

@@ -11,6 +11,7 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from tsuika.data.splits import Splits
+from tsuika.model_kinds import IMAGE_ENCODER
 from tsuika.tasks.linear import FeatureSplits, standardised
 
 PIXELS = 32
@@ -18,9 +19,10 @@ PIXELS = 32
 large enough to keep shape (the size of CIFAR and of Fashion-MNIST's 28 px)."""
 
 
-def classical_features(modality: str, splits: Splits) -> tuple[FeatureSplits, str]:
-    """Features of the three splits and what they are, in words."""
-    if modality == "image":
+def classical_features(model_kind: str, splits: Splits) -> tuple[FeatureSplits, str]:
+    """Features of the three splits (read for a model of `model_kind`) and what they are, in
+    words."""
+    if model_kind == IMAGE_ENCODER:
         return pixel_features(splits), f"{PIXELS}×{PIXELS} pixels"
     return tfidf_features(splits), "TF-IDF n-grams"
 

@@ -49,9 +49,7 @@ def build_summary(
         "model": config.model,
         "task": task.name,
         "method": config.method,
-        "modality": {"image": "image", "text-to-image": "text-to-image"}.get(
-            model.spec.get("family"), "text"
-        ),
+        "model_kind": model.model_kind,
         "targets": task.to_meta(),
         "data": {
             "train": len(splits.train),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tsuika.errors import TsuikaError
+from tsuika.model_kinds import CAUSAL_LM, IMAGE_ENCODER
 from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Task
 from tsuika.tasks.classify import Classify
@@ -42,7 +43,7 @@ def literal(value: str | list | dict) -> str:
 
 
 def is_image(model: AdaptableModel) -> bool:
-    return model.spec.get("family") == "image"
+    return model.model_kind == IMAGE_ENCODER
 
 
 def encoder_task(task: Task, format: str) -> Classify | Regression:
@@ -50,7 +51,7 @@ def encoder_task(task: Task, format: str) -> Classify | Regression:
     `format` asked: a causal LM has its own hf export, a text-to-image run none."""
     if isinstance(task, Classify | Regression):
         return task
-    if task.model_kind == "causal-lm" and format != "hf":
+    if CAUSAL_LM in task.model_kinds and format != "hf":
         raise TsuikaError(
             f"a {task.name} run exports only as a merged Hugging Face folder: use --format hf"
         )

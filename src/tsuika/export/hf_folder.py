@@ -41,6 +41,7 @@ from tsuika.export.graph import (
     tokenize_code,
 )
 from tsuika.finished_run import Run
+from tsuika.model_kinds import CAUSAL_LM, IMAGE_ENCODER
 from tsuika.models import REGISTERED
 from tsuika.models.base import AdaptableModel
 from tsuika.models.heads import MultiHead
@@ -53,11 +54,11 @@ HEAD = "head.safetensors"
 
 
 def write_hf(run: Run, folder: Path, name: str) -> Written:
-    family = run.model.spec.get("family")
-    if family == "causal-lm":
+    kind = run.model.model_kind
+    if kind == CAUSAL_LM:
         return write_causal(run, folder, name)
     task = encoder_task(run.task, "hf")
-    if family == "image":
+    if kind == IMAGE_ENCODER:
         return write_image(run, task, folder, name)
     return write_text(run, task, folder, name)
 

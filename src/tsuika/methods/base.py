@@ -26,14 +26,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tsuika.config import Config
+from tsuika.config import Config, resolved
 from tsuika.data.splits import Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed import Batch, Feed, Pretrained
 from tsuika.feed.cache import CacheSettings, cache_boundary
 from tsuika.files import atomic_file
+from tsuika.model_kinds import CAUSAL_LM, ENCODERS, kinds_in_words
 from tsuika.models import model_for
 from tsuika.models.base import AdaptableModel, State, unwrapped
+from tsuika.tasks import model_kind_for
 from tsuika.tasks.base import Task
 
 WEIGHTS = "weights.safetensors"
@@ -78,8 +80,8 @@ class Method:
     """Whole layer groups train or stay frozen; subclasses say which, and how fast."""
 
     name = "base"
-    model_kinds: frozenset[str] = frozenset({"encoder", "causal-lm"})
-    """The kinds of model (`Task.model_kind`) this method can adapt."""
+    model_kinds: frozenset[str] = ENCODERS | {CAUSAL_LM}
+    """The kinds of model (`tsuika.model_kinds`) this method can adapt."""
     tasks: frozenset[str] | None = None
     """The tasks this method can train (None: every task of those model kinds)."""
     remedies: frozenset[str] = frozenset()
@@ -87,10 +89,10 @@ class Method:
     `lwf` (the pretrained model's outputs can be had); a config asking for another is refused."""
 
     def __init__(self, config: Config, task: Task) -> None:
-        if task.model_kind not in self.model_kinds:
+        if not self.model_kinds & task.model_kinds:
             raise TsuikaError(
-                f"method {self.name} adapts {' or '.join(sorted(self.model_kinds))} models, "
-                f"and task {task.name} trains a {task.model_kind}"
+                f"method {self.name} adapts {kinds_in_words(self.model_kinds)} models, "
+                f"and task {task.name} trains {kinds_in_words(task.model_kinds, article=True)}"
             )
         if self.tasks is not None and task.name not in self.tasks:
             raise TsuikaError(
@@ -112,9 +114,22 @@ class Method:
         split, by example (set by `remember`)."""
 
     @classmethod
-    def configured(cls, config: Config) -> Config:
-        """`config` with what this method implies filled in (recorded in the run's
-        config.yaml, so resuming sees the same); must be idempotent."""
+    def configured(cls, config: Config, chosen: dict | None = None) -> Config:
+        """The one resolve step of a run's settings (`tsuika.config.resolved`): what the user
+        set wins over `chosen` (a recipe's settings for this data), which wins over this
+        method's `defaults`, which win over the global defaults; then what follows from them
+        (`completed`). Recorded in the run's config.yaml, so resuming sees the same;
+        idempotent."""
+        return cls.completed(resolved(config, cls.defaults(config), chosen=chosen))
+
+    @classmethod
+    def defaults(cls, config: Config) -> dict:
+        """Nested settings this method implies where nobody chose them."""
+        return {}
+
+    @classmethod
+    def completed(cls, config: Config) -> Config:
+        """`config` with the values that follow from the resolved settings, checked."""
         return config
 
     def build_model(self, config: Config, pretrained: bool = True) -> AdaptableModel:
@@ -122,7 +137,10 @@ class Method:
         (`pretrained=False`: the same architecture at random initialisation)."""
         task = self.task
         return model_for(
-            config, lambda width: task.head(width, config.head), pretrained, task.model_kind
+            config,
+            lambda width: task.head(width, config.head),
+            pretrained,
+            model_kind_for(config, task),
         )
 
     def prepare(self, model: AdaptableModel) -> None:
@@ -173,7 +191,7 @@ class Method:
     def remember(self, model: AdaptableModel, pretrained: Pretrained) -> None:
         """Keep what training is compared with (LwF's pretrained features), before the first
         step; unlike `before_fit`, also when resuming (a checkpoint does not hold it)."""
-        if self.config.finetune.lwf and self.task.model_kind == "encoder":
+        if self.config.finetune.lwf and self.task.model_kinds <= ENCODERS:
             self.remembered = pretrained.features("train").float()
 
     def pooled_step(self, model: nn.Module, batch: Batch) -> tuple[State, State]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tsuika.config import Config
+from tsuika.config import Config, updated
 from tsuika.data.captioned import (
     BUNDLED_CLASS_WORDS,
     BUNDLED_IMAGES,
@@ -34,7 +34,8 @@ from tsuika.feed import Batch, Feed
 from tsuika.feed.cache import CacheSettings
 from tsuika.files import atomic_file, fresh_folder, write_atomic
 from tsuika.methods.base import Method, save_weights
-from tsuika.models import modality_of
+from tsuika.model_kinds import TEXT_TO_IMAGE, kinds_in_words
+from tsuika.models import model_kinds_of
 from tsuika.models.base import AdaptableModel
 from tsuika.models.causal import cache_root
 from tsuika.models.diffusion import generate
@@ -50,7 +51,7 @@ left every method's fidelity at 6–41 % and 40 epochs reached 31–50 % (bench/
 
 class ConceptMethod(Method):
     name = "concept"
-    model_kinds = frozenset({"text-to-image"})
+    model_kinds = frozenset({TEXT_TO_IMAGE})
     default_lr = 1e-4
 
     # -- configuration ---------------------------------------------------------------------
@@ -60,41 +61,39 @@ class ConceptMethod(Method):
         raise NotImplementedError
 
     @classmethod
-    def configured(cls, config: Config) -> Config:
-        """Defaults that only a concept method implies: the text-to-image task and bundled
-        model when the config names none of its own, the bundled concept's class word and
-        image count, the concept's prompt, and concept-sized training."""
-        tree = config.model_dump()
-        if tree["task"] == "auto":
-            tree["task"] = "text-to-image"
-        if tree["task"] != "text-to-image":
+    def defaults(cls, config: Config) -> dict:
+        """The text-to-image task, the bundled model and concept, and concept-sized
+        training (`CONCEPT_TRAINING`) — where the user chose none of them."""
+        return {
+            "task": "text-to-image",
+            "model": "fashion-diffusion",  # the global default is a text encoder
+            "data": {"train": DEFAULT_CONCEPT},
+            "train": CONCEPT_TRAINING,
+        }
+
+    @classmethod
+    def completed(cls, config: Config) -> Config:
+        """The bundled concept's class word and image count, and the concept's prompt."""
+        if config.task == "auto":
+            config = updated(config, {"task": "text-to-image"})
+        if config.task != "text-to-image":
             return config  # the method refuses the task with its own message
-        if "model" not in config.model_fields_set:  # the default is a text encoder
-            tree["model"] = "fashion-diffusion"
-        else:
-            _check_text_to_image(cls.name, config.model)
-        data, diffusion = tree["data"], tree["diffusion"]
-        data["train"] = data["train"] or DEFAULT_CONCEPT
-        if diffusion["images"] is None:
-            diffusion["images"] = BUNDLED_IMAGES.get(data["train"])
-        if diffusion["class_word"] is None:
-            diffusion["class_word"] = BUNDLED_CLASS_WORDS.get(data["train"])
-        if diffusion["class_word"] is None:
+        _check_text_to_image(cls.name, config.model)
+        diffusion = config.diffusion
+        found = {
+            "images": diffusion.images or BUNDLED_IMAGES.get(config.data.train),
+            "class_word": diffusion.class_word or BUNDLED_CLASS_WORDS.get(config.data.train),
+        }
+        if found["class_word"] is None:
             raise TsuikaError(
                 f"method {cls.name} needs diffusion.class_word: a word the model knows for what "
                 "the concept is (e.g. diffusion.class_word=dog)"
             )
-        for key, value in CONCEPT_TRAINING.items():
-            # What the user set wins, even a value equal to the global default
-            # (`train.epochs=50` is 50 epochs, not the concept's 30).
-            if key not in config.train.model_fields_set:
-                tree["train"][key] = value
-        configured = Config.model_validate(tree)
-        if diffusion["caption"] is None:
-            words = cls.concept_words(configured)
-            tree["diffusion"]["caption"] = configured.diffusion.class_template.format(words)
-            configured = Config.model_validate(tree)
-        return configured
+        config = updated(config, {"diffusion": found})
+        if config.diffusion.caption is None:
+            caption = config.diffusion.class_template.format(cls.concept_words(config))
+            config = updated(config, {"diffusion": {"caption": caption}})
+        return config
 
     @property
     def lr(self) -> float:
@@ -193,12 +192,12 @@ class ConceptMethod(Method):
 def _check_text_to_image(method: str, model: str) -> None:
     """A model the user named is theirs: a concept method refuses one that is not a
     text-to-image model rather than putting the bundled one in its place."""
-    kind = modality_of(model)
-    if kind != "text-to-image":
+    kinds = model_kinds_of(model)
+    if TEXT_TO_IMAGE not in kinds:
         raise TsuikaError(
             f"method {method} teaches a text-to-image model a concept, and model `{model}` is "
-            f"a {kind} model; name a text-to-image model (fashion-diffusion or a diffusers "
-            "folder), or leave `model` out for the bundled one"
+            f"{kinds_in_words(kinds, article=True)} model; name a text-to-image model "
+            "(fashion-diffusion or a diffusers folder), or leave `model` out for the bundled one"
         )
 
 

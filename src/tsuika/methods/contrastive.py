@@ -22,6 +22,7 @@ from tsuika.config import Config
 from tsuika.feed import Batch, Feed
 from tsuika.feed.cache import CacheSettings
 from tsuika.methods.finetune import Finetune
+from tsuika.model_kinds import ENCODERS
 from tsuika.models.base import AdaptableModel, unwrapped
 from tsuika.tasks.base import Task
 
@@ -52,7 +53,7 @@ class Contrastive(Finetune):
     the task's cross-entropy on the (detached) pooled features."""
 
     name = "contrastive"
-    model_kinds = frozenset({"encoder"})
+    model_kinds = ENCODERS
     tasks = frozenset({"classify"})
 
     def __init__(self, config: Config, task: Task) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tsuika.config import Config
+from tsuika.config import Config, updated
 from tsuika.console import warn
 from tsuika.data.reading import read_examples
 from tsuika.data.splits import Examples, Splits
@@ -42,6 +42,7 @@ from tsuika.feed import Batch, Feed, gather_outputs, input_feed
 from tsuika.feed.cache import CacheSettings
 from tsuika.methods.base import save_weights, stage_state
 from tsuika.methods.finetune import Finetune
+from tsuika.model_kinds import ENCODERS
 from tsuika.models import model_from_spec
 from tsuika.models.base import AdaptableModel, State
 from tsuika.models.student import block_count, default_blocks, keep_blocks
@@ -85,7 +86,7 @@ def load_teacher(folder: str) -> tuple[AdaptableModel, Task, dict]:
 
 class Distill(Finetune):
     name = "distill"
-    model_kinds = frozenset({"encoder"})
+    model_kinds = ENCODERS
     tasks = frozenset({"classify", "multi-task"})
 
     def __init__(self, config: Config, task: Task) -> None:
@@ -114,7 +115,7 @@ class Distill(Finetune):
         """False for the undistilled baseline: it never consults the teacher."""
 
     @classmethod
-    def configured(cls, config: Config) -> Config:
+    def completed(cls, config: Config) -> Config:
         """`model` is the student: the teacher's base model when it is built from the
         teacher, else `distill.student`."""
         if config.distill.teacher is None:
@@ -129,7 +130,7 @@ class Distill(Finetune):
             )
         student = config.distill.student
         model = read_meta(meta_path)["base"] if student == "teacher" else student
-        return config.model_copy(update={"model": model})
+        return updated(config, {"model": model})
 
     @property
     def uses_teacher(self) -> bool:
@@ -201,11 +202,10 @@ class Distill(Finetune):
             self.extra = self._read_unlabelled(model)
 
     def _read_unlabelled(self, model: AdaptableModel) -> Examples:
-        kind = "image" if model.spec.get("family") == "image" else "text"
         problems: list[str] = []
         try:
             extra = read_examples(
-                kind, self.kd.unlabelled, "unlabelled", self.config.data, [], problems
+                model.model_kind, self.kd.unlabelled, "unlabelled", self.config.data, [], problems
             )
         except TsuikaError as error:  # say which of the run's files it is
             raise TsuikaError(f"distill.unlabelled: {error}") from None

@@ -17,6 +17,7 @@ from tsuika.config import Config
 from tsuika.errors import TsuikaError
 from tsuika.feed import Batch, Pretrained, Targets
 from tsuika.methods.base import Method, decay_groups, set_trainable
+from tsuika.model_kinds import ENCODERS
 from tsuika.models.base import AdaptableModel, State, unwrapped
 from tsuika.tasks.base import Task
 
@@ -54,7 +55,7 @@ class Finetune(Method):
     def __init__(self, config: Config, task: Task) -> None:
         super().__init__(config, task)
         self.settings = config.finetune
-        if self.settings.lwf and task.model_kind != "encoder":
+        if self.settings.lwf and not task.model_kinds <= ENCODERS:
             raise TsuikaError(
                 f"finetune.lwf with method {self.name} distils pooled features, which an "
                 f"encoder has; for a {task.name} run use finetune.l2sp, or method lora with "

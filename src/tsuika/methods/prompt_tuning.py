@@ -15,12 +15,13 @@ from torch import nn
 
 from tsuika.errors import TsuikaError
 from tsuika.methods.adapters import Adapters
+from tsuika.model_kinds import CAUSAL_LM
 from tsuika.models.base import AdaptableModel
 
 
 def _embedding_stage(model: AdaptableModel) -> nn.Module:
     stage = model.stages[0]
-    if model.spec.get("family") != "causal-lm" or not hasattr(stage, "prompt"):
+    if model.model_kind != CAUSAL_LM or not hasattr(stage, "prompt"):
         raise TsuikaError(
             f"prompt-tuning adapts staged causal language models (task: causal-lm); "
             f"{model.spec.get('source')} is not one — use lora"
@@ -30,7 +31,7 @@ def _embedding_stage(model: AdaptableModel) -> nn.Module:
 
 class PromptTuning(Adapters):
     name = "prompt-tuning"
-    model_kinds = frozenset({"causal-lm"})
+    model_kinds = frozenset({CAUSAL_LM})
     default_lr = 3e-2
     remedies = frozenset()  # nothing pretrained trains; the soft prompt changes the positions
 

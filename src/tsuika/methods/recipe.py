@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from statistics import median
 
-from tsuika.config import Config, merge
+from tsuika.config import Config, updated
 from tsuika.data.splits import Splits
+from tsuika.methods import method_class
+from tsuika.model_kinds import IMAGE_ENCODER
 from tsuika.tasks.base import Task
 
 SMALL_IMAGE = 64
@@ -36,15 +38,10 @@ class Recipe:
     reason: str
 
     def applied(self, config: Config) -> Config:
-        """The config with the recipe's method and settings; what the user set explicitly
-        in those sections is not overridden (`train.epochs=…` still wins)."""
-        chosen = merge(config.model_dump(), {"method": self.method, **self.settings})
-        explicit = config.model_dump(exclude_unset=True)
-        return Config.model_validate(merge(chosen, _without(explicit, "method")))
-
-
-def _without(tree: dict, key: str) -> dict:
-    return {k: v for k, v in tree.items() if k != key}
+        """The config with the recipe's method and settings, then the method's own defaults
+        under them (`resolved`): what the user set still wins (`train.epochs=…`)."""
+        chosen = updated(config, {"method": self.method})  # in place of `auto`
+        return method_class(self.method).configured(chosen, self.settings)
 
 
 def per_class(splits: Splits, task: Task) -> int:
@@ -61,7 +58,7 @@ def image_side(splits: Splits) -> int:
     return int(median(min(image.shape[-2:]) for image in splits.train.inputs))
 
 
-def choose(config: Config, task: Task, splits: Splits, modality: str) -> Recipe:
+def choose(config: Config, task: Task, splits: Splits, model_kind: str) -> Recipe:
     if task.name == "causal-lm":
         return Recipe("lora", {}, "causal language model: LoRA adapters (PEFT)")
     if task.name == "text-to-image":
@@ -79,7 +76,7 @@ def choose(config: Config, task: Task, splits: Splits, modality: str) -> Recipe:
             "features; name a method to fine-tune)",
         )
     k = per_class(splits, task)
-    if modality == "image":
+    if model_kind == IMAGE_ENCODER:
         return _images(config, splits, k)
     return _text(k)
 

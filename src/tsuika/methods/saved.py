@@ -17,6 +17,7 @@ from tsuika.config import HeadConfig
 from tsuika.errors import TsuikaError
 from tsuika.methods import METHODS
 from tsuika.methods.base import WEIGHTS, damaged
+from tsuika.model_kinds import MODEL_KINDS
 from tsuika.models.base import AdaptableModel
 from tsuika.tasks import TASKS, task_from_meta
 from tsuika.tasks.base import Task
@@ -46,7 +47,9 @@ def _meta_problem(meta: Any) -> str | None:
         return "`model` is not an object"
     if not isinstance(spec.get("source"), str) or not spec["source"]:
         return "`model.source` is not a model name"
-    if not isinstance(spec.get("family", ""), str):
+    if spec.get("model_kind", MODEL_KINDS[0]) not in MODEL_KINDS:
+        return f"`model.model_kind` is not one of {', '.join(MODEL_KINDS)}"
+    if not isinstance(spec.get("family", ""), str):  # what a run before issue 32 recorded
         return "`model.family` is not a model family"
     image = spec.get("image", {})  # image models: the input size the model was built for
     size = image.get("size", 1) if isinstance(image, dict) else None

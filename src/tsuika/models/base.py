@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tsuika.model_kinds import TEXT_ENCODER
+
 State = dict[str, torch.Tensor]
 HeadBuilder = Callable[[int], nn.Module]
 """Feature width → the new head (the task's): the last stage of every model."""
@@ -76,6 +78,12 @@ class AdaptableModel(nn.Module):
     @property
     def head(self) -> nn.Module:
         return self.stages[-1]
+
+    @property
+    def model_kind(self) -> str:
+        """What the network was built as (`tsuika.model_kinds`), as its `spec` records it;
+        a text encoder where nothing is recorded."""
+        return self.spec.get("model_kind", TEXT_ENCODER)
 
     @property
     def num_stages(self) -> int:

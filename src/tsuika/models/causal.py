@@ -31,6 +31,7 @@ from tsuika.config import HeadConfig
 from tsuika.console import warn
 from tsuika.errors import TsuikaError
 from tsuika.files import fresh_folder
+from tsuika.model_kinds import CAUSAL_LM
 from tsuika.models.base import AdaptableModel, State
 from tsuika.models.text import TextPreprocess, check_folder
 
@@ -355,7 +356,7 @@ def load_causal_model(
             ("head", LanguageModelHead(nn.Identity(), lm_head, False)),
         ]
     spec = {
-        "family": "causal-lm",
+        "model_kind": CAUSAL_LM,
         "source": source,
         "head": HeadConfig().model_dump(),
         "max_length": max_length,

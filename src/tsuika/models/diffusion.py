@@ -37,6 +37,7 @@ from transformers import AutoTokenizer, CLIPTextModel
 
 from tsuika.data.captioned import CaptionedImage
 from tsuika.errors import TsuikaError
+from tsuika.model_kinds import TEXT_TO_IMAGE
 from tsuika.models.base import AdaptableModel, State, unwrapped
 from tsuika.models.judge import ImageJudge
 from tsuika.models.pixel_pipeline import PixelDiffusionPipeline
@@ -374,7 +375,7 @@ def diffusion_model(
     ]
     preprocess = DiffusionPreprocess(pipeline)
     spec = {
-        "family": "text-to-image",
+        "model_kind": TEXT_TO_IMAGE,
         "source": source,
         "head": {},
         "weights": weights,

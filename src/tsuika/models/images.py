@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from tsuika.config import AugmentConfig, HeadConfig
 from tsuika.errors import TsuikaError
+from tsuika.model_kinds import IMAGE_ENCODER
 from tsuika.models.base import AdaptableModel, HeadBuilder, State
 from tsuika.models.heads import GlobalPooler
 
@@ -231,7 +232,7 @@ def resize_input(model: AdaptableModel, size: int) -> None:
 
 def _spec(source: str, head: HeadConfig, image: ImageSpec, **extra) -> dict:
     return {
-        "family": "image",
+        "model_kind": IMAGE_ENCODER,
         "source": source,
         "head": head.model_dump(),
         "image": asdict(image),

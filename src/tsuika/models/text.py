@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from tsuika.config import HeadConfig
 from tsuika.errors import TsuikaError
+from tsuika.model_kinds import TEXT_ENCODER
 from tsuika.models.base import AdaptableModel, HeadBuilder, State
 from tsuika.models.heads import TokenPooler
 
@@ -247,7 +248,7 @@ def load_text_model(
     stages += [("pooler", pooler), ("head", new_head(width))]
 
     spec = {
-        "family": "text",
+        "model_kind": TEXT_ENCODER,
         "source": source,
         "head": head.model_dump(),
         "max_length": max_length,

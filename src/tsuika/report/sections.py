@@ -8,6 +8,7 @@ import base64
 import io
 from pathlib import Path
 
+from tsuika.model_kinds import IMAGE_ENCODER, recorded_model_kind
 from tsuika.report import charts
 from tsuika.report.files import RunFiles
 from tsuika.report.html import Raw, Section, chart, percent, table, text
@@ -244,7 +245,7 @@ def examples(run: RunFiles) -> Section:
     records = run.records
     if not records:
         return Section("examples", "Test examples", "<p>No predictions recorded.</p>")
-    image = run.summary.get("modality") == "image"
+    image = recorded_model_kind(run.summary) == IMAGE_ENCODER
     confident = "confidence" in records[0]
     wrong = [r for r in records if r["score"] < 1] if confident else list(records)
     worst = sorted(wrong, key=lambda r: -r["loss"])[:SHOWN_EXAMPLES]

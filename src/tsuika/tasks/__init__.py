@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from tsuika.config import Config
 from tsuika.errors import TsuikaError
+from tsuika.model_kinds import first_kind, kinds_in_words
+from tsuika.models import model_kinds_of
 from tsuika.plugins import registry
 from tsuika.tasks.base import Task
 from tsuika.tasks.causal_lm import CausalLM
@@ -32,21 +34,35 @@ def task_name(config: Config) -> str:
     return "multi-task" if isinstance(column, list) and len(column) > 1 else "classify"
 
 
-def task_for(config: Config, modality: str | None = None) -> Task:
-    """A new task for `config`; an unknown name or a model kind the task cannot adapt is an
-    error naming what fits."""
+def task_class(config: Config) -> type[Task]:
+    """The configured task's class; an unknown name is an error naming the tasks."""
     name = task_name(config)
     if name in UNUSABLE:
         raise TsuikaError(UNUSABLE[name])
     if name not in TASKS:
         raise TsuikaError(f"unknown task `{name}`; tasks are {', '.join(TASKS)} (or auto)")
-    cls = TASKS[name]
-    if modality is not None and modality not in cls.modalities:
+    return TASKS[name]
+
+
+def task_for(config: Config) -> Task:
+    """A new task for `config`; an unknown name is an error naming what fits."""
+    return task_class(config).from_config(config)
+
+
+def model_kind_for(config: Config, task: Task | type[Task] | None = None) -> str:
+    """The kind of model (`tsuika.model_kinds`) `config.model` is adapted as for `task` (None:
+    the configured one): the first of the task's kinds that the model can be. An unknown
+    model, an unknown task, or a model of a kind the task cannot adapt is an error naming
+    what fits."""
+    kinds = model_kinds_of(config.model)  # an unknown model is named before the task
+    task = task if task is not None else task_class(config)
+    fitting = first_kind(kinds & task.model_kinds)
+    if fitting is None:
         raise TsuikaError(
-            f"task `{name}` adapts {' or '.join(sorted(cls.modalities))} models, and "
-            f"`{config.model}` is a {modality} model"
+            f"task `{task.name}` adapts {kinds_in_words(task.model_kinds)} models, and "
+            f"`{config.model}` is {kinds_in_words(kinds, article=True)} model"
         )
-    return cls.from_config(config)
+    return fitting
 
 
 def task_from_meta(meta: dict) -> Task:
@@ -61,6 +77,8 @@ __all__ = [
     "Regression",
     "Task",
     "TextToImage",
+    "model_kind_for",
+    "task_class",
     "task_for",
     "task_from_meta",
 ]

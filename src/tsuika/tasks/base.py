@@ -22,6 +22,7 @@ from tsuika.config import Config, HeadConfig
 from tsuika.data.splits import Examples, Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed import Feed, gather_outputs, input_feed, run_model
+from tsuika.model_kinds import ENCODERS
 from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.linear import FeatureSplits
 
@@ -34,8 +35,9 @@ METRIC_TITLES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "RÂ
 
 class Task:
     name: ClassVar[str] = "task"
-    modalities: ClassVar[frozenset[str]] = frozenset({"text", "image"})
-    """The kinds of model this task can adapt."""
+    model_kinds: ClassVar[frozenset[str]] = ENCODERS
+    """The kinds of model this task adapts (`tsuika.model_kinds`): encoders, whose pooled
+    features feed a new head (`head`), or a model that keeps its own pretrained head."""
     selection: ClassVar[str]
     """The validation metric that picks the best epoch and drives early stopping."""
     higher_is_better: ClassVar[bool]
@@ -43,9 +45,6 @@ class Task:
     """Test metrics in the results table, most important first."""
     metric_titles: ClassVar[dict[str, str]] = METRIC_TITLES
     """Display names of metrics whose key is not already how a reader would name them."""
-    model_kind: ClassVar[str] = "encoder"
-    """What the task adapts: an `encoder` whose pooled features feed a new head (`head`), or
-    a `causal-lm` that keeps its own pretrained LM head."""
 
     @classmethod
     def metric_title(cls, metric: str) -> str:
@@ -55,7 +54,7 @@ class Task:
     def new_head(self) -> bool:
         """Whether the model ends in a new head of this task's (which trains at `train.lr`)
         rather than a pretrained one (trained, if at all, like the rest of the network)."""
-        return self.model_kind == "encoder"
+        return self.model_kinds <= ENCODERS
 
     inference_batch: ClassVar[int] = 128
     """Examples per batch when only predicting (validation, test)."""
@@ -84,11 +83,6 @@ class Task:
         raise NotImplementedError
 
     # -- data ------------------------------------------------------------------------------
-    def input_kind(self, modality: str) -> str:
-        """How the data files are read: as the model's modality (`text` tables, `image`
-        folders), or `chat` (prompt â†’ completion JSONL)."""
-        return modality
-
     def learn(self, pool: Examples) -> None:
         """Read what the targets are from the training pool (label sets, value checks)."""
 

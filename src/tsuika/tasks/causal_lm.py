@@ -24,6 +24,7 @@ from torch import nn
 from tsuika.config import Config, HeadConfig
 from tsuika.data.splits import Examples
 from tsuika.errors import TsuikaError
+from tsuika.model_kinds import CAUSAL_LM
 from tsuika.models import resolve_source
 from tsuika.models.base import AdaptableModel, State
 from tsuika.models.causal import (
@@ -89,8 +90,7 @@ class Learned:
 
 class CausalLM(Task):
     name = "causal-lm"
-    modalities = frozenset({"text"})
-    model_kind = "causal-lm"
+    model_kinds = frozenset({CAUSAL_LM})
     selection = "exact_match"
     higher_is_better = True
     shown = ("exact_match", "token_accuracy", "loss")
@@ -155,9 +155,6 @@ class CausalLM(Task):
         return tokenizer_for(folder)
 
     # -- data ------------------------------------------------------------------------------
-    def input_kind(self, modality: str) -> str:
-        return "chat"
-
     def encode(self, raw: Examples, problems: list[str] | None = None) -> Examples:
         """Prompts and completions → `Tokens` (the inputs); the texts stay as targets."""
         chat = chat_template(self.tokenizer, self.template)

@@ -30,6 +30,7 @@ from tsuika.data.captioned import DEFAULT_CONCEPT, concept_class_of, read_captio
 from tsuika.data.splits import Examples, Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed import Feed
+from tsuika.model_kinds import TEXT_TO_IMAGE
 from tsuika.models.base import AdaptableModel, State
 from tsuika.models.diffusion import (
     generate,
@@ -47,8 +48,7 @@ NOT_JUDGED = -1
 
 class TextToImage(Task):
     name = "text-to-image"
-    modalities = frozenset({"text-to-image"})
-    model_kind = "text-to-image"
+    model_kinds = frozenset({TEXT_TO_IMAGE})
     baselines = ("base",)
     inference_batch = 64
     gain_unit = "fidelity points"
@@ -133,9 +133,6 @@ class TextToImage(Task):
         return None
 
     # -- data ------------------------------------------------------------------------------
-    def input_kind(self, modality: str) -> str:
-        return "captioned-images"
-
     @property
     def classes(self) -> list[str]:
         return self.judge.classes if self.judge is not None else []

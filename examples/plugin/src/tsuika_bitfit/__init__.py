@@ -20,6 +20,7 @@ from torch import nn
 
 from tsuika.errors import TsuikaError
 from tsuika.methods.base import WEIGHTS, Method, damaged, decay_groups, save_weights
+from tsuika.model_kinds import ENCODERS
 from tsuika.models.base import AdaptableModel
 
 BIAS_LR = 1e-3
@@ -40,7 +41,7 @@ def body_biases(model: AdaptableModel) -> dict[str, nn.Parameter]:
 
 class BitFit(Method):
     name = "bitfit"
-    model_kinds = frozenset({"encoder"})
+    model_kinds = ENCODERS
     """Encoders: causal LMs such as Llama have no biases to train."""
 
     def prepare(self, model: AdaptableModel) -> None:
