@@ -29,7 +29,6 @@ from tsuika.model_kinds import in_order, kinds_in_words
 from tsuika.models.judge import ImageJudge
 from tsuika.tasks import TASKS
 from tsuika.train.loop import Loop
-from tsuika.train.metrics_log import MetricsLog
 from tsuika.train.phase import run_phase, seed_everything
 from tsuika.train.progress import Progress
 
@@ -270,7 +269,7 @@ def test_only_declared_parameters_change(cell, tiny_bert_dir, tables, tmp_path) 
     declared = method.trainable_parameters(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     with Progress(False) as progress:
-        run_phase(model, method, splits, config, progress, MetricsLog(None), "matrix")
+        run_phase(model, method, splits, config, progress, "matrix")
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed, "nothing trained"
     assert changed <= set(declared), sorted(changed - set(declared))[:3]

@@ -32,6 +32,7 @@ from tsuika.models.base import AdaptableModel
 from tsuika.models.heads import GlobalPooler, Head
 from tsuika.tasks import Classify
 from tsuika.train import phase as phase_module
+from tsuika.train.hooks import FitStart, Hook
 from tsuika.train.loop import FitResult, fit
 from tsuika.train.phase import seed_everything
 from tsuika.train.schedule import lr_multiplier
@@ -256,6 +257,16 @@ def image_feed(n: int, seed: int) -> Feed:
     return Feed([{"pixels": p} for p in pixels], {"label": labels}, 0, collate_states)
 
 
+class AfterEachEpoch(Hook):
+    """Calls `see()` once each epoch is over (saved), as the metrics log is called."""
+
+    def __init__(self, see) -> None:
+        self.see = see
+
+    def epoch_saved(self, record: dict) -> None:
+        self.see()
+
+
 def buffers(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.named_buffers()}
 
@@ -328,11 +339,12 @@ def test_a_stage_that_unfreezes_switches_its_batchnorm_to_train_mode():
     method.prepare(model)
     tracked: list[tuple[int, int]] = []
 
-    def snapshot(history: list[dict]) -> None:
+    def snapshot() -> None:
         stem, block1 = model.stages[0].norm, model.stages[1].norm
         tracked.append((stem.num_batches_tracked.item(), block1.num_batches_tracked.item()))
 
-    result = fit(model, method, image_feed(12, 1), image_feed(6, 2), config.train, 0, snapshot)
+    hooks = [AfterEachEpoch(snapshot)]
+    result = fit(model, method, image_feed(12, 1), image_feed(6, 2), config.train, 0, hooks)
     # Epoch 1: the head alone; epoch 2: block1 too; epoch 3: the stem too (3 batches each).
     assert tracked == [(0, 0), (0, 3), (3, 6)]
     events = [r.get("events") for r in result.history]
@@ -466,7 +478,7 @@ def test_gradual_unfreezing_trains_one_more_group_every_two_epochs(base_config, 
 
     moved: list[set[str]] = []
 
-    def snapshot(history: list[dict]) -> None:
+    def snapshot() -> None:
         changed = set()
         for index, name in enumerate(GROUPS):
             state = stage_state(model, index)
@@ -476,7 +488,7 @@ def test_gradual_unfreezing_trains_one_more_group_every_two_epochs(base_config, 
 
     train = input_feed(model, splits.train.inputs, task.targets(splits.train))
     val = input_feed(model, splits.val.inputs, task.targets(splits.val))
-    result = fit(model, method, train, val, config.train, config.seed, log=snapshot)
+    result = fit(model, method, train, val, config.train, config.seed, [AfterEachEpoch(snapshot)])
 
     head, block2, block1 = {"head"}, {"head", "block2"}, {"head", "block2", "block1"}
     everything = {"head", "block2", "block1", "embeddings"}
@@ -741,9 +753,11 @@ def test_summary_carries_the_overfitting_verdict_of_the_history(
     """`tsuika.train` judges the history `fit` returned: plant one through a stand-in `fit`
     and check the summary's verdict against what that history must give."""
 
-    def planted_fit(model, method, train, val, config, seed=0, log=None, *args, **kwargs):
-        if log is not None:
-            log(history)
+    def planted_fit(model, method, train, val, config, seed=0, hooks=(), label="", *args, **kw):
+        for hook in hooks:  # the metrics log among them
+            hook.fit_started(FitStart(label, method.task, len(history)))
+            for record in history:
+                hook.epoch_saved(record)
         return FitResult(history=history, best_epoch=best, best_score=0.8, steps=len(history))
 
     monkeypatch.setattr(phase_module, "fit", planted_fit)

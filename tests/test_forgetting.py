@@ -182,7 +182,7 @@ def test_the_remedies_are_refused_where_no_pretrained_weight_trains(base_config,
 
 
 def test_the_verdict_names_the_remedy_the_method_allows():
-    from tsuika.api import forgetting_sentence
+    from tsuika.advice.forgetting import forgetting_sentence
 
     found = {"verdict": "FORGETTING", "metric": "accuracy", "pretrained": 0.62, "kept": 0.57}
     found |= {"change": -0.05, "interval": [-0.09, -0.02], "examples": 1000, "data": "r.csv"}

@@ -258,32 +258,32 @@ def test_a_store_mlflow_cannot_open_is_one_error(tmp_path, monkeypatch):
 def test_a_run_that_fails_before_it_has_results_removes_its_folder(
     base_config, tmp_path, monkeypatch, error
 ):
-    def failing(path, *args, **kwargs):
-        (path / "cache").mkdir()  # what a run writes before its first epoch
+    def failing(training):
+        (training.path / "cache").mkdir()  # what a run writes before its first epoch
         raise error
 
-    monkeypatch.setattr(tsuika.api, "_train_in", failing)
+    monkeypatch.setattr(tsuika.api.Training, "fit", failing)
     with pytest.raises(type(error)):
         tsuika.train(base_config, name="failed")
     assert run_folders(tmp_path / "runs") == []
 
 
 def test_a_failed_run_with_metrics_keeps_its_folder(base_config, tmp_path, monkeypatch):
-    def failing(path, *args, **kwargs):
-        (path / "metrics.jsonl").write_text('{"phase": "transfer", "epoch": 1}\n')
+    def failing(training):
+        (training.path / "metrics.jsonl").write_text('{"phase": "transfer", "epoch": 1}\n')
         raise RuntimeError("after the first epoch")
 
-    monkeypatch.setattr(tsuika.api, "_train_in", failing)
+    monkeypatch.setattr(tsuika.api.Training, "fit", failing)
     with pytest.raises(RuntimeError):
         tsuika.train(base_config, name="kept")
     assert [p.name for p in run_folders(tmp_path / "runs")] == ["kept"]
 
 
 def test_ctrl_c_keeps_the_run_folder_to_resume(base_config, tmp_path, monkeypatch):
-    def interrupted(path, *args, **kwargs):
+    def interrupted(training):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tsuika.api, "_train_in", interrupted)
+    monkeypatch.setattr(tsuika.api.Training, "fit", interrupted)
     with pytest.raises(RunInterrupted):
         tsuika.train(base_config, name="stopped")
     folder = tmp_path / "runs" / "stopped"
@@ -291,19 +291,19 @@ def test_ctrl_c_keeps_the_run_folder_to_resume(base_config, tmp_path, monkeypatc
 
 
 def test_a_failed_resume_removes_nothing(base_config, tmp_path, monkeypatch):
-    def interrupted(path, *args, **kwargs):
+    def interrupted(training):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tsuika.api, "_train_in", interrupted)
+    monkeypatch.setattr(tsuika.api.Training, "fit", interrupted)
     with pytest.raises(RunInterrupted):
         tsuika.train(base_config, name="again")
     folder = tmp_path / "runs" / "again"
     before = sorted(p.name for p in folder.iterdir())
 
-    def failing(path, *args, **kwargs):
+    def failing(training):
         raise RuntimeError("while resuming")
 
-    monkeypatch.setattr(tsuika.api, "_train_in", failing)
+    monkeypatch.setattr(tsuika.api.Training, "fit", failing)
     with pytest.raises(RuntimeError):
         tsuika.train(resume=folder)
     assert sorted(p.name for p in folder.iterdir()) == before

@@ -362,9 +362,9 @@ def test_scratch_baseline_uses_standard_batchnorm_momentum(tmp_path, monkeypatch
     trained: dict[str, list[float]] = {}
     run_phase = tsuika.evaluate.baselines.run_phase
 
-    def recording(model, method, splits, config, progress, log, phase, *args):
+    def recording(model, method, splits, config, progress, phase, *args):
         trained[phase] = [m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        return run_phase(model, method, splits, config, progress, log, phase, *args)
+        return run_phase(model, method, splits, config, progress, phase, *args)
 
     monkeypatch.setattr(tsuika.evaluate.baselines, "run_phase", recording)
     run = tsuika.train(

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import tsuika
-from tsuika.train.metrics_log import MetricsLog
 
 
 @pytest.mark.integration
@@ -134,9 +133,7 @@ def test_efficientnet_pretrained_weights_really_loaded(tmp_path):
         model.to(training_device())
         method = Transfer(config, task)
         method.prepare(model)
-        phase = run_phase(
-            model, method, splits, config, Progress(False), MetricsLog(None), "transfer"
-        )
+        phase = run_phase(model, method, splits, config, Progress(False), "transfer")
         scores[pretrained] = float((phase.predicted["label"] == truth).mean())
     print("probe on pretrained and on random features:", scores)
     # Measured on 2026-11-23 at 224 px: 0.804 with the ImageNet weights, 0.100 (chance) with

@@ -1,5 +1,6 @@
 """`tsuika plan`: the step budget, the best trial, successive halving's wiring, the run it
-writes; and the two limits it adds to the one loop (`max_steps`, `on_epoch`)."""
+writes; and the limit it adds to the one loop (`max_steps`; a hook that ends a fit, as its
+pruning does, is tested in tests/test_run_hooks.py)."""
 
 from __future__ import annotations
 
@@ -29,29 +30,6 @@ def test_fit_stops_before_an_epoch_that_would_pass_max_steps(base_config, monkey
     tsuika.train(base_config, name="limited")
     # 40 rows → 32 training rows at batch 8: 4 steps an epoch; a third epoch would end at 12.
     assert seen == [(8, 2, "max_steps")]
-
-
-def test_on_epoch_adds_to_the_logged_record_and_ends_the_fit(base_config, monkeypatch):
-    from tsuika.train import phase
-
-    calls: list[int] = []
-
-    def hook(record: dict) -> bool:
-        calls.append(record["epoch"])
-        record["extra"] = 7.0
-        return record["epoch"] == 2
-
-    original = phase.run_phase
-
-    def hooked(*args, **kwargs):
-        return original(*args, **{**kwargs, "on_epoch": hook})
-
-    monkeypatch.setattr("tsuika.api.run_phase", hooked)
-    run = tsuika.train(base_config, name="hooked")
-    assert calls == [1, 2]
-    assert run.summary["training"]["epochs_run"] == 2
-    logged = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["extra"] for r in logged if r.get("phase", "transfer") == "transfer"][:2] == [7.0] * 2
 
 
 @pytest.mark.parametrize("text,seconds", [("10m", 600), ("90s", 90), ("1h", 3600), ("45", 45)])

@@ -7,13 +7,13 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from tsuika.advice import Finding, data_checks
-from tsuika.advice.forgetting import Retention, retention
+from tsuika.advice.forgetting import Forgetting, retention
 from tsuika.config import Config, build_config, load_config, merge, to_yaml
 from tsuika.console import say, warn
 from tsuika.data.reading import load_splits
@@ -21,6 +21,7 @@ from tsuika.data.splits import Splits
 from tsuika.errors import RunInterrupted, TsuikaError
 from tsuika.evaluate.baselines import (
     AdaptedRun,
+    Baseline,
     BeforeTraining,
     head_only,
     run_baselines,
@@ -42,8 +43,9 @@ from tsuika.run_folder import check_run_dir, create_run_dir, save_model
 from tsuika.tasks import model_kind_for, task_for
 from tsuika.tasks.base import Task
 from tsuika.train.distributed import barrier, is_main_process, training_device
+from tsuika.train.hooks import Hook, add_sections
 from tsuika.train.metrics_log import MetricsLog
-from tsuika.train.phase import run_phase, seed_everything
+from tsuika.train.phase import PhaseResult, run_phase, seed_everything
 from tsuika.train.progress import Progress
 from tsuika.train.tracking import Tracker, check_tracking, open_tracker
 
@@ -77,92 +79,256 @@ def train(
     e.g. `train(model="minilm-l6", data={"train": "reviews.csv", "k": 64})`.
     `resume=RUN` continues an interrupted run in its own folder from its newest checkpoint.
     """
-    started = time.perf_counter()
     if resume is not None:
         config = resumable_config(Path(resume), config, overrides)
     else:
         config = as_config(config, overrides)
-    if config.method != "auto":
-        config = method_class(config.method).configured(config)
-    # A missing tracker package or a bad store, a taken `name` or a bad `output` fail before
-    # the data is read, the model built and timed, and any folder written.
-    check_tracking(config, Path(resume).parent if resume is not None else None)
-    if resume is None and is_main_process():
-        check_run_dir(config.output, config.name)
-    seed_everything(config.seed)
-    model_kind = model_kind_for(config)
-    task = task_for(config)
-    splits = read_data(config, model_kind, task)  # bad data fails before anything is written
-    findings = data_warnings(splits, task) if resume is None else []
-    # A task without classes refuses `weights`/`sampler` here, before any folder is written.
-    notes: dict[str, Any] = {}
-    tell = config.progress and is_main_process()
-    imbalance = task.handle_imbalance(config.train.balance, splits.train)
-    if imbalance:
-        notes["imbalance"] = imbalance
-    recipe = None
-    if config.method == "auto":  # never when resuming: a run's config names its method
-        recipe = choose(config, task, splits, model_kind)
-        config = recipe.applied(config)
-    method, model = adapting(config, task)  # a bad freeze setting fails before any folder
-    if config.train.max_length is None and model.model_kind == TEXT_ENCODER:
-        length, notes["input_length"] = fitted_length(model, splits.train.inputs)
-        config = with_train(config, max_length=length)
-    held_out = len(splits.val)
-    splits = validation_given_back(config, task, method, model, splits)
-    if len(splits.val) < held_out and tell:
-        say(splits.notes[-1])  # the summary keeps it with the data's other notes
-    if task.new_head and resume is None:
-        config, method, model, notes["estimate"] = budgeted(
-            config, task, splits, method, model, recipe is not None, started
-        )
-    if recipe is not None:
-        notes["recipe"] = {"method": config.method, "reason": recipe.reason}
-        cuts = notes.get("estimate", {}).get("cuts", [])
-        notes["recipe"]["reason"] += "".join(f"; {cut}" for cut in cuts)
-    if tell:
-        for key in ("imbalance", "recipe", "input_length", "estimate"):
-            if key in notes:
-                say(line_of(key, notes[key]))
-    retained = retention(config, task, method, model)  # a bad retain file too
-    main = is_main_process()
-    made = None  # the folder this call created: the only one a failure may remove
-    if resume is not None:
-        path = Path(resume)
-    elif main:
-        default_name = f"{config.method}-{Path(config.model).name}"
-        path = made = create_run_dir(config.output, config.name, default_name)
-    else:  # other data-parallel processes use the folder the main process made
-        path = Path(config.output) / str(config.name)
-    try:
-        if made is not None:
-            marker = {"tsuika": version("tsuika"), "pid": os.getpid()}
-            write_atomic(path / RUN_MARKER, json.dumps(marker))
-            write_atomic(path / "config.yaml", to_yaml(config))
-        barrier()
-        with tracked(config, path, resume is not None) as tracker:
-            resumed = resume is not None
-            run = _train_in(
-                path,
-                config,
-                task,
-                method,
-                splits,
-                model,
-                resumed,
-                started,
-                tracker,
-                notes,
-                findings,
-                retained,
+    return Training(config, Path(resume) if resume is not None else None).run()
+
+
+class Training:
+    """One run of `train`, step by step (torchtune's recipe shape): `setup` (everything that
+    may refuse the run, before any folder is written) → `open_folder` → `fit` → `run_baselines` →
+    `summarize` → `write`. What a step decides stays here for the steps after it.
+
+    The summary is built from sections: the task's (`build_summary`), the method's
+    (`evidence`), the notes the setup took from the data, the hooks' (`Hook.summary`), then
+    the run's measurements. `hooks` watch the adaptation's fit (the phase named after the
+    method) after the forgetting monitor, each `epoch_ended` seeing what those before it
+    added; the metrics log and the progress bars watch every phase, the baselines' too."""
+
+    def __init__(
+        self, config: Config, resume: Path | None = None, hooks: Sequence[Hook] = ()
+    ) -> None:
+        self.config, self.resume = config, resume
+        self.hooks = list(hooks)
+        self.started = time.perf_counter()
+        self.notes: dict[str, Any] = {}
+        """What the run decided from its data before training: `imbalance`, `input_length`,
+        `estimate`, `recipe` (summary sections, and a line each on the console)."""
+        self.findings: list[Finding] = []
+        """The data checks run before training (a new run's only)."""
+
+    # Set by the steps, in this order.
+    task: Task
+    splits: Splits
+    method: Method
+    model: AdaptableModel
+    path: Path
+    log: MetricsLog
+    progress: Progress
+    phase: PhaseResult
+    wanted: list[str]
+    """The baselines to run."""
+    before: BeforeTraining | None
+    baselines: list[Baseline]
+    summary: dict[str, Any]
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume is not None
+
+    def run(self) -> Run:
+        """Every step; a folder this call created is removed again when the run fails before
+        it has anything worth keeping, and Ctrl-C keeps it to resume."""
+        self.setup()
+        made = self.open_folder()  # the only folder a failure may remove
+        try:
+            if made is not None:
+                marker = {"tsuika": version("tsuika"), "pid": os.getpid()}
+                write_atomic(made / RUN_MARKER, json.dumps(marker))
+                write_atomic(made / "config.yaml", to_yaml(self.config))
+            barrier()
+            with tracked(self.config, self.path, self.resuming) as tracker:
+                main = is_main_process()
+                sink = tracker.log if tracker else None
+                self.log = MetricsLog(self.path / "metrics.jsonl" if main else None, sink)
+                with Progress(self.config.progress and main) as self.progress:
+                    self.fit()
+                    self.run_baselines()
+                self.summarize()
+                self.write(tracker)
+        except KeyboardInterrupt:  # the folder stays, with what it checkpointed, to resume
+            raise RunInterrupted(self.path) from None
+        except Exception:
+            if made is not None:
+                discard_unstarted(made)
+            raise
+        return Run(self.path, self.model, self.task, self.summary, self.config.data)
+
+    def setup(self) -> None:
+        """The config resolved, the data read and checked, the method and model built and
+        everything chosen from the data (recipe, input length, budget); a bad setting, data
+        file or retain file fails here, before any folder is written."""
+        config, resuming = self.config, self.resuming
+        if config.method != "auto":
+            config = method_class(config.method).configured(config)
+        # A missing tracker package or a bad store, a taken `name` or a bad `output` fail
+        # before the data is read, the model built and timed, and any folder written.
+        check_tracking(config, self.resume.parent if self.resume is not None else None)
+        if not resuming and is_main_process():
+            check_run_dir(config.output, config.name)
+        seed_everything(config.seed)
+        model_kind = model_kind_for(config)
+        task = self.task = task_for(config)
+        splits = read_data(config, model_kind, task)  # bad data fails before anything is written
+        self.findings = data_warnings(splits, task) if not resuming else []
+        # A task without classes refuses `weights`/`sampler` here, before any folder is written.
+        notes = self.notes
+        tell = config.progress and is_main_process()
+        imbalance = task.handle_imbalance(config.train.balance, splits.train)
+        if imbalance:
+            notes["imbalance"] = imbalance
+        recipe = None
+        if config.method == "auto":  # never when resuming: a run's config names its method
+            recipe = choose(config, task, splits, model_kind)
+            config = recipe.applied(config)
+        method, model = adapting(config, task)  # a bad freeze setting fails before any folder
+        if config.train.max_length is None and model.model_kind == TEXT_ENCODER:
+            length, notes["input_length"] = fitted_length(model, splits.train.inputs)
+            config = with_train(config, max_length=length)
+        held_out = len(splits.val)
+        splits = validation_given_back(config, task, method, model, splits)
+        if len(splits.val) < held_out and tell:
+            say(splits.notes[-1])  # the summary keeps it with the data's other notes
+        if task.new_head and not resuming:
+            config, method, model, notes["estimate"] = budgeted(
+                config, task, splits, method, model, recipe is not None, self.started
             )
-    except KeyboardInterrupt:  # the folder stays, with what it checkpointed, to resume
-        raise RunInterrupted(path) from None
-    except Exception:
-        if made is not None:
-            discard_unstarted(made)
-        raise
-    return run
+        if recipe is not None:
+            notes["recipe"] = {"method": config.method, "reason": recipe.reason}
+            cuts = notes.get("estimate", {}).get("cuts", [])
+            notes["recipe"]["reason"] += "".join(f"; {cut}" for cut in cuts)
+        if tell:
+            for key in ("imbalance", "recipe", "input_length", "estimate"):
+                if key in notes:
+                    say(line_of(key, notes[key]))
+        retained = retention(config, task, method, model)  # a bad retain file too
+        if retained is not None:
+            self.hooks.insert(0, Forgetting(retained, model, method.remedies))
+        self.config, self.splits, self.method, self.model = config, splits, method, model
+
+    def open_folder(self) -> Path | None:
+        """The run's folder: a resumed run's own, a new one made by the main process (returned:
+        the folder this run made), or, in another data-parallel process, the main one's."""
+        config, made = self.config, None
+        if self.resume is not None:
+            self.path = self.resume
+        elif is_main_process():
+            default_name = f"{config.method}-{Path(config.model).name}"
+            self.path = made = create_run_dir(config.output, config.name, default_name)
+        else:  # other data-parallel processes use the folder the main process made
+            self.path = Path(config.output) / str(config.name)
+        return made
+
+    def fit(self) -> None:
+        """The adaptation, one phase watched by the hooks, the metrics log and progress; the
+        pretrained model's features and outputs taken before it for the baselines that need
+        them; the adapted model saved."""
+        config, task, method, model = self.config, self.task, self.method, self.model
+        self.wanted = wanted_baselines(config, task, method, model)
+        self.before = None
+        if "probe" in self.wanted or "base" in self.wanted:
+            self.before = BeforeTraining(task, "probe" in self.wanted, "base" in self.wanted)
+        self.phase = run_phase(
+            model,
+            method,
+            self.splits,
+            config,
+            self.progress,
+            config.method,
+            [*self.hooks, self.log],
+            self.path,
+            self.resuming,
+            self.before,
+        )
+        if is_main_process():
+            save_model(self.path / "model", model, task, method, config.model)
+
+    def run_baselines(self) -> None:
+        """Every wanted baseline; those that train are phases of the run in metrics.jsonl."""
+        self.baselines = run_baselines(
+            self.config,
+            self.task,
+            self.splits,
+            model_kind_for(self.config),
+            self.wanted,
+            self.before,
+            AdaptedRun(self.method, self.model, self.phase),
+            self.progress,
+            [self.log],
+            self.path,
+            self.resuming,
+        )
+
+    def summarize(self) -> None:
+        """summary.json's content, section by section (see the class)."""
+        config, splits, model, phase = self.config, self.splits, self.model, self.phase
+        summary = build_summary(
+            config,
+            self.task,
+            splits,
+            model,
+            phase.fit,
+            phase.predicted,
+            self.baselines,
+            self.path,
+            head_only(self.method, model),
+        )
+        add_sections(summary, self.method.evidence(model, splits, summary))
+        add_sections(summary, self.noted())
+        for hook in [*self.hooks, self.log, self.progress]:
+            add_sections(summary, hook.summary(summary))
+        summary["timings"] = {
+            **phase.timings,
+            "baselines": sum(b.seconds for b in self.baselines),
+            "total": time.perf_counter() - self.started,
+        }
+        summary["memory"] = peak_memory()
+        summary["disk"] = disk_usage(self.path / "model")
+        if phase.train_tokens and phase.fit.seconds > 0:
+            tokens = phase.train_tokens * len(phase.fit.history)
+            summary["throughput"] = {
+                "training_tokens": tokens,
+                # Fit time includes the per-epoch validation passes: a conservative figure.
+                "tokens_per_second": tokens / phase.fit.seconds,
+            }
+        self.summary = summary
+
+    def noted(self) -> dict[str, Any]:
+        """The setup's notes and data checks as summary sections."""
+        sections = dict(self.notes)
+        if "estimate" in sections:  # against the measured time in `timings`
+            estimate = sections["estimate"]
+            sections["estimate"] = {k: v for k, v in estimate.items() if k not in ("words", "eta")}
+        if self.findings:
+            sections["checks"] = [finding.as_dict() for finding in self.findings]
+        return sections
+
+    def write(self, tracker: Tracker | None) -> None:
+        """The summary, predictions and report (main process); the caches and resume points,
+        no longer needed, removed; the tracker told the run finished."""
+        path, summary, phase = self.path, self.summary, self.phase
+        if is_main_process():
+            write_atomic(path / "summary.json", json.dumps(summary, indent=2))
+            records = test_records(
+                self.task,
+                self.splits.test,
+                phase.outputs,
+                phase.predicted,
+                self.baselines,
+                phase.test_lengths,
+            )
+            write_records(path / PREDICTIONS, records)
+            if self.config.report:
+                write_report(path)
+            # The run is complete: activation caches and resume points are no longer needed.
+            shutil.rmtree(path / "cache", ignore_errors=True)
+            shutil.rmtree(path / "checkpoints", ignore_errors=True)
+            if tracker is not None:
+                files = [path / name for name in ("summary.json", "config.yaml", REPORT)]
+                tracker.finish(summary, [f for f in files if f.is_file()])
+        barrier()
 
 
 KEPT_AFTER_FAILURE = ("checkpoints", "metrics.jsonl", "model", "summary.json")
@@ -333,134 +499,6 @@ def tracked(config: Config, path: Path, resuming: bool) -> Iterator[Tracker | No
         if tracker is not None:
             tracker.fail(interrupted=isinstance(error, KeyboardInterrupt))
         raise
-
-
-def _train_in(
-    path: Path,
-    config: Config,
-    task: Task,
-    method: Method,
-    splits: Splits,
-    model: AdaptableModel,
-    resuming: bool,
-    started: float,
-    tracker: Tracker | None,
-    notes: dict[str, Any] | None = None,
-    findings: list[Finding] | None = None,
-    retained: Retention | None = None,
-) -> Run:
-    """Train, run the baselines, write the summary, predictions and report; `notes`: what
-    the run decided from its data before training (summary sections: `recipe`, `imbalance`,
-    `input_length`, `estimate`); `findings`: the data checks run before training;
-    `retained`: the retain set, measured every epoch (forgetting)."""
-    main = is_main_process()
-    log = MetricsLog(path / "metrics.jsonl" if main else None, tracker.log if tracker else None)
-    wanted = wanted_baselines(config, task, method, model)
-    before = None
-    if "probe" in wanted or "base" in wanted:
-        before = BeforeTraining(task, "probe" in wanted, "base" in wanted)
-    with Progress(config.progress and main) as progress:
-        on_epoch = retained.on_epoch(model) if retained else None
-        phase = run_phase(
-            model,
-            method,
-            splits,
-            config,
-            progress,
-            log,
-            config.method,
-            path,
-            resuming,
-            before,
-            on_epoch=on_epoch,
-        )
-        forgetting = retained.verdict(model, phase.fit.history) if retained else None
-        if main:
-            save_model(path / "model", model, task, method, config.model)
-        baselines = run_baselines(
-            config,
-            task,
-            splits,
-            model_kind_for(config),
-            wanted,
-            before,
-            AdaptedRun(method, model, phase),
-            progress,
-            log,
-            path,
-            resuming,
-        )
-
-    summary = build_summary(
-        config,
-        task,
-        splits,
-        model,
-        phase.fit,
-        phase.predicted,
-        baselines,
-        path,
-        head_only(method, model),
-    )
-    summary |= method.evidence(model, splits, summary)
-    for key, note in (notes or {}).items():
-        if key == "estimate":  # against the measured time below
-            note = {k: v for k, v in note.items() if k not in ("words", "eta")}
-        summary[key] = note
-    if findings:
-        summary["checks"] = [finding.as_dict() for finding in findings]
-    if forgetting is not None:
-        summary["forgetting"] = forgetting
-        sentence = forgetting_sentence(forgetting, method.remedies)
-        summary.setdefault("verdicts", {})["forgetting"] = {"text": sentence}
-        if forgetting["verdict"] == "FORGETTING" and main:
-            warn(sentence)
-    summary["timings"] = {
-        **phase.timings,
-        "baselines": sum(b.seconds for b in baselines),
-        "total": time.perf_counter() - started,
-    }
-    summary["memory"] = peak_memory()
-    summary["disk"] = disk_usage(path / "model")
-    if phase.train_tokens and phase.fit.seconds > 0:
-        tokens = phase.train_tokens * len(phase.fit.history)
-        summary["throughput"] = {
-            "training_tokens": tokens,
-            # Fit time includes the per-epoch validation passes: a conservative figure.
-            "tokens_per_second": tokens / phase.fit.seconds,
-        }
-    if main:
-        write_atomic(path / "summary.json", json.dumps(summary, indent=2))
-        records = test_records(
-            task, splits.test, phase.outputs, phase.predicted, baselines, phase.test_lengths
-        )
-        write_records(path / PREDICTIONS, records)
-        if config.report:
-            write_report(path)
-        # The run is complete: activation caches and resume points are no longer needed.
-        shutil.rmtree(path / "cache", ignore_errors=True)
-        shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        if tracker is not None:
-            files = [path / name for name in ("summary.json", "config.yaml", REPORT)]
-            tracker.finish(summary, [f for f in files if f.is_file()])
-    barrier()
-    return Run(path, model, task, summary, config.data)
-
-
-def forgetting_sentence(found: dict, remedies: frozenset[str]) -> str:
-    """The forgetting verdict in words, with the remedy the method allows."""
-    low, high = found["interval"]
-    sentence = (
-        f"{found['verdict']}: retain {found['metric']} {found['pretrained']:.3f} before "
-        f"training, {found['kept']:.3f} after ({found['change']:+.3f}, 95 % interval "
-        f"{low:+.3f} to {high:+.3f}, {found['examples']} examples of {found['data']})"
-    )
-    if found["verdict"] != "FORGETTING":
-        return sentence
-    if remedies:
-        named = " or ".join(f"finetune.{k}" for k in sorted(remedies))
-        return sentence + f"; {named} keep more of it"
-    return sentence + "; a lower learning rate or fewer epochs keep more of it"
 
 
 def disk_usage(folder: Path) -> dict[str, int]:

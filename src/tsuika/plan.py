@@ -38,6 +38,7 @@ from tsuika.methods.recipe import choose
 from tsuika.run_folder import check_run_dir
 from tsuika.tasks import model_kind_for
 from tsuika.tasks.base import Task
+from tsuika.train.hooks import Hook
 from tsuika.train.phase import run_trial, seed_everything
 from tsuika.train.tracking import check_tracking
 
@@ -101,6 +102,27 @@ class Trial:
     """Validation score after each epoch."""
     overfit: str | None = None
     why: str | None = None
+
+
+class Pruning(Hook):
+    """Successive halving and the time budget, watching one trial's fit: each epoch's
+    validation score is reported to Optuna, and the fit ends after an epoch that leaves the
+    trial outside the best third at its rung (never the default's) or the budget spent.
+    `stopped` says why, `scores` holds every epoch's score."""
+
+    def __init__(self, trial, default: bool, budget: Budget, selection: str) -> None:
+        self.trial, self.default, self.budget, self.selection = trial, default, budget, selection
+        self.scores: list[float] = []
+        self.stopped: str | None = None
+
+    def epoch_ended(self, record: dict) -> bool:
+        self.scores.append(record[self.selection])
+        self.trial.report(record[self.selection], record["epoch"])
+        if self.trial.should_prune() and not self.default:
+            self.stopped = self.stopped or "pruned"
+        elif self.budget.seconds_left() <= 0:
+            self.stopped = self.stopped or "budget"
+        return self.stopped is not None
 
 
 def check_budget(seconds: float | None, steps: int | None) -> None:
@@ -303,21 +325,11 @@ def _attempt(
     except TsuikaError as error:
         done.state, done.why = "not applicable", str(error)
         return done
-    selection = f"val_{task.selection}"
-    stopped: list[str] = []
-
-    def on_epoch(record: dict) -> bool:
-        done.scores.append(record[selection])
-        trial.report(record[selection], record["epoch"])
-        if trial.should_prune() and not strategy.default:
-            stopped.append("pruned")
-        elif budget.seconds_left() <= 0:
-            stopped.append("budget")
-        return bool(stopped)
-
+    pruning = Pruning(trial, strategy.default, budget, f"val_{task.selection}")
     started = time.perf_counter()
     cache = cache_for(config)
-    result = run_trial(model, method, splits, config, cache, budget.steps_left(), on_epoch)
+    result = run_trial(model, method, splits, config, cache, budget.steps_left(), [pruning])
+    done.scores = pruning.scores
     budget.spent_steps += result.steps
     done.seconds = time.perf_counter() - started
     done.steps, done.epochs = result.steps, len(result.history)
@@ -326,8 +338,8 @@ def _attempt(
         return done
     done.score, done.best_epoch = result.best_score, result.best_epoch
     done.overfit = overfitting(result.history, task.selection)
-    if stopped:
-        done.state = stopped[0]
+    if pruning.stopped:
+        done.state = pruning.stopped
     elif result.stopped_by == "max_steps":
         done.state = "budget"
     else:

@@ -7,7 +7,8 @@ completions of general use: the loss per completion token. The pretrained model 
 once before training; every epoch adds `retain_<metric>` to the record (so to metrics.jsonl
 and the report's curve); after training, the kept model is measured again and compared with
 the pretrained one example by example (paired bootstrap). FORGETTING when the whole 95 %
-interval of the change is on the worse side.
+interval of the change is on the worse side. `Forgetting` does this as a hook of the
+adaptation's fit, and adds the verdict to the summary.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from tsuika.advice.rank import classification_probe, probe_shortfall
 from tsuika.config import Config
+from tsuika.console import warn
 from tsuika.data.reading import read_examples
 from tsuika.errors import TsuikaError
 from tsuika.feed import Feed, gather_outputs, input_feed
@@ -29,6 +31,9 @@ from tsuika.feed.cache import CacheSettings
 from tsuika.methods.base import Method
 from tsuika.models.base import AdaptableModel
 from tsuika.tasks.base import Task
+from tsuika.train.distributed import is_main_process
+from tsuika.train.hooks import Hook
+from tsuika.train.loop import FitResult
 
 RETAIN_LIMIT = 1000
 """At most this many retain examples (drawn once, by the run's seed): each epoch measures them."""
@@ -72,15 +77,6 @@ class Retention:
     def start(self, model: AdaptableModel) -> None:
         self.pretrained = self.outcomes(model)
 
-    def on_epoch(self, model: AdaptableModel):
-        """The hook `fit` calls after each epoch: adds `retain_<metric>`, never stops."""
-
-        def measure(record: dict) -> bool:
-            record[f"retain_{self.metric}"] = float(self.outcomes(model).mean())
-            return False
-
-        return measure
-
     def verdict(self, model: AdaptableModel, history: list[dict]) -> dict:
         """The kept model against the pretrained one, example by example; `history`: the
         fit's epochs (with those before a resume), whose retain scores make the curve."""
@@ -107,6 +103,50 @@ class Retention:
                 if f"retain_{self.metric}" in r
             ],
         }
+
+
+class Forgetting(Hook):
+    """The forgetting monitor, watching the adaptation of `model`: every epoch adds
+    `retain_<metric>` to the record; the kept model is judged at the end, and the summary
+    gets `forgetting` and its verdict in words, with the remedies the method allows."""
+
+    def __init__(
+        self, retained: Retention, model: AdaptableModel, remedies: frozenset[str]
+    ) -> None:
+        self.retained, self.model, self.remedies = retained, model, remedies
+        self.found: dict | None = None
+
+    def epoch_ended(self, record: dict) -> bool:
+        metric = self.retained.metric
+        record[f"retain_{metric}"] = float(self.retained.outcomes(self.model).mean())
+        return False
+
+    def fit_ended(self, result: FitResult) -> None:
+        self.found = self.retained.verdict(self.model, result.history)
+
+    def summary(self, summary: dict) -> dict:
+        if self.found is None:
+            return {}
+        sentence = forgetting_sentence(self.found, self.remedies)
+        if self.found["verdict"] == "FORGETTING" and is_main_process():
+            warn(sentence)
+        return {"forgetting": self.found, "verdicts": {"forgetting": {"text": sentence}}}
+
+
+def forgetting_sentence(found: dict, remedies: frozenset[str]) -> str:
+    """The forgetting verdict in words, with the remedy the method allows."""
+    low, high = found["interval"]
+    sentence = (
+        f"{found['verdict']}: retain {found['metric']} {found['pretrained']:.3f} before "
+        f"training, {found['kept']:.3f} after ({found['change']:+.3f}, 95 % interval "
+        f"{low:+.3f} to {high:+.3f}, {found['examples']} examples of {found['data']})"
+    )
+    if found["verdict"] != "FORGETTING":
+        return sentence
+    if remedies:
+        named = " or ".join(f"finetune.{k}" for k in sorted(remedies))
+        return sentence + f"; {named} keep more of it"
+    return sentence + "; a lower learning rate or fewer epochs keep more of it"
 
 
 def probe_outcomes(features: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:

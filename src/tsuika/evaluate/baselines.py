@@ -9,6 +9,7 @@ matched to the adapted run's compute."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Arrays, Task
 from tsuika.tasks.linear import FeatureSplits, in_training_span, standardised
 from tsuika.train.distributed import training_device
-from tsuika.train.metrics_log import MetricsLog
+from tsuika.train.hooks import Hook
 from tsuika.train.phase import PhaseResult, run_phase, seed_everything
 from tsuika.train.progress import Progress
 
@@ -118,12 +119,13 @@ def run_baselines(
     before: BeforeTraining | None,
     adapted: AdaptedRun,
     progress: Progress,
-    log: MetricsLog,
+    hooks: Sequence[Hook],
     path: Path | None = None,
     resume: bool = False,
 ) -> list[Baseline]:
     """Each wanted baseline, fitted on the training split (validation for its settings) and
-    scored on the test split."""
+    scored on the test split. The baselines that train are phases of the run, watched by
+    `hooks` (the metrics log)."""
     baselines = []
     for name in names:
         started = time.perf_counter()
@@ -153,12 +155,14 @@ def run_baselines(
             title = "linear probe on the frozen features"
         elif name == "undistilled":
             key, pretrained = name, True
-            predicted, details = _undistilled(config, splits, adapted, progress, log, path, resume)
+            predicted, details = _undistilled(
+                config, splits, adapted, progress, hooks, path, resume
+            )
             title = "the same student trained on the labels alone"
         elif name == "scratch":
             key, pretrained = name, False
             predicted, details = _scratch(
-                config, task, splits, adapted, progress, log, path, resume
+                config, task, splits, adapted, progress, hooks, path, resume
             )
             title = f"same network from scratch ({details['epochs']} epochs)"
         else:
@@ -203,7 +207,7 @@ def _undistilled(
     splits: Splits,
     adapted: AdaptedRun,
     progress: Progress,
-    log: MetricsLog,
+    hooks: Sequence[Hook],
     path: Path | None,
     resume: bool,
 ) -> tuple[Arrays, dict[str, Any]]:
@@ -213,7 +217,7 @@ def _undistilled(
     method = adapted.method.without_teacher()
     model = method.build_model(config)
     model.to(training_device())
-    return _trained(model, method, splits, config, progress, log, "undistilled", path, resume)
+    return _trained(model, method, splits, config, progress, hooks, "undistilled", path, resume)
 
 
 def _scratch(
@@ -222,7 +226,7 @@ def _scratch(
     splits: Splits,
     adapted: AdaptedRun,
     progress: Progress,
-    log: MetricsLog,
+    hooks: Sequence[Hook],
     path: Path | None,
     resume: bool,
 ) -> tuple[Arrays, dict[str, Any]]:
@@ -249,7 +253,7 @@ def _scratch(
     scratch = scratch_config(config, epochs)
     method = Finetune(scratch, task)
     predicted, trained = _trained(
-        model, method, splits, scratch, progress, log, "scratch", path, resume
+        model, method, splits, scratch, progress, hooks, "scratch", path, resume
     )
     return predicted, details | trained
 
@@ -260,7 +264,7 @@ def _trained(
     splits: Splits,
     config: Config,
     progress: Progress,
-    log: MetricsLog,
+    hooks: Sequence[Hook],
     phase_name: str,
     path: Path | None,
     resume: bool,
@@ -268,7 +272,7 @@ def _trained(
     """A baseline network (on its device) trained as one phase of the run: its test
     predictions, and how many epochs it ran and which was best."""
     method.prepare(model)
-    phase = run_phase(model, method, splits, config, progress, log, phase_name, path, resume)
+    phase = run_phase(model, method, splits, config, progress, phase_name, hooks, path, resume)
     return phase.predicted, {"epochs": len(phase.fit.history), "best_epoch": phase.fit.best_epoch}
 
 

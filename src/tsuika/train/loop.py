@@ -1,6 +1,7 @@
 """The one training loop. The method says what trains and gives each step's loss; the task
 turns outputs into metric sums and names the metric that selects the best epoch. The loop
-never asks which method or task it runs.
+never asks which method or task it runs, nor what watches it: the metrics log, progress, the
+forgetting monitor and plan's pruning are hooks (`train/hooks.py`), called at five points.
 
 Per optimizer step: micro-batches (gradient accumulation) → clip → AdamW → warmup/decay
 schedule. Per epoch: validation, early stopping on the task's selection metric (ties: lower
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +26,8 @@ from tsuika.feed import Feed
 from tsuika.feed.batches import training_batches
 from tsuika.methods.base import Method, stage_state
 from tsuika.models.base import AdaptableModel
-from tsuika.tasks.base import Task
 from tsuika.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
-from tsuika.train.progress import Progress
+from tsuika.train.hooks import FitStart, Hook, stops
 from tsuika.train.schedule import lr_multiplier
 
 
@@ -40,7 +40,7 @@ class FitResult:
     stopped_early: bool = False
     """Early stopping ended the run (patience ran out), not the epoch count."""
     stopped_by: str | None = None
-    """`max_steps` or `on_epoch` when the caller's limit or hook ended the fit first."""
+    """`max_steps` or `hook` when the caller's limit or a hook ended the fit first."""
     steps: int = 0
     seconds: float = 0.0
     schedule: dict = field(default_factory=dict)
@@ -217,40 +217,35 @@ def fit(
     val: Feed,
     config: TrainConfig,
     seed: int = 0,
-    log: Callable[[list[dict]], None] | None = None,
-    progress: Progress | None = None,
+    hooks: Sequence[Hook] = (),
     label: str = "training",
     checkpoints: Path | None = None,
     resume: bool = False,
     max_steps: int | None = None,
-    on_epoch: Callable[[dict], bool] | None = None,
 ) -> FitResult:
     """Train `model` (already `method.prepare`d) and leave it holding the best epoch's
-    weights. `log` receives the whole history after every epoch (and once after resuming); it
-    writes the epochs it has not written yet. With `resume`, continue from the newest checkpoint in
-    `checkpoints`; the result equals an uninterrupted run's.
+    weights. With `resume`, continue from the newest checkpoint in `checkpoints`; the result
+    equals an uninterrupted run's. `hooks` watch the fit, in order (`tsuika.train.hooks`);
+    `label` names its phase to them.
 
     `max_steps`: no epoch starts that would take the run past this many optimizer steps (the
-    schedule stays the one for `config.epochs`, so a cut run follows the full run's rates).
-    `on_epoch(record)`: called after each epoch (before it is logged, so it may add to the
-    record); returning True ends the fit there."""
+    schedule stays the one for `config.epochs`, so a cut run follows the full run's rates)."""
     if not any(group["params"] for group in method.param_groups(model)):
-        return evaluated(model, method, train, val, log, progress, label, on_epoch)
+        return evaluated(model, method, train, val, hooks, label)
     started = time.perf_counter()
     loop = Loop(model, method, train, val, config, seed, checkpoints)
     if resume:  # the generator comes back from the checkpoint
         loop.resume()
-        if log and loop.accelerator.is_main_process:
-            log(loop.state.history)  # epochs checkpointed but not yet logged when killed
     else:
         # Training's draws (dropout, a diffusion step's noise) start from the seed, whatever
         # ran before in this process: caching, baselines, generated class images, a first
         # model load.
         torch.manual_seed(seed)
     state = loop.state
-    task = progress.task(label, total=config.epochs) if progress else None
-    if task is not None:
-        progress.advance(task, state.epoch - 1)
+    # After a resume, the epochs checkpointed but maybe not yet logged when killed.
+    start = FitStart(label, method.task, config.epochs, list(state.history))
+    for hook in hooks:
+        hook.fit_started(start)
     stopped_by = None
     while not state.finished:
         if max_steps is not None and state.step + loop.steps_per_epoch > max_steps:
@@ -260,19 +255,17 @@ def fit(
         events = method.on_epoch_start(model, epoch) if state.micro == 0 else []
         record = loop.run_epoch(epoch, events)
         loop.end_epoch(record)
-        if on_epoch is not None and on_epoch(record) and not state.finished:
-            state.finished, stopped_by = True, "on_epoch"
+        if stops(hooks, record) and not state.finished:
+            state.finished, stopped_by = True, "hook"
         loop.save()
-        if log and loop.accelerator.is_main_process:
-            log(state.history)
-        if task is not None:
-            progress.advance(task, info=epoch_words(record, method.task))
+        for hook in hooks:
+            hook.epoch_saved(record)
     model.load_state_dict(loop.best, strict=False)
     last = state.history[-1]["epoch"] if state.history else 0
     rates: dict[str, float] = {}
     for index, group in enumerate(loop.optimizer.param_groups):
         rates.setdefault(str(group.get("name", f"group {index}")), group["base_lr"])
-    return FitResult(
+    result = FitResult(
         history=state.history,
         best_epoch=state.best_epoch,
         best_score=state.best_score,
@@ -289,14 +282,9 @@ def fit(
             "rates": rates,
         },
     )
-
-
-def epoch_words(record: dict, task: Task) -> str:
-    """An epoch's progress note: its validation score, or its training loss without one."""
-    selection = task.selection
-    if f"val_{selection}" in record:
-        return f"val {selection} {record[f'val_{selection}']:.3f}"
-    return f"train loss {record['train_loss']:.3f}"
+    for hook in hooks:
+        hook.fit_ended(result)
+    return result
 
 
 def evaluated(
@@ -304,10 +292,8 @@ def evaluated(
     method: Method,
     train: Feed,
     val: Feed,
-    log: Callable[[list[dict]], None] | None = None,
-    progress: Progress | None = None,
+    hooks: Sequence[Hook] = (),
     label: str = "training",
-    on_epoch: Callable[[dict], bool] | None = None,
 ) -> FitResult:
     """The fit when nothing is left to step (a head already solved in closed form by
     `before_fit`): the model as prepared is the result, recorded as one epoch of its training
@@ -315,18 +301,20 @@ def evaluated(
     prepares it again."""
     started = time.perf_counter()
     task = method.task
+    for hook in hooks:
+        hook.fit_started(FitStart(label, task, 1))
     record: dict = {"epoch": 1, "step": 0}
     record |= {f"train_{k}": v for k, v in task.evaluate(model, train).items()}
     record |= {f"val_{k}": v for k, v in task.evaluate(model, val).items()}
-    if on_epoch is not None:
-        on_epoch(record)
-    if log:
-        log([record])
-    if progress is not None:
-        progress.advance(progress.task(label, total=1), info=epoch_words(record, task))
-    return FitResult(
+    stops(hooks, record)  # the one epoch there is has ended anyway
+    for hook in hooks:
+        hook.epoch_saved(record)
+    result = FitResult(
         history=[record],
         best_epoch=1,
         best_score=record.get(f"val_{task.selection}"),
         seconds=time.perf_counter() - started,
     )
+    for hook in hooks:
+        hook.fit_ended(result)
+    return result

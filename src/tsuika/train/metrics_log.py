@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tsuika.files import append_lines, atomic_file
+from tsuika.train.hooks import FitStart, Hook
 
 
-class MetricsLog:
+class MetricsLog(Hook):
     """`metrics.jsonl`: one line per epoch of every phase, only ever appended to.
 
     A resumed run first reads what the file already holds, then appends the epochs of each
@@ -17,6 +18,9 @@ class MetricsLog:
     an epoch, and a finished phase's lines are never rewritten. The one exception: a last
     line torn by a kill mid-write is cut off (its epoch is written again), so the file stays
     one JSON object per line for the report.
+
+    As a hook it writes each fit's epochs under the fit's phase, once saved: a resumed fit's
+    checkpointed epochs when it starts, then every epoch.
     """
 
     def __init__(self, path: Path | None, sink: Callable[[str, dict], None] | None = None) -> None:
@@ -25,6 +29,8 @@ class MetricsLog:
         """Also receives every new record with its phase (experiment tracking)."""
         self.logged: dict[str, int] = {}
         """Last epoch written, per phase."""
+        self.write = self.writer("training")
+        """The writer of the fit under way."""
         if path is not None and path.is_file():
             whole = _without_torn_tail(path)
             for line in whole.decode("utf-8", errors="replace").splitlines():
@@ -47,6 +53,13 @@ class MetricsLog:
                     self.sink(phase, record)
 
         return write
+
+    def fit_started(self, start: FitStart) -> None:
+        self.write = self.writer(start.phase)
+        self.write(start.history)  # epochs checkpointed but not yet logged when killed
+
+    def epoch_saved(self, record: dict) -> None:
+        self.write([record])
 
 
 def _without_torn_tail(path: Path) -> bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,8 +22,8 @@ from tsuika.methods.base import Method
 from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Arrays, Task
 from tsuika.train.checkpoint import latest_checkpoint
+from tsuika.train.hooks import Hook
 from tsuika.train.loop import FitResult, fit
-from tsuika.train.metrics_log import MetricsLog
 from tsuika.train.progress import Progress
 
 
@@ -146,10 +146,10 @@ def run_trial(
     config: Config,
     cache: CacheSettings,
     max_steps: int | None = None,
-    on_epoch: Callable[[dict], bool] | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> FitResult:
     """Train and select on validation without touching the test split, writing nothing:
-    one candidate of `tsuika plan`. `max_steps` and `on_epoch` as in `fit`."""
+    one candidate of `tsuika plan`. `max_steps` and `hooks` as in `fit`."""
     prepared = prepare(model, method, splits, config, cache, "trial", test=False)
     method.remember(model, prepared.pretrained)
     method.before_fit(model, prepared.pretrained)
@@ -160,8 +160,9 @@ def run_trial(
         prepared.val,
         config.train,
         config.seed,
+        hooks,
+        "trial",
         max_steps=max_steps,
-        on_epoch=on_epoch,
     )
 
 
@@ -171,17 +172,17 @@ def run_phase(
     splits: Splits,
     config: Config,
     progress: Progress,
-    log: MetricsLog,
     phase: str,
+    hooks: Sequence[Hook] = (),
     run_path: Path | None = None,
     resume: bool = False,
     before_fit: BeforeFit | None = None,
-    on_epoch: Callable[[dict], bool] | None = None,
 ) -> PhaseResult:
     """Precompute, fit and predict the test split, for a model already on its device and
     `method.prepare`d. Checkpoints go to `<run>/checkpoints/<phase>`; `resume` continues
     from the newest one. The test split goes through the frozen prefix once too: its cached
-    activations serve `before_fit` and the final predictions alike. `on_epoch` as in `fit`."""
+    activations serve `before_fit` and the final predictions alike. `hooks` watch the fit
+    (as in `fit`), and `progress` after them: it shows the caching and the epochs."""
     task = method.task
     cache = cache_settings(config, progress, phase, run_path)
     prepared = prepare(model, method, splits, config, cache, phase)
@@ -207,12 +208,10 @@ def run_phase(
         val_feed,
         config.train,
         config.seed,
-        log.writer(phase),
-        progress,
+        [*hooks, progress],
         phase,
         checkpoints,
         resume,
-        on_epoch=on_epoch,
     )
     timings["fit"] = result.seconds
     started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Rich progress bars with ETA, or silence (tests, `progress: false`, non-main processes)."""
+"""Rich progress bars with ETA, or silence (tests, `progress: false`, non-main processes).
+As a hook, one bar per fit, advanced as each epoch is saved."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 
+from tsuika.train.hooks import FitStart, Hook
 
-class Progress:
+
+class Progress(Hook):
     def __init__(self, enabled: bool = True) -> None:
         self.bars = (
             RichProgress(
@@ -30,6 +33,10 @@ class Progress:
             if enabled
             else None
         )
+        self.fitting = 0
+        """The bar of the fit under way."""
+        self.selection = ""
+        """That fit's selection metric, shown after each epoch."""
 
     def __enter__(self) -> Progress:
         if self.bars:
@@ -47,3 +54,19 @@ class Progress:
         if self.bars:
             fields = {"info": info} if info is not None else {}
             self.bars.update(task, advance=amount, **fields)
+
+    def fit_started(self, start: FitStart) -> None:
+        self.fitting = self.task(start.phase, total=start.epochs)
+        self.selection = start.task.selection
+        self.advance(self.fitting, len(start.history))
+
+    def epoch_saved(self, record: dict) -> None:
+        if self.bars:
+            self.advance(self.fitting, info=epoch_words(record, self.selection))
+
+
+def epoch_words(record: dict, selection: str) -> str:
+    """An epoch's progress note: its validation score, or its training loss without one."""
+    if f"val_{selection}" in record:
+        return f"val {selection} {record[f'val_{selection}']:.3f}"
+    return f"train loss {record['train_loss']:.3f}"
