@@ -22,7 +22,7 @@ from tsuika.config import build_config
 from tsuika.errors import TsuikaError
 from tsuika.export import export
 from tsuika.export.card import base_model, data_licence, distillation, folder_licence
-from tsuika.export.graph import encoder_task, merge_adapters
+from tsuika.export.graph import merge_adapters
 from tsuika.methods import METHODS
 from tsuika.models import model_for
 from tsuika.tasks import CausalLM
@@ -303,11 +303,6 @@ def test_a_failed_check_leaves_no_folder(image_run, tmp_path, monkeypatch):
     with pytest.raises(TsuikaError, match="differs from tsuika's own outputs"):
         export(image_run.path, "onnx", tmp_path / "onnx")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_causal_lm_runs_are_not_exported_to_onnx():
-    with pytest.raises(TsuikaError, match="use --format hf"):
-        encoder_task(CausalLM("any"), "onnx")
 
 
 def test_a_soft_prompt_is_not_merged(tiny_llama_dir, tmp_path):

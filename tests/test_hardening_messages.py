@@ -23,7 +23,7 @@ from tsuika.cli import main
 from tsuika.config import load_config
 from tsuika.data.chat import read_prompts
 from tsuika.errors import TsuikaError
-from tsuika.export.graph import encoder_task
+from tsuika.export import unexported
 from tsuika.methods import METHODS
 from tsuika.tasks import CausalLM, TextToImage
 
@@ -188,14 +188,13 @@ def test_text_to_image_data_shows_no_leakage_by_design(diffusion_folder, tmp_pat
 
 def test_export_says_use_format_hf_only_when_another_format_was_asked():
     picture_task = TextToImage({"judge": None})
-    with pytest.raises(TsuikaError) as refused:
-        encoder_task(picture_task, "hf")
-    assert "use --format hf" not in str(refused.value)
-    assert "no hf export" in str(refused.value) and "model/" in str(refused.value)
-    with pytest.raises(TsuikaError, match="no onnx export"):
-        encoder_task(picture_task, "onnx")
-    with pytest.raises(TsuikaError, match="use --format hf"):
-        encoder_task(CausalLM("any"), "onnx")
+    refused = unexported(picture_task.name, "hf", picture_task)
+    assert "use --format hf" not in refused
+    assert "no hf export" in refused and "model/" in refused
+    assert "no onnx export" in unexported(picture_task.name, "onnx", picture_task)
+    assert "use --format hf" in unexported("causal-lm", "onnx", CausalLM("any"))
+    # what export() refuses is what the task declares
+    assert TextToImage.export_forms == () and CausalLM.export_forms == ("hf",)
 
 
 def test_a_retain_file_without_labels_names_the_retain_label_column(

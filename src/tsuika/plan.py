@@ -211,7 +211,7 @@ def plan(
         check_tracking(base)
         check_run_dir(base.output, base.name)
     task, splits = task_and_data(base)
-    if task.name in ("causal-lm", "text-to-image"):
+    if not task.plannable:
         raise TsuikaError(f"plan searches classifiers and regressors, not {task.name} runs")
     task.handle_imbalance(base.train.balance, splits.train)  # trials select as the run will
     groups = len(_built(base, "transfer", task).layer_groups())
@@ -372,7 +372,7 @@ def _best(trials: list[Trial], maximize: bool, default: str, n: int, task: Task)
 
 def proportion(task: Task, score: float) -> bool:
     """Whether the selection metric is a share of examples (an interval can be had)."""
-    return task.name == "classify" and 0 <= score <= 1
+    return task.selection_is_share and 0 <= score <= 1
 
 
 def unpaired(a: float, b: float, n: int) -> float:

@@ -291,15 +291,15 @@ def with_label_names(findings: list[Finding], task: object) -> list[Finding]:
     return findings
 
 
-def label_columns(task_name: str, columns: list[str]) -> list[str]:
-    """The target columns whose classes can be counted (classification tasks)."""
-    return list(columns) if task_name in ("classify", "multi-task") else []
+def label_columns(task: object) -> list[str]:
+    """The target columns whose classes can be counted (a task whose targets are classes)."""
+    return list(task.columns) if task.has_classes else []  # type: ignore[attr-defined]
 
 
 def data_checks(splits: Splits, task: object) -> list[Finding]:
     """The checks that read only the data, for `task`'s splits, classes shown by name: what
     every `train` runs first and `tsuika check` starts from."""
-    columns = label_columns(task.name, task.columns)  # type: ignore[attr-defined]
+    columns = label_columns(task)
     checked = task.checked_splits(splits)  # type: ignore[attr-defined]
     return with_label_names(cheap_checks(checked, columns, class_names(task)), task)
 

@@ -58,7 +58,7 @@ def check(
     model = model_for(config, lambda width: nn.Identity()).eval()
     pooled = {s: pooled_features(model, getattr(splits, s).inputs) for s in SPLITS}
     found = near_duplicates(splits, pooled)
-    columns = label_columns(task.name, task.columns)
+    columns = label_columns(task)
     if columns:
         found.append(label_errors(splits.train, pooled["train"], columns[0], config.seed))
     if source_inputs is not None:
@@ -100,8 +100,8 @@ def rank(
     names = models or [config.model]
     first = names[0].removeprefix(RANDOM_PREFIX)
     task, splits = task_and_data(config.model_copy(update={"model": first}))
-    classification = bool(label_columns(task.name, task.columns))
-    if task.name not in ("classify", "multi-task", "regression"):
+    classification = bool(label_columns(task))
+    if not task.rankable:
         raise TsuikaError(f"tsuika rank scores classification or regression, not {task.name}")
     column = task.columns[0]
     rows = sampled_rows(splits.train.targets[column], limit, config.seed, classification)

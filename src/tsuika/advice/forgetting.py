@@ -177,7 +177,9 @@ def retention(
         return None
     settings = config.data.model_copy(update={"strict": True})
     problems: list[str] = []
-    if task.name == "causal-lm":
+    if task.forgetting is None:
+        raise TsuikaError(f"data.retain: forgetting is not measured for {task.name} runs")
+    if task.forgetting == "loss":
         raw = read_examples(model.model_kind, path, "train", settings, [], problems)
         examples = task.encode(raw.subset(sampled(len(raw), config.seed)))
         feed = input_feed(
@@ -188,8 +190,6 @@ def retention(
             return task.losses(task.gather(current, feed), feed.targets).double().numpy()
 
         found = Retention("loss", feed, path, losses=losses, seed=config.seed)
-    elif task.name == "text-to-image":
-        raise TsuikaError("data.retain: forgetting is measured for encoders and causal LMs")
     else:
         column = config.data.retain_label_column
         key = "data.retain_label_column"

@@ -63,7 +63,7 @@ def wanted_baselines(
         "classical": settings.classical,
         "probe": probe,
         "scratch": settings.scratch,
-        "undistilled": config.method == "distill" and config.distill.undistilled,
+        "undistilled": "undistilled" in method.extra_baselines(),
         "base": settings.base,
     }
     return [name for name in task.baselines if chosen.get(name)]

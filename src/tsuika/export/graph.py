@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from tsuika.errors import TsuikaError
-from tsuika.model_kinds import CAUSAL_LM, IMAGE_ENCODER
+from tsuika.model_kinds import IMAGE_ENCODER
 from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Task
 from tsuika.tasks.classify import Classify
@@ -47,18 +47,11 @@ def is_image(model: AdaptableModel) -> bool:
 
 
 def encoder_task(task: Task, format: str) -> Classify | Regression:
-    """The tasks whose exports end in a plain output tensor; another is refused for the
-    `format` asked: a causal LM has its own hf export, a text-to-image run none."""
+    """The tasks whose exports end in a plain output tensor (`export` has refused a task
+    that declares no such export: `Task.export_forms`)."""
     if isinstance(task, Classify | Regression):
         return task
-    if CAUSAL_LM in task.model_kinds and format != "hf":
-        raise TsuikaError(
-            f"a {task.name} run exports only as a merged Hugging Face folder: use --format hf"
-        )
-    raise TsuikaError(
-        f"a {task.name} run has no {format} export: the files in its model/ folder already "
-        "load without tsuika (see the README's text-to-image methods)"
-    )
+    raise TsuikaError(f"a {task.name} run has no {format} export: its outputs are not a tensor")
 
 
 def input_names(model: AdaptableModel) -> list[str]:

@@ -178,6 +178,11 @@ class Method:
             settings.shared[key] = cache_boundary(model, feed, boundary, settings, name)
         return settings.shared[key]
 
+    def extra_baselines(self) -> frozenset[str]:
+        """Baselines this method adds to the task's (`Task.baselines` names them all): e.g.
+        distillation's student trained on the labels alone."""
+        return frozenset()
+
     def unadapted(self, model: AdaptableModel) -> contextlib.AbstractContextManager:
         """A context in which the model, before training, computes as the pretrained one
         (for baselines). Weights start as loaded and adapters start as the identity, so

@@ -52,6 +52,7 @@ left every method's fidelity at 6–41 % and 40 epochs reached 31–50 % (bench/
 class ConceptMethod(Method):
     name = "concept"
     model_kinds = frozenset({TEXT_TO_IMAGE})
+    tasks = frozenset({"text-to-image"})
     default_lr = 1e-4
 
     # -- configuration ---------------------------------------------------------------------
@@ -75,8 +76,8 @@ class ConceptMethod(Method):
     def completed(cls, config: Config) -> Config:
         """The bundled concept's class word and image count, and the concept's prompt."""
         if config.task == "auto":
-            config = updated(config, {"task": "text-to-image"})
-        if config.task != "text-to-image":
+            config = updated(config, {"task": next(iter(cls.tasks))})
+        if config.task not in cls.tasks:
             return config  # the method refuses the task with its own message
         _check_text_to_image(cls.name, config.model)
         diffusion = config.diffusion

@@ -114,6 +114,9 @@ class Distill(Finetune):
         self.measures_teacher = True
         """False for the undistilled baseline: it never consults the teacher."""
 
+    def extra_baselines(self) -> frozenset[str]:
+        return frozenset({"undistilled"} if self.kd.undistilled else ())
+
     @classmethod
     def completed(cls, config: Config) -> Config:
         """`model` is the student: the teacher's base model when it is built from the

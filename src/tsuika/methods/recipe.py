@@ -59,22 +59,10 @@ def image_side(splits: Splits) -> int:
 
 
 def choose(config: Config, task: Task, splits: Splits, model_kind: str) -> Recipe:
-    if task.name == "causal-lm":
-        return Recipe("lora", {}, "causal language model: LoRA adapters (PEFT)")
-    if task.name == "text-to-image":
-        return Recipe(
-            "dreambooth",
-            {},
-            "text-to-image: DreamBooth with prior preservation (the most "
-            "faithful of the four concept methods on the bundled model)",
-        )
-    if task.name != "classify":
-        return Recipe(
-            "transfer",
-            {},
-            f"{task.name}: transfer learning (a new head on frozen "
-            "features; name a method to fine-tune)",
-        )
+    declared = task.recipe()
+    if declared is not None:
+        method, reason = declared
+        return Recipe(method, {}, reason)
     k = per_class(splits, task)
     if model_kind == IMAGE_ENCODER:
         return _images(config, splits, k)

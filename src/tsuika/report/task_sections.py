@@ -1,5 +1,7 @@
-"""Report sections that belong to a task, registered by task name: a new task adds its own
-builder here (a causal LM: generations before and after; text-to-image: image grids)."""
+"""Report sections that belong to a task: the built-in tasks' builders here, found through
+the task's class (so `multi-task`, or a plugin's subclass of `Classify`, gets the
+classification sections); a task of its own (a plugin) gives its sections with a
+`report_sections(run)` method instead."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tsuika.report import charts
 from tsuika.report.files import RunFiles
 from tsuika.report.html import Section, chart, table
+from tsuika.tasks.causal_lm import CausalLM
 from tsuika.tasks.classify import Classify
+from tsuika.tasks.regression import Regression
 
 
 def _column_values(records: list[dict], key: str, column: str, several: bool) -> list:
@@ -115,14 +119,20 @@ def answers(run: RunFiles) -> list[Section]:
     return [Section("answers", "Answers: adapted vs base", body)]
 
 
-TASK_SECTIONS: dict[str, Callable[[RunFiles], list[Section]]] = {
-    "classify": classification,
-    "multi-task": classification,
-    "regression": regression,
-    "causal-lm": answers,
+TASK_SECTIONS: dict[type, Callable[[RunFiles], list[Section]]] = {
+    Classify: classification,
+    Regression: regression,
+    CausalLM: answers,
 }
+"""A text-to-image run has none here: its concept section comes from its summary
+(`sections.concept`), as any section a method adds."""
 
 
 def task_sections(run: RunFiles) -> list[Section]:
-    builder = TASK_SECTIONS.get(run.task.name)
-    return builder(run) if builder else []
+    own = getattr(run.task, "report_sections", None)
+    if own is not None:
+        return list(own(run))
+    for kind in type(run.task).__mro__:
+        if kind in TASK_SECTIONS:
+            return TASK_SECTIONS[kind](run)
+    return []

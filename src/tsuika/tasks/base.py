@@ -12,6 +12,7 @@ Predictions and truth are dicts of numpy arrays keyed by target column, one row 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,11 +34,11 @@ METRIC_TITLES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "R�
 """How the results table, the report and `compare` name a metric; a task adds its own."""
 
 
-class Task:
+class Task(ABC):
     name: ClassVar[str] = "task"
-    model_kinds: ClassVar[frozenset[str]] = ENCODERS
+    model_kinds: ClassVar[frozenset[str]]
     """The kinds of model this task adapts (`tsuika.model_kinds`): encoders, whose pooled
-    features feed a new head (`head`), or a model that keeps its own pretrained head."""
+    features feed a new head (`HeadTask`), or a model that keeps its own pretrained head."""
     selection: ClassVar[str]
     """The validation metric that picks the best epoch and drives early stopping."""
     higher_is_better: ClassVar[bool]
@@ -46,15 +47,46 @@ class Task:
     metric_titles: ClassVar[dict[str, str]] = METRIC_TITLES
     """Display names of metrics whose key is not already how a reader would name them."""
 
+    # -- what the rest of tsuika asks of a task (declared here, never worked out from its name)
+    has_classes: ClassVar[bool] = False
+    """Targets are classes: the data checks count them, `tsuika rank --limit` draws them
+    evenly, `train.balance` weighs them."""
+    rankable: ClassVar[bool] = False
+    """`tsuika rank` can score candidate models for it (a probe on their frozen features)."""
+    plannable: ClassVar[bool] = False
+    """`tsuika plan` can search methods for it (trials select on its validation metric)."""
+    selection_is_share: ClassVar[bool] = False
+    """The selection metric is a share of examples, so `plan` can give it a binomial
+    interval."""
+    forgetting: ClassVar[str | None] = None
+    """How `data.retain` measures what the model forgets (`tsuika.advice.forgetting`):
+    `probe` (a linear probe on the encoder's pooled features of a labelled retain set),
+    `loss` (the retain texts' loss per token), or None (not measured for this task)."""
+
+    export_forms: ClassVar[tuple[str, ...]] = ()
+    """What `tsuika export` writes for a run of this task: `onnx` (one graph from inputs to
+    outputs), `hf` (a folder transformers, timm or torch loads); none: `no_export` says why."""
+    no_export: ClassVar[str] = "this task's runs are used through tsuika"
+    """Why a run has no export (or no other one), with what to do instead."""
+
+    @classmethod
+    def recipe(cls) -> tuple[str, str] | None:
+        """The method `method: auto` gives this task and why, or None: the recipe chooses
+        from the data (`tsuika.methods.recipe`)."""
+        return (
+            "transfer",
+            f"{cls.name}: transfer learning (a new head on frozen features; name a method "
+            "to fine-tune)",
+        )
+
     @classmethod
     def metric_title(cls, metric: str) -> str:
         return cls.metric_titles.get(metric, metric)
 
-    @property
-    def new_head(self) -> bool:
-        """Whether the model ends in a new head of this task's (which trains at `train.lr`)
-        rather than a pretrained one (trained, if at all, like the rest of the network)."""
-        return self.model_kinds <= ENCODERS
+    new_head: ClassVar[bool] = False
+    """Whether the model ends in a new head of this task's (`HeadTask`, which trains at
+    `train.lr`) rather than a pretrained one (trained, if at all, like the rest of the
+    network)."""
 
     inference_batch: ClassVar[int] = 128
     """Examples per batch when only predicting (validation, test)."""
@@ -69,30 +101,33 @@ class Task:
         return cls(column if isinstance(column, list) else [column])
 
     @classmethod
+    @abstractmethod
     def from_meta(cls, meta: dict[str, Any]) -> Task:
         """Rebuild the task a run was trained with from `to_meta()` (validated by the caller)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_meta(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """What `from_meta` needs to rebuild this task (labels, statistics), for meta.json."""
 
     @classmethod
+    @abstractmethod
     def meta_problem(cls, meta: dict[str, Any]) -> str | None:
         """What is wrong with a `to_meta()` dict read from a file (it may come from anyone),
         or None."""
-        raise NotImplementedError
 
     # -- data ------------------------------------------------------------------------------
     def learn(self, pool: Examples) -> None:
         """Read what the targets are from the training pool (label sets, value checks)."""
+        return None  # a task with classes reads their names here
 
+    @abstractmethod
     def encode(self, raw: Examples, problems: list[str] | None = None) -> Examples:
         """Raw target strings → numbers. An unusable target is an error, or — with a
         `problems` list (images: skip and count) — its example is left out and named."""
-        raise NotImplementedError
 
     def fit(self, train: Examples) -> None:
         """Statistics of the training split (e.g. target mean and spread)."""
+        return None  # a task without statistics of its targets has none to take
 
     def checked_splits(self, splits: Splits) -> Splits:
         """The splits as the data checks (duplicates, leakage, sizes) read them: the data the
@@ -104,8 +139,9 @@ class Task:
         """Class of each example for stratified splits and `data.k`; None: no classes."""
         return None
 
+    @abstractmethod
     def targets(self, examples: Examples) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The examples' targets as tensors, by column: what a batch carries to the loss."""
 
     def truth(self, examples: Examples) -> Arrays:
         return {c: np.asarray(examples.targets[c]) for c in self.columns}
@@ -114,20 +150,15 @@ class Task:
         """Loss units of each example (None: one each; tokens for token-level tasks)."""
         return None
 
-    # -- model -----------------------------------------------------------------------------
-    def head(self, width: int, config: HeadConfig) -> nn.Module:
-        """The new head: features [B, width] → this task's outputs."""
-        raise NotImplementedError
-
     # -- training and validation -----------------------------------------------------------
     def inputs(self, state: State, targets: dict[str, torch.Tensor]) -> State:
         """What the model is given for a batch: its state, to which a task may add what it
         needs computed (a causal LM: the positions whose next token is learned)."""
         return state
 
+    @abstractmethod
     def losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """The loss of every example of the batch, [B]."""
-        raise NotImplementedError
 
     def loss(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean loss per example of the batch (a scalar): what a training step minimises."""
@@ -168,6 +199,7 @@ class Task:
         variance = max(sums["loss_squared"] / n - mean**2, 0.0) * n / (n - 1)
         return {"loss_se": (variance / n) ** 0.5}
 
+    @abstractmethod
     def sums(
         self,
         outputs: State,
@@ -177,27 +209,18 @@ class Task:
         """Additive statistics of a batch: `summarize` of their totals gives the metrics.
         `loss`, the batch's mean loss when the caller already has it (a training step), is
         used rather than computed again."""
-        raise NotImplementedError
 
+    @abstractmethod
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         """Metrics (including `loss` and `selection`) from summed statistics."""
-        raise NotImplementedError
 
     def handle_imbalance(self, mode: str, train: Examples) -> str | None:
         """`train.balance`: what this task does about rare classes, in one line (None:
         nothing). A task without classes has none to balance: `auto` and `none` do nothing,
         `weights` and `sampler` are refused."""
         if mode in ("weights", "sampler"):
-            self.balance(train)
+            raise TsuikaError(f"train.balance applies to classification; this task is {self.name}")
         return None
-
-    def balance(self, examples: Examples) -> None:
-        """`train.balance: weights`: weigh the classes of `examples` equally in the loss."""
-        raise TsuikaError(f"train.balance applies to classification; this task is {self.name}")
-
-    def draw_weights(self, targets: dict[str, torch.Tensor]) -> list[float]:
-        """`train.balance: sampler`: how often to draw each training example."""
-        raise TsuikaError(f"train.balance applies to classification; this task is {self.name}")
 
     def evaluate(self, model: nn.Module, feed: Feed) -> dict[str, float]:
         """Metrics of `model` over a whole feed, in one eval-mode pass (none for an empty feed:
@@ -236,17 +259,18 @@ class Task:
         predicted = self.predictions(outputs)
         return [self.describe(predicted, row, outputs) for row in range(len(inputs))]
 
+    @abstractmethod
     def predictions(self, outputs: State) -> Arrays:
         """Gathered outputs → predicted targets per column."""
-        raise NotImplementedError
 
+    @abstractmethod
     def test_metrics(self, truth: Arrays, predicted: Arrays) -> dict[str, float]:
-        raise NotImplementedError
+        """Every metric of predictions against the truth (the test split's results)."""
 
+    @abstractmethod
     def per_example(self, truth: Arrays, predicted: Arrays) -> np.ndarray:
         """One value per example whose mean, through `from_mean`, is the selection metric:
         what the paired bootstrap resamples."""
-        raise NotImplementedError
 
     def selection_statistics(self, truth: Arrays, predicted: Arrays) -> np.ndarray:
         """What the paired bootstrap resamples: per-example values [N] (or [N, M]) whose mean
@@ -255,6 +279,57 @@ class Task:
 
     def from_mean(self, mean: np.ndarray) -> np.ndarray:
         return mean
+
+    @abstractmethod
+    def describe(self, predicted: Arrays, row: int, outputs: State | None = None) -> str:
+        """One prediction in words, for `tsuika predict`."""
+
+    @abstractmethod
+    def decoded(self, predicted: Arrays) -> list:
+        """Predictions as Python values: one label / number, or a dict for several columns."""
+
+    # -- baselines and words ---------------------------------------------------------------
+    @abstractmethod
+    def gain_number(self, gain: float) -> str:
+        """A difference in the selection metric as a signed number in `gain_unit`s."""
+
+    baselines: ClassVar[tuple[str, ...]] = ()
+    """The baselines this task can be compared with (`tsuika.evaluate.baselines` runs those
+    the config asks for), e.g. `base`: the pretrained model as it is."""
+
+    gain_unit: ClassVar[str] = ""
+    gain_scale: ClassVar[float] = 1.0
+    """A difference in the selection metric × this is in `gain_unit`s (accuracy: 100)."""
+
+    def gain_interval(self, gain: dict[str, float]) -> str:
+        """A paired-bootstrap gain and its interval: `+6.0 [+3.7, +8.5]`."""
+        numbers = [self.gain_number(gain[key]) for key in ("gain", "low", "high")]
+        return f"{numbers[0]} [{numbers[1]}, {numbers[2]}]"
+
+    def confidence(self, outputs: State) -> np.ndarray | None:
+        """How sure the model is of each prediction (classify: its top probability), [N];
+        None when the task has no such number."""
+        return None
+
+    def gain_words(self, gain: float) -> str:
+        """A gain in the selection metric (positive: better), in words (`+9.6 accuracy
+        points`)."""
+        return f"{self.gain_number(gain)} {self.gain_unit}"
+
+
+class HeadTask(Task):
+    """A task that ends an encoder in a new head of its own (classify, regression): what it
+    has that a task keeping a pretrained head (a causal LM, text-to-image) lacks — the head
+    itself, its closed-form fit, and the baselines a head is judged against."""
+
+    model_kinds: ClassVar[frozenset[str]] = ENCODERS
+    new_head: ClassVar[bool] = True
+    forgetting: ClassVar[str | None] = "probe"
+    export_forms: ClassVar[tuple[str, ...]] = ("onnx", "hf")
+
+    @abstractmethod
+    def head(self, width: int, config: HeadConfig) -> nn.Module:
+        """The new head: features [B, width] → this task's outputs."""
 
     def has_closed_form(self, head: nn.Module) -> bool:
         """Can `solve_head` fit this head? (A linear head, and a convex loss.)"""
@@ -268,32 +343,7 @@ class Task:
         chosen; None when this task or head has no closed form (it then trains by steps)."""
         return None
 
-    def describe(self, predicted: Arrays, row: int, outputs: State | None = None) -> str:
-        """One prediction in words, for `tsuika predict`."""
-        raise NotImplementedError
-
-    def decoded(self, predicted: Arrays) -> list:
-        """Predictions as Python values: one label / number, or a dict for several columns."""
-        raise NotImplementedError
-
-    # -- baselines and words ---------------------------------------------------------------
-    def constant_baseline(self, train: Examples, n: int) -> tuple[str, Arrays, dict[str, Any]]:
-        """The cheapest honest baseline: (name, predictions for n examples, details)."""
-        raise NotImplementedError
-
-    def gain_number(self, gain: float) -> str:
-        """A difference in the selection metric as a signed number in `gain_unit`s."""
-        raise NotImplementedError
-
-    gain_unit: ClassVar[str] = ""
-    gain_scale: ClassVar[float] = 1.0
-    """A difference in the selection metric × this is in `gain_unit`s (accuracy: 100)."""
-
-    def gain_interval(self, gain: dict[str, float]) -> str:
-        """A paired-bootstrap gain and its interval: `+6.0 [+3.7, +8.5]`."""
-        numbers = [self.gain_number(gain[key]) for key in ("gain", "low", "high")]
-        return f"{numbers[0]} [{numbers[1]}, {numbers[2]}]"
-
+    # -- baselines -------------------------------------------------------------------------
     baselines: ClassVar[tuple[str, ...]] = (
         "constant",
         "classical",
@@ -301,26 +351,19 @@ class Task:
         "undistilled",
         "scratch",
     )
-    """The baselines this task can be compared with (`tsuika.evaluate.baselines` runs those
-    the config asks for): its constant prediction, a classical model without pretraining, a
-    linear probe on frozen features, a distilled student trained on the labels alone, the
-    same architecture trained from scratch."""
+    """Its constant prediction, a classical model without pretraining, a linear probe on
+    frozen features, a distilled student trained on the labels alone, the same architecture
+    trained from scratch."""
     linear_model: ClassVar[str] = "a linear model"
     """What `linear_baseline` fits, in words (`logistic regression`)."""
 
+    @abstractmethod
+    def constant_baseline(self, train: Examples, n: int) -> tuple[str, Arrays, dict[str, Any]]:
+        """The cheapest honest baseline: (name, predictions for n examples, details)."""
+
+    @abstractmethod
     def linear_baseline(
         self, features: FeatureSplits, train: Examples, val: Examples
     ) -> tuple[Arrays, dict[str, Any]]:
         """Predictions on the test features of a linear model fitted on the training features
         (regularisation chosen on validation), and its settings."""
-        raise NotImplementedError
-
-    def confidence(self, outputs: State) -> np.ndarray | None:
-        """How sure the model is of each prediction (classify: its top probability), [N];
-        None when the task has no such number."""
-        return None
-
-    def gain_words(self, gain: float) -> str:
-        """A gain in the selection metric (positive: better), in words (`+9.6 accuracy
-        points`)."""
-        return f"{self.gain_number(gain)} {self.gain_unit}"

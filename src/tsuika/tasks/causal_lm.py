@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tsuika.config import Config, HeadConfig
+from tsuika.config import Config
 from tsuika.data.splits import Examples
 from tsuika.errors import TsuikaError
 from tsuika.model_kinds import CAUSAL_LM
@@ -101,7 +101,15 @@ class CausalLM(Task):
         "loss": "loss per token",
     }
     baselines = ("base",)
+    forgetting = "loss"
+    export_forms = ("hf",)
+    no_export = "a causal LM exports as one merged Hugging Face folder"
     inference_batch = 16
+
+    @classmethod
+    def recipe(cls) -> tuple[str, str] | None:
+        return "lora", "causal language model: LoRA adapters (PEFT)"
+
     """Logits are [batch, tokens, vocabulary]: 16 × 80 × 49,152 floats is 250 MB."""
     gain_unit = "exact-match points"
     gain_scale = 100.0
@@ -187,10 +195,6 @@ class CausalLM(Task):
 
     def truth(self, examples: Examples) -> Arrays:
         return {"completion": self.labels(examples).numpy()}
-
-    # -- model -----------------------------------------------------------------------------
-    def head(self, width: int, config: HeadConfig) -> nn.Module:
-        raise TsuikaError("a causal language model keeps its own LM head")
 
     # -- training and validation -----------------------------------------------------------
     def inputs(self, state: State, targets: dict[str, torch.Tensor]) -> State:

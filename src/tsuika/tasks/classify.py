@@ -20,7 +20,7 @@ from tsuika.data.splits import Examples, check_classes, encode_labels, label_nam
 from tsuika.errors import TsuikaError
 from tsuika.models.base import State
 from tsuika.models.heads import Head, MultiHead, linear_layers, set_linear
-from tsuika.tasks.base import Arrays, Task
+from tsuika.tasks.base import Arrays, HeadTask
 from tsuika.tasks.linear import FeatureSplits, fit_on_validation, solve_logistic
 
 SELECTIONS = ("accuracy", "macro_f1")
@@ -32,11 +32,19 @@ INVERSE_REGULARISATION = (0.01, 0.1, 1.0, 10.0, 100.0)
 standardised dense features (small C) alike."""
 
 
-class Classify(Task):
+class Classify(HeadTask):
     name = "classify"
     selection = "accuracy"
     higher_is_better = True
     shown = ("accuracy", "macro_f1")
+    has_classes = True
+    rankable = True
+    plannable = True
+    selection_is_share = True
+
+    @classmethod
+    def recipe(cls) -> tuple[str, str] | None:
+        return None  # by the data: how many examples per class, text or images
 
     def __init__(
         self,
@@ -430,6 +438,12 @@ class MultiTask(Classify):
     """`classify` with several label columns, named for what it is."""
 
     name = "multi-task"
+    selection_is_share = False  # the mean of several columns' accuracies
+
+    @classmethod
+    def recipe(cls) -> tuple[str, str] | None:
+        # Transfer, as for any task: the recipe's schedules were measured on one column.
+        return super(Classify, cls).recipe()
 
     @classmethod
     def from_config(cls, config: Config) -> MultiTask:

@@ -21,18 +21,20 @@ from tsuika.data.splits import Examples
 from tsuika.errors import TsuikaError
 from tsuika.models.base import State
 from tsuika.models.heads import Head, linear_layers, set_linear
-from tsuika.tasks.base import Arrays, Task
+from tsuika.tasks.base import Arrays, HeadTask
 from tsuika.tasks.linear import FeatureSplits, fit_on_validation, solve_ridge
 
 RIDGE_PENALTIES = (1000.0, 100.0, 10.0, 1.0, 0.1)
 """Ridge's alpha, most regularised first."""
 
 
-class Regression(Task):
+class Regression(HeadTask):
     name = "regression"
     selection = "rmse"
     higher_is_better = False
     shown = ("rmse", "mae", "r2")
+    rankable = True
+    plannable = True
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tsuika.config import Config, DataConfig, HeadConfig, class_template_problem
+from tsuika.config import Config, DataConfig, class_template_problem
 from tsuika.data.captioned import DEFAULT_CONCEPT, concept_class_of, read_captioned_images
 from tsuika.data.splits import Examples, Splits
 from tsuika.errors import TsuikaError
@@ -50,7 +50,21 @@ class TextToImage(Task):
     name = "text-to-image"
     model_kinds = frozenset({TEXT_TO_IMAGE})
     baselines = ("base",)
+    forgetting = None  # what a concept costs the model is judged by its class images instead
+    no_export = (
+        "the files in its model/ folder already load without tsuika (see the README's "
+        "text-to-image methods)"
+    )
     inference_batch = 64
+
+    @classmethod
+    def recipe(cls) -> tuple[str, str] | None:
+        return (
+            "dreambooth",
+            "text-to-image: DreamBooth with prior preservation (the most faithful of the four "
+            "concept methods on the bundled model)",
+        )
+
     gain_unit = "fidelity points"
     gain_scale = 100.0
 
@@ -206,9 +220,6 @@ class TextToImage(Task):
 
     def truth(self, examples: Examples) -> Arrays:
         return {"class": np.asarray(examples.targets["class"])}
-
-    def head(self, width: int, config: HeadConfig) -> nn.Module:
-        raise TsuikaError("a text-to-image model has no classification head")
 
     # -- training and validation -----------------------------------------------------------
     def losses(self, outputs: State, targets: dict[str, torch.Tensor]) -> torch.Tensor:
