@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 import tsuika.methods
 import tsuika.tasks
 from tsuika.cli import main
+from tsuika.config import build_config, load_config, plugin_sections
 from tsuika.errors import TsuikaError
 from tsuika.methods import Finetune, Method
 from tsuika.plugins import registry
@@ -39,8 +40,17 @@ from tsuika.methods.transfer import Transfer
 from tsuika.tasks.classify import Classify
 
 
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProbeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scale: float = Field(1.0, gt=0)
+
+
 class Probe(Transfer):
     name = "probe"
+    settings_model = ProbeSettings
 
 
 class Misnamed(Transfer):
@@ -100,6 +110,33 @@ def test_a_plugin_method_comes_after_the_built_ins_in_their_order(install: Insta
     assert list(methods) == [*tsuika.methods.BUILT_IN, "probe"]
     assert methods["probe"].__name__ == "Probe" and issubclass(methods["probe"], Method)
     assert unusable == {}
+
+
+@pytest.fixture
+def fresh_sections() -> Iterator[None]:
+    """`plugin_sections` is read once per process: forget it around a test that installs."""
+    plugin_sections.cache_clear()
+    yield
+    plugin_sections.cache_clear()
+
+
+def test_a_plugin_method_has_its_own_settings_section(install: Install, fresh_sections) -> None:
+    install("probe-kit", {"tsuika.methods": {"probe": "{module}:Probe"}})
+    config = build_config({"method": "probe", "probe": {"scale": "2.5"}})
+    assert config.part_settings("probe").scale == 2.5  # validated and converted by its model
+    assert build_config({}).part_settings("probe").scale == 1.0  # its default
+    assert config.part_settings("train") is config.train  # a built-in section, the same way
+    assert _methods()[0]["probe"].config_sections() == ("probe",)
+    # kept as the user gave it: a resolve step still tells the user's values from defaults
+    assert config.model_dump(exclude_unset=True)["probe"] == {"scale": 2.5}
+    with pytest.raises(TsuikaError, match=r"^config: `probe.scale`: Input should be greater"):
+        build_config({"probe": {"scale": -1}})
+    with pytest.raises(TsuikaError, match=r"^config: `probe.nope`: Extra inputs"):
+        build_config({"probe": {"nope": 1}})
+    with pytest.raises(TsuikaError, match=r"^config: unknown key `prob` \(check the spelling"):
+        build_config({"prob": {"scale": 1}})
+    overridden = load_config(None, ["probe.scale=3"])
+    assert overridden.part_settings("probe").scale == 3.0
 
 
 def test_a_plugin_task_is_registered_the_same_way(install: Install) -> None:
@@ -275,13 +312,16 @@ def test_training_with_an_installed_plugin_method(
     table = text_table(tmp_path / "text.csv")
     settings = fast_config(tiny_bert_dir, table, output, method="bitfit", name="bitfit")
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({**settings, "report": True}), encoding="utf-8")
+    own = {"bitfit": {"lr": 2e-3}}  # the plugin's own settings section, through the command
+    config.write_text(yaml.safe_dump({**settings, **own, "report": True}), encoding="utf-8")
 
     done = _tsuika(bitfit_site, "train", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     run = output / "bitfit"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "bitfit"
+    assert yaml.safe_load((run / "config.yaml").read_text())["bitfit"] == {"lr": 2e-3}
+    assert "change nothing" not in done.stderr  # bitfit reads its own section
     assert "bitfit" in (run / "report.html").read_text(encoding="utf-8")
 
     # Only the biases below the head, and the head, trained: the summary counts exactly

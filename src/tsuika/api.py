@@ -14,7 +14,7 @@ from typing import Any
 
 from tsuika.advice import Finding, data_checks
 from tsuika.advice.forgetting import Forgetting, retention
-from tsuika.config import Config, build_config, load_config, merge, to_yaml
+from tsuika.config import Config, build_config, load_config, merge, to_yaml, unread_settings
 from tsuika.console import say, warn
 from tsuika.data.reading import load_splits
 from tsuika.data.splits import Splits
@@ -84,6 +84,19 @@ def train(
     else:
         config = as_config(config, overrides)
     return Training(config, Path(resume) if resume is not None else None).run()
+
+
+def warn_unread(given: Config, method: Method, task: Task) -> None:
+    """One warning naming the settings that the run's method and task do not read (each
+    part declares its `sections`): `adapter.r=16` with `method: finetune` changes nothing."""
+    read = set(type(method).config_sections()) | set(type(task).config_sections())
+    unread = unread_settings(given, read)
+    if unread:
+        warn(
+            f"{', '.join(unread)}: method {method.name} and task {task.name} do not read "
+            "these settings, so they change nothing; remove them, or name the method they "
+            "belong to"
+        )
 
 
 class Training:
@@ -161,6 +174,7 @@ class Training:
         everything chosen from the data (recipe, input length, budget); a bad setting, data
         file or retain file fails here, before any folder is written."""
         config, resuming = self.config, self.resuming
+        given = config  # as the user gave it: what they set, before any part's defaults
         if config.method != "auto":
             config = method_class(config.method).configured(config)
         # A missing tracker package or a bad store, a taken `name` or a bad `output` fail
@@ -184,6 +198,8 @@ class Training:
             recipe = choose(config, task, splits, model_kind)
             config = recipe.applied(config)
         method, model = adapting(config, task)  # a bad freeze setting fails before any folder
+        if not resuming and is_main_process():
+            warn_unread(given, method, task)
         if config.train.max_length is None and model.model_kind == TEXT_ENCODER:
             length, notes["input_length"] = fitted_length(model, splits.train.inputs)
             config = with_train(config, max_length=length)

@@ -1,11 +1,14 @@
 """Typed configuration: YAML + dotted `key=value` overrides, validated, defaults in one place.
 
 Unknown keys are errors (a typo must not silently fall back to a default). Every error names
-the key and what was expected.
+the key and what was expected. A plugin's task or method (`tsuika.plugins`) brings its own
+settings section under its name (`bitfit.lr=…`), validated as the built-in ones are.
 """
 
 from __future__ import annotations
 
+from functools import cache
+from importlib.metadata import entry_points
 from itertools import pairwise
 from pathlib import Path
 from string import Formatter
@@ -13,7 +16,15 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from tsuika.errors import TsuikaError
 
@@ -440,7 +451,36 @@ class HypernetworkConfig(Section):
         return value
 
 
+PLUGIN_GROUPS = ("tsuika.methods", "tsuika.tasks")
+"""The entry-point groups of `tsuika.plugins`, whose parts may declare settings."""
+
+
+@cache
+def plugin_sections() -> dict[str, type[BaseModel]]:
+    """The settings sections of installed plugins, by config key: a plugin's task or method
+    class that declares `settings_model` (a pydantic model, documented per field) has its
+    settings under its own name. Read from the entry points `tsuika.plugins` reads; a plugin
+    that cannot be loaded, or takes a built-in key, has none here (`tsuika.plugins` names it)."""
+    found: dict[str, type[BaseModel]] = {}
+    for group in PLUGIN_GROUPS:
+        for entry in sorted(entry_points(group=group), key=lambda e: e.name):
+            if entry.name in Config.model_fields or entry.name in found:
+                continue
+            try:
+                part = entry.load()
+            except Exception:  # a broken plugin is reported where it is asked for
+                continue
+            section = getattr(part, "settings_model", None)
+            if isinstance(section, type) and issubclass(section, BaseModel):
+                found[entry.name] = section
+    return found
+
+
 class Config(Section):
+    model_config = ConfigDict(extra="allow", validate_assignment=True, coerce_numbers_to_str=True)
+    """Keys beyond the fields below are allowed only as plugins' settings sections
+    (`plugin_sections`); any other is an unknown key, as in every section."""
+
     model: str = "minilm-l6"
     """A bundled name (`tsuika models`), a local Hugging Face model folder, or
     `timm:<name>` / `torchvision:<name>` with `model_weights`."""
@@ -494,6 +534,54 @@ class Config(Section):
         if not value.strip():
             raise ValueError("must name a model (see `tsuika models`)")
         return value
+
+    @model_validator(mode="after")
+    def _plugin_settings(self) -> Config:
+        """Each extra key is a plugin's section, validated by its model and kept as the
+        mapping the user gave (so what the user set stays distinguishable from defaults)."""
+        extra = self.__pydantic_extra__ or {}
+        sections = plugin_sections() if extra else {}
+        for key, given in extra.items():
+            if key not in sections:
+                raise PydanticCustomError("unknown_key", "unknown key", {"key": key})
+            try:
+                extra[key] = sections[key].model_validate(given).model_dump(exclude_unset=True)
+            except ValidationError as err:
+                problem = err.errors()[0]
+                where = ".".join(str(part) for part in (key, *problem["loc"]))
+                raise PydanticCustomError(
+                    "plugin_setting",
+                    "{problem}",
+                    {"key": where, "problem": problem["msg"], "input": problem.get("input")},
+                ) from None
+        return self
+
+    def part_settings(self, key: str) -> BaseModel:
+        """A settings section by its key: a built-in one, or a plugin's (its defaults where
+        the user set nothing)."""
+        if key in type(self).model_fields:
+            return getattr(self, key)
+        section = plugin_sections().get(key)
+        if section is None:
+            raise TsuikaError(f"no settings section `{key}` (no installed part declares one)")
+        return section.model_validate((self.__pydantic_extra__ or {}).get(key, {}))
+
+
+GLOBAL_SECTIONS = ("data", "head", "train", "baselines")
+"""Sections every run reads; the others belong to the tasks and methods that declare them
+(`sections` on a task or method class)."""
+
+
+def unread_settings(config: Config, read: set[str]) -> list[str]:
+    """The settings the user set (through YAML, the command line or the API) in sections
+    that neither the run's method nor its task reads (`read`): they would change nothing."""
+    user = config.model_dump(exclude_unset=True)
+    return [
+        f"{section}.{key}"
+        for section, values in user.items()
+        if isinstance(values, dict) and section not in GLOBAL_SECTIONS and section not in read
+        for key in values
+    ]
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -620,7 +708,12 @@ def _explain(err: ValidationError, source: str) -> str:
     lines = []
     for problem in err.errors():
         key = ".".join(str(part) for part in problem["loc"])
-        if problem["type"] == "extra_forbidden":
+        if problem["type"] in ("unknown_key", "plugin_setting"):
+            key = problem["ctx"]["key"]
+        if problem["type"] == "plugin_setting":
+            given = problem["ctx"]["input"]
+            lines.append(f"`{key}`: {problem['ctx']['problem']} (got {given!r})")
+        elif problem["type"] in ("extra_forbidden", "unknown_key"):
             lines.append(f"unknown key `{key}` (check the spelling; see examples/*.yaml)")
         else:
             lines.append(f"`{key}`: {problem['msg']} (got {problem.get('input')!r})")

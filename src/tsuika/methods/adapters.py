@@ -94,6 +94,7 @@ class Adapters(Method):
     train, everything else is frozen."""
 
     name = "adapters"
+    sections = ("adapter", "finetune")  # finetune.lwf
     default_lr = 5e-4
     """`adapter.lr` when the config leaves it unset."""
     remedies = frozenset({"lwf"})

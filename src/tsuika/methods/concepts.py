@@ -51,6 +51,7 @@ left every method's fidelity at 6–41 % and 40 epochs reached 31–50 % (bench/
 
 class ConceptMethod(Method):
     name = "concept"
+    sections = ("diffusion",)
     model_kinds = frozenset({TEXT_TO_IMAGE})
     tasks = frozenset({"text-to-image"})
     default_lr = 1e-4
@@ -210,6 +211,7 @@ class TextualInversion(ConceptMethod):
     and weight decay are zero)."""
 
     name = "textual-inversion"
+    sections = ("diffusion", "textual_inversion")
     default_lr = 5e-3
 
     @classmethod
@@ -310,6 +312,7 @@ class DreamBooth(ConceptMethod):
     model generated (cached) or the user supplied."""
 
     name = "dreambooth"
+    sections = ("diffusion", "dreambooth")
     default_lr = 1e-4
     given_class_images: list[torch.Tensor] | None = None
     """The pictures of `dreambooth.class_data`, read by `prepare`."""
@@ -462,6 +465,7 @@ class DreamBoothLora(DreamBooth):
     place of full fine-tuning; the base stays frozen (Hu et al. 2021, arXiv:2106.09685)."""
 
     name = "dreambooth-lora"
+    sections = ("diffusion", "dreambooth", "adapter")
     default_lr = 1e-3
 
     def lora_config(self, targets: list[str]):
@@ -519,6 +523,7 @@ class HypernetworkMethod(ConceptMethod):
     plain class prompt: a hypernetwork adds no word, it changes how every prompt is read."""
 
     name = "hypernetwork"
+    sections = ("diffusion", "hypernetwork")
     default_lr = 1e-3
 
     @classmethod

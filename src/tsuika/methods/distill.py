@@ -86,6 +86,7 @@ def load_teacher(folder: str) -> tuple[AdaptableModel, Task, dict]:
 
 class Distill(Finetune):
     name = "distill"
+    sections = ("distill", "finetune")
     model_kinds = ENCODERS
     tasks = frozenset({"classify", "multi-task"})
 

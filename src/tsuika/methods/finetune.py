@@ -50,6 +50,7 @@ def frozen_groups(model: AdaptableModel, freeze: int | str | list[str]) -> set[i
 
 class Finetune(Method):
     name = "finetune"
+    sections = ("finetune",)
     remedies = frozenset({"l2sp", "lwf"})
 
     def __init__(self, config: Config, task: Task) -> None:

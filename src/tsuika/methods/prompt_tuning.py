@@ -34,6 +34,7 @@ class PromptTuning(Adapters):
     model_kinds = frozenset({CAUSAL_LM})
     default_lr = 3e-2
     remedies = frozenset()  # nothing pretrained trains; the soft prompt changes the positions
+    sections = ("adapter",)
 
     def peft_config(self, targets: list[str]) -> PeftConfig:
         return PromptTuningConfig(

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from tsuika.config import Config, HeadConfig
@@ -62,6 +63,19 @@ class Task(ABC):
     """How `data.retain` measures what the model forgets (`tsuika.advice.forgetting`):
     `probe` (a linear probe on the encoder's pooled features of a labelled retain set),
     `loss` (the retain texts' loss per token), or None (not measured for this task)."""
+
+    sections: ClassVar[tuple[str, ...]] = ()
+    """The config sections this part reads besides the global ones (`GLOBAL_SECTIONS`): a
+    section the user sets that neither the run's method nor its task reads is named in a
+    warning (it would change nothing)."""
+    settings_model: ClassVar[type[BaseModel] | None] = None
+    """A plugin part's own settings: a pydantic model, its section under the part's name
+    (`tsuika.config.plugin_sections`; read with `config.part_settings(name)`)."""
+
+    @classmethod
+    def config_sections(cls) -> tuple[str, ...]:
+        """Every non-global section this part reads, its own plugin section included."""
+        return cls.sections + ((cls.name,) if cls.settings_model is not None else ())
 
     export_forms: ClassVar[tuple[str, ...]] = ()
     """What `tsuika export` writes for a run of this task: `onnx` (one graph from inputs to

@@ -101,6 +101,7 @@ class CausalLM(Task):
         "loss": "loss per token",
     }
     baselines = ("base",)
+    sections = ("lm",)
     forgetting = "loss"
     export_forms = ("hf",)
     no_export = "a causal LM exports as one merged Hugging Face folder"

@@ -38,6 +38,7 @@ class Classify(HeadTask):
     higher_is_better = True
     shown = ("accuracy", "macro_f1")
     has_classes = True
+    sections = ("multitask",)  # multitask.weights, when there are several columns
     rankable = True
     plannable = True
     selection_is_share = True

@@ -33,6 +33,7 @@ class Regression(HeadTask):
     selection = "rmse"
     higher_is_better = False
     shown = ("rmse", "mae", "r2")
+    sections = ("regression",)
     rankable = True
     plannable = True
 

@@ -50,6 +50,7 @@ class TextToImage(Task):
     name = "text-to-image"
     model_kinds = frozenset({TEXT_TO_IMAGE})
     baselines = ("base",)
+    sections = ("diffusion",)
     forgetting = None  # what a concept costs the model is judged by its class images instead
     no_export = (
         "the files in its model/ folder already load without tsuika (see the README's "

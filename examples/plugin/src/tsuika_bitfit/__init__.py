@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
@@ -23,9 +24,15 @@ from tsuika.methods.base import WEIGHTS, Method, damaged, decay_groups, save_wei
 from tsuika.model_kinds import ENCODERS
 from tsuika.models.base import AdaptableModel
 
-BIAS_LR = 1e-3
-"""The biases' rate when `adapter.lr` is unset: the top of the paper's search
-({1e-4, 4e-4, 7e-4, 1e-3}); so few parameters need a far higher rate than full fine-tuning."""
+
+class BitFitSettings(BaseModel):
+    """`bitfit.*` in a config or on the command line: the plugin's own section, validated by
+    tsuika as its built-in sections are (an unknown key or a bad value is one error line)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(1e-3, gt=0)
+    """The biases' learning rate: the top of the paper's search ({1e-4, 4e-4, 7e-4, 1e-3});
+    so few parameters need a far higher rate than full fine-tuning."""
 
 
 def body_biases(model: AdaptableModel) -> dict[str, nn.Parameter]:
@@ -43,6 +50,7 @@ class BitFit(Method):
     name = "bitfit"
     model_kinds = ENCODERS
     """Encoders: causal LMs such as Llama have no biases to train."""
+    settings_model = BitFitSettings
 
     def prepare(self, model: AdaptableModel) -> None:
         biases = body_biases(model)
@@ -69,7 +77,7 @@ class BitFit(Method):
     def param_groups(self, model: AdaptableModel) -> list[dict]:
         """The biases of each layer group at the bias rate, without weight decay (pulling a
         shift toward zero is no regulariser); the new head as every method trains it."""
-        rate = self.config.adapter.lr or BIAS_LR
+        rate = self.config.part_settings(self.name).lr
         biases = body_biases(model)
         groups = []
         for group in model.layer_groups()[:-1]:
