@@ -217,3 +217,26 @@ def test_a_regressor_is_not_offered_transfer_twice(base_config, write_file):
     found = candidates_for({**base_config, "task": "regression", "data": data})
     assert [s.name for s in found].count("transfer") == 1
     assert not any(s.name.startswith("recipe") for s in found)
+
+
+def test_the_candidates_come_from_the_methods_that_declare_them(base_config, monkeypatch):
+    """A method offers `plan` its own candidates (a plugin's too); a subclass that does not
+    declare any offers none (contrastive extends finetune, and is not one of its schedules)."""
+    import tsuika.plan
+    from tsuika.methods import METHODS, Finetune
+
+    class Wide(Finetune):
+        name = "wide"
+
+        @classmethod
+        def plan_candidates(cls, groups: int, search: dict) -> list[tuple[str, dict]]:
+            return [("wide everything", {"method": cls.name, "train": search})]
+
+    class Narrow(Finetune):  # declares nothing: inherits no candidates
+        name = "narrow"
+
+    methods = {**METHODS, "wide": Wide, "narrow": Narrow}
+    monkeypatch.setattr(tsuika.plan, "METHODS", methods)
+    names = [s.name for s in candidates_for(base_config)]
+    assert names[-1] == "wide everything" and names.count("wide everything") == 1
+    assert not any("narrow" in name or "contrastive" in name for name in names[2:])

@@ -22,6 +22,7 @@ from tsuika.errors import RunInterrupted, TsuikaError
 from tsuika.evaluate.baselines import (
     AdaptedRun,
     Baseline,
+    BaselineRun,
     BeforeTraining,
     head_only,
     run_baselines,
@@ -263,12 +264,10 @@ class Training:
 
     def run_baselines(self) -> None:
         """Every wanted baseline; those that train are phases of the run in metrics.jsonl."""
-        self.baselines = run_baselines(
+        compared_with = BaselineRun(
             self.config,
             self.task,
             self.splits,
-            model_kind_for(self.config),
-            self.wanted,
             self.before,
             AdaptedRun(self.method, self.model, self.phase),
             self.progress,
@@ -276,6 +275,7 @@ class Training:
             self.path,
             self.resuming,
         )
+        self.baselines = run_baselines(compared_with, self.wanted)
 
     def summarize(self) -> None:
         """summary.json's content, section by section (see the class)."""

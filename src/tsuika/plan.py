@@ -33,7 +33,7 @@ from tsuika.data.splits import Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed.cache import CacheSettings
 from tsuika.files import write_atomic
-from tsuika.methods import method_class
+from tsuika.methods import METHODS, method_class
 from tsuika.methods.recipe import choose
 from tsuika.run_folder import check_run_dir
 from tsuika.tasks import model_kind_for
@@ -43,12 +43,8 @@ from tsuika.train.phase import run_trial, seed_everything
 from tsuika.train.tracking import check_tracking
 
 SEARCH_TRAINING = {"epochs": 10, "patience": 3}
-"""Fine-tuning and LoRA candidates: at most 10 epochs, stopping after 3 without a better
-validation score (transfer keeps its own defaults: its epochs cost milliseconds on cached
-features; the recipe keeps its fixed schedule)."""
-RATES = (3e-5, 1e-4)
-"""Fine-tuning's backbone rates: the default, and 3× it (the recipe's contrastive rate)."""
-RANKS = (4, 16)
+"""Candidates that train by epochs (fine-tuning, LoRA): at most 10 epochs, stopping after 3
+without a better validation score (the recipe keeps its fixed schedule)."""
 FIRST_RUNG, REDUCTION = 2, 3
 """Successive halving's rungs: epochs 2, 6, 18; at each, a trial continues only if its
 validation score is among the best third of the trials that reached that epoch."""
@@ -147,25 +143,19 @@ def parse_budget(text: str) -> float:
 def strategies(config: Config, task: Task, splits: Splits, groups: int) -> list[Strategy]:
     """The candidates, cheapest first. `groups`: the model's layer groups (embeddings, blocks,
     head), from which the freeze depths are counted."""
+    offered = [
+        Strategy(label, settings)
+        for method in METHODS.values()
+        if "plan_candidates" in vars(method) and method.fits(task)
+        for label, settings in method.plan_candidates(groups, SEARCH_TRAINING)
+    ]
     recipe = choose(config, task, splits, model_kind_for(config, task))
-    search = {"train": SEARCH_TRAINING}
-    found = [Strategy("transfer", {"method": "transfer"})]
     chosen = {"method": recipe.method, **recipe.settings}
-    if chosen != found[0].settings:
-        found.append(Strategy(f"recipe ({recipe.method})", chosen, default=True))
-    else:  # for regression the recipe is transfer itself
-        found[0].default = True
-    upper = (groups - 1) // 2  # the upper half of the pretrained groups trains
-    depths = [(upper, "upper half")] if upper > 1 else []  # a small model has one depth
-    for freeze, where in [*depths, (1, "all above the embeddings")]:
-        for rate in RATES:
-            settings = {"method": "finetune", "finetune": {"freeze": freeze, "head_init": "probe"}}
-            settings["train"] = {**SEARCH_TRAINING, "backbone_lr": rate}
-            found.append(Strategy(f"finetune {where}, lr {rate:g}", settings))
-    for r in RANKS:
-        settings = {"method": "lora", "adapter": {"r": r, "alpha": 2 * r}, **search}
-        found.append(Strategy(f"lora r={r}", settings))
-    return found
+    same = [s for s in offered if s.settings == chosen]
+    if same:  # for regression the recipe is transfer itself
+        same[0].default = True
+        return offered
+    return [*offered[:1], Strategy(f"recipe ({recipe.method})", chosen, default=True), *offered[1:]]
 
 
 def configured(base: Config, strategy: Strategy) -> Config:

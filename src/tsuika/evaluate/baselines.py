@@ -9,7 +9,7 @@ matched to the adapted run's compute."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from tsuika.feed import Pretrained
 from tsuika.methods import Finetune
 from tsuika.methods.base import Method
 from tsuika.models.base import AdaptableModel, State
+from tsuika.tasks import model_kind_for
 from tsuika.tasks.base import Arrays, Task
 from tsuika.tasks.linear import FeatureSplits, in_training_span, standardised
 from tsuika.train.distributed import training_device
@@ -41,6 +42,8 @@ class Baseline:
     predicted: Arrays
     """Its predictions on the test split."""
     seconds: float
+    """What it cost: its own fit and prediction, and its share of the pretrained pass taken
+    before training (the probe's features, the base model's outputs)."""
     pretrained: bool
     """Whether it uses the pretrained weights (the probe) or not."""
     details: dict[str, Any] = field(default_factory=dict)
@@ -110,65 +113,95 @@ class AdaptedRun:
     phase: PhaseResult
 
 
-def run_baselines(
-    config: Config,
-    task: Task,
-    splits: Splits,
-    model_kind: str,
-    names: list[str],
-    before: BeforeTraining | None,
-    adapted: AdaptedRun,
-    progress: Progress,
-    hooks: Sequence[Hook],
-    path: Path | None = None,
-    resume: bool = False,
-) -> list[Baseline]:
+@dataclass
+class BaselineRun:
+    """Everything a baseline may need of the run it is compared with: its settings and data,
+    what the pretrained model gave before training (`before`), what the adapted run did, and
+    where a baseline that trains logs (its phase goes through the same loop and hooks)."""
+
+    config: Config
+    task: Task
+    splits: Splits
+    before: BeforeTraining | None
+    adapted: AdaptedRun
+    progress: Progress
+    hooks: Sequence[Hook]
+    path: Path | None = None
+    resume: bool = False
+
+
+# Each baseline below returns its `Baseline` with the seconds it spent before training (on
+# the run's own pretrained pass); `run_baselines` adds the time it takes itself.
+
+
+def constant(run: BaselineRun) -> Baseline:
+    key, predicted, details = run.task.constant_baseline(run.splits.train, len(run.splits.test))
+    return Baseline(key, CONSTANT_TITLES.get(key, key), predicted, 0.0, False, details)
+
+
+def classical(run: BaselineRun) -> Baseline:
+    task, splits = run.task, run.splits
+    features, described = classical_features(model_kind_for(run.config), splits)
+    predicted, details = task.linear_baseline(in_training_span(features), splits.train, splits.val)
+    title = f"{task.linear_model} on {described}"
+    return Baseline("classical", title, predicted, 0.0, False, details)
+
+
+def base(run: BaselineRun) -> Baseline | None:
+    before = run.before
+    if before is None or before.outputs is None:
+        return None
+    predicted = run.task.predictions(before.outputs)
+    title = "the pretrained model before adaptation"
+    details = {"validation": before.validation}
+    return Baseline("base", title, predicted, before.seconds, True, details)
+
+
+def probe(run: BaselineRun) -> Baseline | None:
+    before = run.before
+    if before is None or before.features is None:
+        return None
+    features = in_training_span(standardised(before.features))
+    predicted, details = run.task.linear_baseline(features, run.splits.train, run.splits.val)
+    title = "linear probe on the frozen features"
+    return Baseline("probe", title, predicted, before.seconds, True, details)
+
+
+def undistilled(run: BaselineRun) -> Baseline:
+    predicted, details = _undistilled(run)
+    title = "the same student trained on the labels alone"
+    return Baseline("undistilled", title, predicted, 0.0, True, details)
+
+
+def scratch(run: BaselineRun) -> Baseline:
+    predicted, details = _scratch(run)
+    title = f"same network from scratch ({details['epochs']} epochs)"
+    return Baseline("scratch", title, predicted, 0.0, False, details)
+
+
+BASELINES: dict[str, Callable[[BaselineRun], Baseline | None]] = {
+    "constant": constant,
+    "classical": classical,
+    "base": base,
+    "probe": probe,
+    "undistilled": undistilled,
+    "scratch": scratch,
+}
+"""Every baseline by the name tasks (`Task.baselines`) and methods (`extra_baselines`) use;
+None: it has nothing to compare (the pretrained pass it needs was not taken)."""
+
+
+def run_baselines(run: BaselineRun, names: list[str]) -> list[Baseline]:
     """Each wanted baseline, fitted on the training split (validation for its settings) and
     scored on the test split. The baselines that train are phases of the run, watched by
-    `hooks` (the metrics log)."""
+    `run.hooks` (the metrics log)."""
     baselines = []
     for name in names:
         started = time.perf_counter()
-        if name == "constant":
-            key, predicted, details = task.constant_baseline(splits.train, len(splits.test))
-            title, pretrained = CONSTANT_TITLES.get(key, key), False
-        elif name == "classical":
-            features, described = classical_features(model_kind, splits)
-            features = in_training_span(features)
-            predicted, details = task.linear_baseline(features, splits.train, splits.val)
-            key, title, pretrained = name, f"{task.linear_model} on {described}", False
-        elif name == "base":
-            if before is None or before.outputs is None:
-                continue
-            started -= before.seconds  # computed before training
-            predicted = task.predictions(before.outputs)
-            details = {"validation": before.validation}
-            key, pretrained = name, True
-            title = "the pretrained model before adaptation"
-        elif name == "probe":
-            if before is None or before.features is None:
-                continue
-            started -= before.seconds  # the features were taken before training
-            features = in_training_span(standardised(before.features))
-            predicted, details = task.linear_baseline(features, splits.train, splits.val)
-            key, pretrained = name, True
-            title = "linear probe on the frozen features"
-        elif name == "undistilled":
-            key, pretrained = name, True
-            predicted, details = _undistilled(
-                config, splits, adapted, progress, hooks, path, resume
-            )
-            title = "the same student trained on the labels alone"
-        elif name == "scratch":
-            key, pretrained = name, False
-            predicted, details = _scratch(
-                config, task, splits, adapted, progress, hooks, path, resume
-            )
-            title = f"same network from scratch ({details['epochs']} epochs)"
-        else:
-            continue
-        seconds = time.perf_counter() - started
-        baselines.append(Baseline(key, title, predicted, seconds, pretrained, details))
+        baseline = BASELINES[name](run)
+        if baseline is not None:
+            baseline.seconds += time.perf_counter() - started
+            baselines.append(baseline)
     return baselines
 
 
@@ -202,36 +235,20 @@ def standard_batchnorm_momentum(model: torch.nn.Module) -> None:
             module.momentum = 0.1
 
 
-def _undistilled(
-    config: Config,
-    splits: Splits,
-    adapted: AdaptedRun,
-    progress: Progress,
-    hooks: Sequence[Hook],
-    path: Path | None,
-    resume: bool,
-) -> tuple[Arrays, dict[str, Any]]:
+def _undistilled(run: BaselineRun) -> tuple[Arrays, dict[str, Any]]:
     """The student, built and initialised as the distilled one, trained with the same
     settings and epochs on the hard labels only: what the teacher added is the gain over it."""
-    seed_everything(config.seed)
-    method = adapted.method.without_teacher()
-    model = method.build_model(config)
+    seed_everything(run.config.seed)
+    method = run.adapted.method.without_teacher()
+    model = method.build_model(run.config)
     model.to(training_device())
-    return _trained(model, method, splits, config, progress, hooks, "undistilled", path, resume)
+    return _trained(model, method, run.config, run, "undistilled")
 
 
-def _scratch(
-    config: Config,
-    task: Task,
-    splits: Splits,
-    adapted: AdaptedRun,
-    progress: Progress,
-    hooks: Sequence[Hook],
-    path: Path | None,
-    resume: bool,
-) -> tuple[Arrays, dict[str, Any]]:
+def _scratch(run: BaselineRun) -> tuple[Arrays, dict[str, Any]]:
     """The same architecture from random initialisation, every parameter training; unless
     `baselines.scratch_epochs` is set, for as many epochs as fit in the adapted run's FLOPs."""
+    config, splits, adapted = run.config, run.splits, run.adapted
     seed_everything(config.seed)
     model = adapted.method.build_model(config, pretrained=False)
     standard_batchnorm_momentum(model)
@@ -250,35 +267,36 @@ def _scratch(
         )
         epochs = matched_epochs(flops, budget, n_train, n_val, config.train.epochs)
         details["budget"] = f"matched to the adapted run: {budget / 1e12:.3g} TFLOP"
-    scratch = scratch_config(config, epochs)
-    method = Finetune(scratch, task)
-    predicted, trained = _trained(
-        model, method, splits, scratch, progress, hooks, "scratch", path, resume
-    )
+    from_scratch = scratch_config(config, epochs)
+    method = Finetune(from_scratch, run.task)
+    predicted, trained = _trained(model, method, from_scratch, run, "scratch")
     return predicted, details | trained
 
 
 def _trained(
-    model: AdaptableModel,
-    method: Method,
-    splits: Splits,
-    config: Config,
-    progress: Progress,
-    hooks: Sequence[Hook],
-    phase_name: str,
-    path: Path | None,
-    resume: bool,
+    model: AdaptableModel, method: Method, config: Config, run: BaselineRun, phase_name: str
 ) -> tuple[Arrays, dict[str, Any]]:
-    """A baseline network (on its device) trained as one phase of the run: its test
-    predictions, and how many epochs it ran and which was best."""
+    """A baseline network (on its device), trained with `config` as one phase of `run`: its
+    test predictions, and how many epochs it ran and which was best."""
     method.prepare(model)
-    phase = run_phase(model, method, splits, config, progress, phase_name, hooks, path, resume)
+    phase = run_phase(
+        model,
+        method,
+        run.splits,
+        config,
+        run.progress,
+        phase_name,
+        run.hooks,
+        run.path,
+        run.resume,
+    )
     return phase.predicted, {"epochs": len(phase.fit.history), "best_epoch": phase.fit.best_epoch}
 
 
 __all__ = [
     "AdaptedRun",
     "Baseline",
+    "BaselineRun",
     "BeforeTraining",
     "head_only",
     "run_baselines",

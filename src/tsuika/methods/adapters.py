@@ -185,9 +185,23 @@ class Adapters(Method):
         super().restore(model, folder)
 
 
+PLAN_RANKS = (4, 16)
+"""The LoRA ranks `tsuika plan` tries (alpha = 2 × rank)."""
+
+
 class Lora(Adapters):
     name = "lora"
     dora = False
+
+    @classmethod
+    def plan_candidates(cls, groups: int, search: dict) -> list[tuple[str, dict]]:
+        return [
+            (
+                f"lora r={r}",
+                {"method": cls.name, "adapter": {"r": r, "alpha": 2 * r}, "train": search},
+            )
+            for r in PLAN_RANKS
+        ]
 
     def peft_config(self, targets: list[str]) -> PeftConfig:
         settings = self.config.adapter

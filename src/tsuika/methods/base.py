@@ -102,17 +102,27 @@ class Method:
         """Every non-global section this part reads, its own plugin section included."""
         return cls.sections + ((cls.name,) if cls.settings_model is not None else ())
 
-    def __init__(self, config: Config, task: Task) -> None:
-        if not self.model_kinds & task.model_kinds:
-            raise TsuikaError(
-                f"method {self.name} adapts {kinds_in_words(self.model_kinds)} models, "
+    @classmethod
+    def misfit(cls, task: Task | type[Task]) -> str | None:
+        """Why this method cannot train `task` (None: it can)."""
+        if not cls.model_kinds & task.model_kinds:
+            return (
+                f"method {cls.name} adapts {kinds_in_words(cls.model_kinds)} models, "
                 f"and task {task.name} trains {kinds_in_words(task.model_kinds, article=True)}"
             )
-        if self.tasks is not None and task.name not in self.tasks:
-            raise TsuikaError(
-                f"method {self.name} trains {' or '.join(sorted(self.tasks))} tasks, "
-                f"not {task.name}"
+        if cls.tasks is not None and task.name not in cls.tasks:
+            return (
+                f"method {cls.name} trains {' or '.join(sorted(cls.tasks))} tasks, not {task.name}"
             )
+        return None
+
+    @classmethod
+    def fits(cls, task: Task | type[Task]) -> bool:
+        return cls.misfit(task) is None
+
+    def __init__(self, config: Config, task: Task) -> None:
+        if misfit := self.misfit(task):
+            raise TsuikaError(misfit)
         refused = [k for k in ("l2sp", "lwf") if getattr(config.finetune, k)]
         refused = [k for k in refused if k not in self.remedies]
         if refused:
@@ -191,6 +201,15 @@ class Method:
         if key not in settings.shared:
             settings.shared[key] = cache_boundary(model, feed, boundary, settings, name)
         return settings.shared[key]
+
+    @classmethod
+    def plan_candidates(cls, groups: int, search: dict) -> list[tuple[str, dict]]:
+        """What `tsuika plan` tries of this method, cheapest first: (label, settings) each.
+        `groups`: the model's layer groups (freeze depths count from them); `search`: plan's
+        `train` settings for a candidate that trains by epochs (bounded, early-stopped).
+        Read from the class that declares it, never inherited (`contrastive` is not one of
+        `finetune`'s schedules); none by default."""
+        return []
 
     def extra_baselines(self) -> frozenset[str]:
         """Baselines this method adds to the task's (`Task.baselines` names them all): e.g.

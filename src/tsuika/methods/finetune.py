@@ -48,10 +48,34 @@ def frozen_groups(model: AdaptableModel, freeze: int | str | list[str]) -> set[i
     return chosen
 
 
+PLAN_RATES = (3e-5, 1e-4)
+"""The backbone rates `tsuika plan` tries: the default, and 3× it (the recipe's contrastive
+rate)."""
+
+
 class Finetune(Method):
     name = "finetune"
     sections = ("finetune",)
     remedies = frozenset({"l2sp", "lwf"})
+
+    @classmethod
+    def plan_candidates(cls, groups: int, search: dict) -> list[tuple[str, dict]]:
+        """The upper half of the pretrained groups, then all above the embeddings, each at
+        `PLAN_RATES`, from a probe's head."""
+        upper = (groups - 1) // 2
+        depths = [(upper, "upper half")] if upper > 1 else []  # a small model has one depth
+        return [
+            (
+                f"finetune {where}, lr {rate:g}",
+                {
+                    "method": cls.name,
+                    "finetune": {"freeze": freeze, "head_init": "probe"},
+                    "train": {**search, "backbone_lr": rate},
+                },
+            )
+            for freeze, where in [*depths, (1, "all above the embeddings")]
+            for rate in PLAN_RATES
+        ]
 
     def __init__(self, config: Config, task: Task) -> None:
         super().__init__(config, task)

@@ -26,6 +26,11 @@ class Transfer(Method):
         self.solved: dict[str, Any] | None = None
         """How the head was solved in closed form (None: it trains by steps)."""
 
+    @classmethod
+    def plan_candidates(cls, groups: int, search: dict) -> list[tuple[str, dict]]:
+        # its own defaults: its epochs cost milliseconds on cached features
+        return [("transfer", {"method": cls.name})]
+
     def trainable_groups(self, model: AdaptableModel) -> set[int]:
         return {model.num_stages - 1}
 
