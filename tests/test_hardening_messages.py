@@ -188,11 +188,11 @@ def test_text_to_image_data_shows_no_leakage_by_design(diffusion_folder, tmp_pat
 
 def test_export_says_use_format_hf_only_when_another_format_was_asked():
     picture_task = TextToImage({"judge": None})
-    refused = unexported(picture_task.name, "hf", picture_task)
+    refused = unexported(picture_task, "hf")
     assert "use --format hf" not in refused
     assert "no hf export" in refused and "model/" in refused
-    assert "no onnx export" in unexported(picture_task.name, "onnx", picture_task)
-    assert "use --format hf" in unexported("causal-lm", "onnx", CausalLM("any"))
+    assert "no onnx export" in unexported(picture_task, "onnx")
+    assert "use --format hf" in unexported(CausalLM("any"), "onnx")
     # what export() refuses is what the task declares
     assert TextToImage.export_forms == () and CausalLM.export_forms == ("hf",)
 

@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from string import Formatter
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -569,7 +569,25 @@ class Config(Section):
 
 GLOBAL_SECTIONS = ("data", "head", "train", "baselines")
 """Sections every run reads; the others belong to the tasks and methods that declare them
-(`sections` on a task or method class)."""
+(`ReadsSettings.sections`)."""
+
+
+class ReadsSettings:
+    """What a task or a method (both are one) declares of the settings it reads."""
+
+    name: ClassVar[str]
+    sections: ClassVar[tuple[str, ...]] = ()
+    """The config sections this part reads besides the global ones (`GLOBAL_SECTIONS`): a
+    section the user sets that neither the run's method nor its task reads is named in a
+    warning (it would change nothing)."""
+    settings_model: ClassVar[type[BaseModel] | None] = None
+    """A plugin part's own settings: a pydantic model, its section under the part's name
+    (`plugin_sections`; read with `config.part_settings(name)`)."""
+
+    @classmethod
+    def config_sections(cls) -> tuple[str, ...]:
+        """Every non-global section this part reads, its own plugin section included."""
+        return cls.sections + ((cls.name,) if cls.settings_model is not None else ())
 
 
 def unread_settings(config: Config, read: set[str]) -> list[str]:

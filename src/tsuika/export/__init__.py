@@ -45,18 +45,18 @@ def export(
         raise TsuikaError(f"{out} already exists; exports never overwrite, choose another --out")
     run = load(run_path)
     if format not in run.task.export_forms:
-        raise TsuikaError(unexported(run.task.name, format, run.task))
+        raise TsuikaError(unexported(run.task, format))
     read_predictions(run.path / PREDICTIONS, run.task)  # checked before any work: the card reads it
     if format == "onnx":
         return staged(out, lambda folder: write_onnx(run, folder, out.name, int8), run)
     return staged(out, lambda folder: write_hf(run, folder, out.name), run)
 
 
-def unexported(name: str, format: str, task: Task) -> str:
+def unexported(task: Task, format: str) -> str:
     """Why a run of `task` has no `format` export, and what it has instead."""
     other = [f for f in task.export_forms if f != format]
     instead = f": use --format {other[0]}" if other else ""
-    return f"a {name} run has no {format} export ({task.no_export}){instead}"
+    return f"a {task.name} run has no {format} export ({task.no_export}){instead}"
 
 
 def export_merged(run_path: str | Path, out: str | Path) -> Path:

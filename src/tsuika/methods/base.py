@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import ClassVar
 
 import torch
-from pydantic import BaseModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tsuika.config import Config, resolved
+from tsuika.config import Config, ReadsSettings, resolved
 from tsuika.data.splits import Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed import Batch, Feed, Pretrained
@@ -78,7 +76,7 @@ def trained_groups(model: AdaptableModel) -> set[int]:
     return {g.index for g in model.layer_groups() if g.trainable}
 
 
-class Method:
+class Method(ReadsSettings):
     """Whole layer groups train or stay frozen; subclasses say which, and how fast."""
 
     name = "base"
@@ -89,18 +87,6 @@ class Method:
     remedies: frozenset[str] = frozenset()
     """Which forgetting remedies this method applies: `l2sp` (pretrained weights train),
     `lwf` (the pretrained model's outputs can be had); a config asking for another is refused."""
-    sections: ClassVar[tuple[str, ...]] = ()
-    """The config sections this part reads besides the global ones (`GLOBAL_SECTIONS`): a
-    section the user sets that neither the run's method nor its task reads is named in a
-    warning (it would change nothing)."""
-    settings_model: ClassVar[type[BaseModel] | None] = None
-    """A plugin part's own settings: a pydantic model, its section under the part's name
-    (`tsuika.config.plugin_sections`; read with `config.part_settings(name)`)."""
-
-    @classmethod
-    def config_sections(cls) -> tuple[str, ...]:
-        """Every non-global section this part reads, its own plugin section included."""
-        return cls.sections + ((cls.name,) if cls.settings_model is not None else ())
 
     @classmethod
     def misfit(cls, task: Task | type[Task]) -> str | None:

@@ -17,10 +17,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel
 from torch import nn
 
-from tsuika.config import Config, HeadConfig
+from tsuika.config import Config, HeadConfig, ReadsSettings
 from tsuika.data.splits import Examples, Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed import Feed, gather_outputs, input_feed, run_model
@@ -35,7 +34,7 @@ METRIC_TITLES = {"macro_f1": "macro-F1", "rmse": "RMSE", "mae": "MAE", "r2": "RÂ
 """How the results table, the report and `compare` name a metric; a task adds its own."""
 
 
-class Task(ABC):
+class Task(ReadsSettings, ABC):
     name: ClassVar[str] = "task"
     model_kinds: ClassVar[frozenset[str]]
     """The kinds of model this task adapts (`tsuika.model_kinds`): encoders, whose pooled
@@ -63,19 +62,6 @@ class Task(ABC):
     """How `data.retain` measures what the model forgets (`tsuika.advice.forgetting`):
     `probe` (a linear probe on the encoder's pooled features of a labelled retain set),
     `loss` (the retain texts' loss per token), or None (not measured for this task)."""
-
-    sections: ClassVar[tuple[str, ...]] = ()
-    """The config sections this part reads besides the global ones (`GLOBAL_SECTIONS`): a
-    section the user sets that neither the run's method nor its task reads is named in a
-    warning (it would change nothing)."""
-    settings_model: ClassVar[type[BaseModel] | None] = None
-    """A plugin part's own settings: a pydantic model, its section under the part's name
-    (`tsuika.config.plugin_sections`; read with `config.part_settings(name)`)."""
-
-    @classmethod
-    def config_sections(cls) -> tuple[str, ...]:
-        """Every non-global section this part reads, its own plugin section included."""
-        return cls.sections + ((cls.name,) if cls.settings_model is not None else ())
 
     export_forms: ClassVar[tuple[str, ...]] = ()
     """What `tsuika export` writes for a run of this task: `onnx` (one graph from inputs to
