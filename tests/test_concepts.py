@@ -472,3 +472,17 @@ def test_guidance_defaults_to_the_folders_recommendation(tiny_folder, tmp_path) 
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(TsuikaError, match="guidance_scale 'high' is not a number"):
         diffusion_model(str(folder))
+
+
+def test_loading_the_judge_draws_no_random_numbers(tmp_path):
+    """The judge is loaded once per process (memoised): a draw from the global generator there
+    gave the first run of a process other random numbers than every later run with the same
+    seed (the hypernetwork's cache on/off cell differed by 0.009 when it ran first)."""
+    from tsuika.models.diffusion import judge_at
+
+    ImageJudge(CLASSES, 8).save(tmp_path / "judge")
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    judge = judge_at(str(tmp_path / "judge"))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert judge.classes == CLASSES

@@ -222,3 +222,16 @@ def test_lwf_keeps_a_causal_lm_adapter_nearer_the_pretrained_predictions(tiny_ll
     kept = tsuika.train({**config, "finetune": {"lwf": 100.0}}, name="kept")
     # measured: KL 0.0165 free, 0.0117 / 0.0085 / 0.0060 with lwf 10 / 100 / 1000
     assert moved(kept) < 0.75 * moved(free)
+
+
+def test_every_method_that_offers_lwf_keeps_the_pretrained_features():
+    """LwF's code lives in one mixin (`methods/remedies.py`), not on every method: a method
+    that declares the remedy must mix it in, or `finetune.lwf` would be accepted and ignored."""
+    from tsuika.methods import METHODS, Method
+    from tsuika.methods.remedies import KeepsPretrainedFeatures
+
+    assert not issubclass(Method, KeepsPretrainedFeatures)
+    offering = {name for name, cls in METHODS.items() if "lwf" in cls.remedies}
+    assert {"finetune", "lora"} <= offering
+    for name in offering:
+        assert issubclass(METHODS[name], KeepsPretrainedFeatures), name

@@ -26,6 +26,7 @@ from tsuika.methods.base import (
     stage_state,
     trained_groups,
 )
+from tsuika.methods.remedies import KeepsPretrainedFeatures
 from tsuika.models.base import AdaptableModel, unwrapped
 
 ADAPTER = "adapter"
@@ -89,7 +90,7 @@ def adapter_targets(
     return chosen
 
 
-class Adapters(Method):
+class Adapters(KeepsPretrainedFeatures, Method):
     """The contract, for any PEFT method that injects into layers: adapters and the head
     train, everything else is frozen."""
 

@@ -34,7 +34,7 @@ from tsuika.feed.cache import CacheSettings, cache_boundary
 from tsuika.files import atomic_file
 from tsuika.model_kinds import CAUSAL_LM, ENCODERS, kinds_in_words
 from tsuika.models import model_for
-from tsuika.models.base import AdaptableModel, State, unwrapped
+from tsuika.models.base import AdaptableModel
 from tsuika.tasks import model_kind_for
 from tsuika.tasks.base import Task
 
@@ -119,9 +119,6 @@ class Method(ReadsSettings):
             )
         self.config = config
         self.task = task
-        self.remembered: torch.Tensor | None = None
-        """LwF's targets for an encoder: the pretrained pooled features of the training
-        split, by example (set by `remember`)."""
 
     @classmethod
     def configured(cls, config: Config, chosen: dict | None = None) -> Config:
@@ -213,26 +210,9 @@ class Method(ReadsSettings):
         before the first step): e.g. a head fitted on its features."""
 
     def remember(self, model: AdaptableModel, pretrained: Pretrained) -> None:
-        """Keep what training is compared with (LwF's pretrained features), before the first
-        step; unlike `before_fit`, also when resuming (a checkpoint does not hold it)."""
-        if self.config.finetune.lwf and self.task.model_kinds <= ENCODERS:
-            self.remembered = pretrained.features("train").float()
-
-    def pooled_step(self, model: nn.Module, batch: Batch) -> tuple[State, State]:
-        """The pooled features and the outputs of a batch, in one pass."""
-        state = self.task.inputs(batch.state, batch.targets)
-        pooled_at = len(unwrapped(model).stages) - 1
-        pooled = model(state, batch.start, pooled_at)
-        return pooled, model(pooled, pooled_at)
-
-    def lwf_penalty(self, pooled: State, batch: Batch) -> torch.Tensor:
-        """Learning without forgetting for an encoder (Li & Hoiem 2016): `finetune.lwf` × the
-        squared distance of these examples' pooled features from the pretrained ones."""
-        assert self.remembered is not None
-        rows = torch.tensor(batch.indices) % len(self.remembered)
-        target = self.remembered[rows].to(pooled["features"].device)
-        drift = (pooled["features"].float() - target) ** 2
-        return self.config.finetune.lwf * drift.sum(-1).mean()
+        """Keep what training is compared with, before the first step; unlike `before_fit`,
+        also when resuming (a checkpoint does not hold it). LwF's features
+        (`tsuika.methods.remedies`)."""
 
     def unused_validation(self, model: AdaptableModel) -> str | None:
         """Why nothing this run keeps is chosen on validation (None: something is — the best

@@ -17,6 +17,7 @@ from tsuika.config import Config
 from tsuika.errors import TsuikaError
 from tsuika.feed import Batch, Pretrained, Targets
 from tsuika.methods.base import Method, decay_groups, set_trainable
+from tsuika.methods.remedies import KeepsPretrainedFeatures
 from tsuika.model_kinds import ENCODERS
 from tsuika.models.base import AdaptableModel, State, unwrapped
 from tsuika.tasks.base import Task
@@ -53,7 +54,7 @@ PLAN_RATES = (3e-5, 1e-4)
 rate)."""
 
 
-class Finetune(Method):
+class Finetune(KeepsPretrainedFeatures, Method):
     name = "finetune"
     sections = ("finetune",)
     remedies = frozenset({"l2sp", "lwf"})

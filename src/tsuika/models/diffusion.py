@@ -292,9 +292,14 @@ def load_unet_weights(unet: UNet2DConditionModel, path: Path) -> None:
 
 @cache
 def judge_at(folder: str) -> ImageJudge:
-    """The independent classifier in `folder` (judge.json + judge.safetensors), loaded once."""
+    """The independent classifier in `folder` (judge.json + judge.safetensors), loaded once.
+
+    Built without drawing from the global random numbers: its layers' initial values are
+    replaced by the file's anyway, and since only the first run of a process loads it, a draw
+    here would give that run other random numbers than every later run with the same seed."""
     try:
-        return ImageJudge.load(Path(folder))
+        with torch.random.fork_rng(devices=[]):
+            return ImageJudge.load(Path(folder))
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise TsuikaError(f"judge {folder}: cannot be loaded ({error})") from None
 
