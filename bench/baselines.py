@@ -14,6 +14,7 @@ default (10 epochs from scratch).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -23,6 +24,10 @@ import torch
 
 import tsuika
 from tsuika.config import load_config
+
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
+
 
 RUNS = {
     "text demo (transfer, k=256)": dict(

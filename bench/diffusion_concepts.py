@@ -42,6 +42,10 @@ import time
 from datetime import date
 from pathlib import Path
 
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
+
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "diffusion_concepts.json"
 GRID = REPO / "docs" / "diffusion_concepts.png"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import tempfile
 import time
@@ -27,6 +28,9 @@ from distill_common import latencies, onnx_accuracy, print_latencies, print_runs
 import tsuika
 from tsuika.data import tables
 from tsuika.export import export
+
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ the GPU run's test predictions with the same run on the CPU.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,10 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 import tsuika
 from tsuika.data.tables import BUNDLED
+
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
+
 
 WORDS = [
     "good",

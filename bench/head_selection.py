@@ -11,6 +11,7 @@ Prints, per variant and seed, (C, test accuracy, test macro-F1) for each criteri
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import warnings
@@ -26,6 +27,9 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import f1_score  # noqa: E402
 
 from tsuika.tasks.linear import _scaler, class_weights, macro_f1, out_of_fold  # noqa: E402
+
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
 
 
 def chosen_c(x, y, classes: int, weights, selection: str, criterion: str, seed: int) -> float:

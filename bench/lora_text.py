@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
+
 
 CONFIGS = {
     "lora r=8, all blocks": ["method=lora", "adapter.r=8"],

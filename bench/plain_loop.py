@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -9,6 +10,9 @@ import torch
 from tsuika.feed import Feed
 from tsuika.feed.batches import sorted_batches
 from tsuika.train.schedule import lr_multiplier
+
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
 
 
 def plain_pytorch_epoch(

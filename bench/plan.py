@@ -13,6 +13,7 @@ Each side runs in this process, one after the other; seconds are each run's tota
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -24,6 +25,10 @@ from small_data import review_files
 
 import tsuika
 from tsuika.plan import parse_budget, plan
+
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
+
 
 SINGLE = ("transfer", "finetune", "lora", "auto")
 

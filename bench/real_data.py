@@ -64,6 +64,10 @@ from pathlib import Path
 import numpy as np
 from small_data import review_rows, write_table
 
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
+
+
 ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "bench" / "results" / "real_data.jsonl"
 

@@ -46,6 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
+
+
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_SIDES = ["tsuika", "logreg", "setfit", "hf-trainer"]
 IMAGE_SIDES = ["tsuika", "logreg", "naive-finetune", "naive-frozen"]

@@ -15,6 +15,7 @@ Prints:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import time
@@ -31,6 +32,9 @@ from tsuika.methods import Finetune
 from tsuika.models import Request, load_model
 from tsuika.train.loop import fit
 from tsuika.train.phase import seed_everything
+
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
 
 
 @torch.no_grad()

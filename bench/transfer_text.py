@@ -16,6 +16,7 @@ Prints, for the bundled minilm-l6 and movie-review data:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import time
@@ -31,6 +32,9 @@ from tsuika.feed import input_feed
 from tsuika.feed.batches import sorted_batches
 from tsuika.models import BUNDLED, Request, load_model
 from tsuika.train.phase import seed_everything
+
+# Benches time cold runs: no frozen pass is read from the activation store.
+os.environ.setdefault("TSUIKA_ACTIVATIONS", "off")
 
 
 @torch.no_grad()

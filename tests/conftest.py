@@ -44,6 +44,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items[:] = order + short
 
 
+@pytest.fixture(scope="session", autouse=True)
+def activation_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One activation store for the whole test run, shared by its workers (xdist gives each
+    worker its own temporary folder inside one per run): what a frozen bundled model computed
+    for one test is read by the next test on the same inputs, as it would be for a user
+    (`tsuika.feed.store`; its own tests use stores of their own). Never the user's store."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "activations"
+    os.environ["TSUIKA_ACTIVATIONS"] = str(folder)
+    return folder
+
+
 WriteFile = Callable[[str, str | bytes], Path]
 
 

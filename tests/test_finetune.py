@@ -641,7 +641,9 @@ def test_disk_cache_spills_to_the_run_folder_while_training(base_config, monkeyp
         assert "cache" in self.folder.parts
 
     monkeypatch.setattr(DiskStore, "finish", finish)
-    run = finetune_run(base_config, train={"epochs": 1, "cache": "disk"}, freeze=2)
+    # Within the run: nothing read from the suite's activation store (tests/test_store.py).
+    train = {"epochs": 1, "cache": "disk", "cache_across_runs": False}
+    run = finetune_run(base_config, train=train, freeze=2)
     assert seen == [["attention_mask.bin", "hidden.bin"]] * 3  # train, validation and test
     assert not (run.path / "cache").exists()
 

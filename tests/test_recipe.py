@@ -231,7 +231,8 @@ def test_the_probe_baseline_and_the_probes_head_share_one_pass_per_split(
         method="finetune",
         finetune={"freeze": 1, "head_init": "probe"},
         baselines={"probe": True},
-        train={"epochs": 1},
+        # Passes within the run: none read from the suite's activation store.
+        train={"epochs": 1, "cache_across_runs": False},
     )
     run = tsuika.train(config)
     assert "probe" in run.summary["baselines"]

@@ -300,6 +300,8 @@ class Training:
             "baselines": sum(b.seconds for b in self.baselines),
             "total": time.perf_counter() - self.started,
         }
+        if phase.frozen_passes is not None:
+            summary["frozen_passes"] = phase.frozen_passes
         summary["memory"] = peak_memory()
         summary["disk"] = disk_usage(self.path / "model")
         if phase.train_tokens and phase.fit.seconds > 0:

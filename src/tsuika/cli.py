@@ -793,6 +793,71 @@ def models() -> None:
     )
 
 
+cache_app = typer.Typer(
+    no_args_is_help=True, help="The activation store: frozen passes kept across runs."
+)
+app.add_typer(cache_app, name="cache")
+
+
+def _store():
+    """The user's activation store, or None (said) when `TSUIKA_ACTIVATIONS=off`."""
+    from tsuika.config import TrainConfig
+    from tsuika.feed.store import activation_store
+
+    store = activation_store(TrainConfig().cache_limit_gb)
+    if store is None:
+        out.print("the activation store is off (TSUIKA_ACTIVATIONS=off)")
+    return store
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+@cache_app.command("ls")
+def cache_ls() -> None:
+    """List the stored passes, most recently used first."""
+    import datetime
+
+    store = _store()
+    if store is None:
+        return
+    entries = store.entries()
+    table = Table("key", "model", "split", "up to", "examples", "size", "last used")
+    for entry in entries:
+        about = entry.about
+        used = datetime.datetime.fromtimestamp(entry.used).strftime("%Y-%m-%d %H:%M")
+        table.add_row(
+            entry.key[:12],
+            escape(str(about.get("model", "?"))),
+            escape(str(about.get("split", "?"))),
+            escape(str(about.get("stage", about.get("boundary", "?")))),
+            str(about.get("examples", "?")),
+            _size(entry.bytes),
+            used,
+        )
+    out.print(table)
+    total = sum(entry.bytes for entry in entries)
+    out.print(
+        f"{len(entries)} passes, {_size(total)} of {_size(store.limit_bytes)} in "
+        f"{escape(str(store.folder))}"
+    )
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Remove every stored pass (later runs compute them again)."""
+    store = _store()
+    if store is None:
+        return
+    freed = store.clear()
+    out.print(f"removed the stored passes in {escape(str(store.folder))}: {_size(freed)} freed")
+
+
 @app.command()
 def demo(
     output: Annotated[str, typer.Option(parser=_path_text, help="parent folder of runs")] = "runs",

@@ -173,6 +173,11 @@ class TrainConfig(Section):
     cache_memory_mb: int = Field(2048, ge=1)
     """With `cache: auto`, above this size the cache spills to memory-mapped files in the run
     folder (`memory` never spills, `disk` always uses them)."""
+    cache_across_runs: bool = True
+    """Keep frozen passes in the user's activation store (`TSUIKA_CACHE`, else ~/.cache/tsuika;
+    `tsuika cache ls|clear`) and read them in a later run on the same inputs and weights."""
+    cache_limit_gb: float = Field(10.0, gt=0)
+    """The activation store's size; the least recently used passes go beyond it."""
     checkpoint_every: int | None = Field(None, ge=1)
     """Also checkpoint every N optimizer steps (a checkpoint is always written per epoch)."""
 

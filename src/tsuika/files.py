@@ -28,6 +28,12 @@ from typing import BinaryIO
 from tsuika.errors import TsuikaError
 
 
+def user_cache_folder() -> Path:
+    """tsuika's own cache folder for this user (`TSUIKA_CACHE`, else ~/.cache/tsuika): converted
+    bundled models and the activation store (`tsuika.feed.store`)."""
+    return Path(os.environ.get("TSUIKA_CACHE") or Path.home() / ".cache" / "tsuika")
+
+
 def _read_umask() -> int:
     # `os.umask` can only be read by setting it, so set it back at once. Doing this once at
     # import keeps the window in which another thread could create a file with umask 0 tiny.

@@ -39,7 +39,7 @@ from tsuika.run_folder import check_run_dir
 from tsuika.tasks import model_kind_for
 from tsuika.tasks.base import Task
 from tsuika.train.hooks import Hook
-from tsuika.train.phase import run_trial, seed_everything
+from tsuika.train.phase import run_trial, seed_everything, store_of
 from tsuika.train.tracking import check_tracking
 
 SEARCH_TRAINING = {"epochs": 10, "patience": 3}
@@ -226,6 +226,7 @@ def plan(
                 memory_limit_mb=config.train.cache_memory_mb,
                 folder=spill / f"trial{trial.number}",
                 shared=shared.setdefault(inputs, {}),
+                store=store_of(config),
             )
 
         try:

@@ -33,6 +33,7 @@ from tsuika.errors import TsuikaError
 from tsuika.model_kinds import kinds_in_words
 from tsuika.models import model_for
 from tsuika.tasks import model_kind_for, task_for
+from tsuika.train.phase import frozen_pass_settings
 
 SPLITS = ("train", "val", "test")
 GENERATIVE = ("causal-lm", "text-to-image")
@@ -56,13 +57,14 @@ def check(
     if not features or task.name in GENERATIVE:
         return findings
     model = model_for(config, lambda width: nn.Identity()).eval()
-    pooled = {s: pooled_features(model, getattr(splits, s).inputs) for s in SPLITS}
+    settings = frozen_pass_settings(config)
+    pooled = {s: pooled_features(model, getattr(splits, s).inputs, settings, s) for s in SPLITS}
     found = near_duplicates(splits, pooled)
     columns = label_columns(task)
     if columns:
         found.append(label_errors(splits.train, pooled["train"], columns[0], config.seed))
     if source_inputs is not None:
-        source_pooled = pooled_features(model, source_inputs)
+        source_pooled = pooled_features(model, source_inputs, settings, "source")
         found.append(domain_shift(source_pooled, pooled["train"], config.seed))
     return findings + with_label_names(found, task)
 
@@ -129,7 +131,7 @@ def rank(
             )
         started = time.perf_counter()
         model = model_for(candidate, lambda width: nn.Identity(), plain == name, kind)
-        features = pooled_features(model.eval(), inputs)
+        features = pooled_features(model.eval(), inputs, frozen_pass_settings(config), "rank")
         timings = {"features": time.perf_counter() - started}
         started = time.perf_counter()
         evidence = logme(features, labels, classification)

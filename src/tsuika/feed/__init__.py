@@ -14,9 +14,12 @@ from dataclasses import dataclass, replace
 import torch
 
 from tsuika.feed.batches import sorted_batches
+from tsuika.feed.store import ActivationStore, identity
 from tsuika.models.base import AdaptableModel, State
 
 Collate = Callable[[list[State]], State]
+POOLED_BATCH = 128
+"""Batch size of the pretrained model's pooled pass (the baselines' and LP-FT's features)."""
 Targets = dict[str, torch.Tensor]
 
 
@@ -103,6 +106,9 @@ class Feed:
     draw: list[float] | None = None
     """Training epochs draw examples with replacement in proportion to these weights
     (`train.balance: sampler`) instead of shuffling every example once."""
+    origin: str | None = None
+    """For cached items, the address in the cross-run store (`tsuika.feed.store`) of the pass
+    that computed them (raw items are hashed instead: `feed.cache.identity`)."""
 
     def __len__(self) -> int:
         return len(self.items)
@@ -137,11 +143,14 @@ class Feed:
             units=self.units * times if self.units else None,
             inputs=self.inputs * times if self.inputs is not None else None,
             draw=self.draw * times if self.draw else None,
+            origin=None,  # other items
         )
 
     def at(self, items: object, start: int, collate: Collate) -> Feed:
         """The same examples and targets, entering the model at `start` (a cached feed)."""
-        return replace(self, items=items, start=start, collate=collate, augmented=False)
+        return replace(
+            self, items=items, start=start, collate=collate, augmented=False, origin=None
+        )
 
 
 def input_feed(
@@ -224,8 +233,13 @@ class Pretrained:
     split. Valid until the model trains. A feed may be given as a function that makes it,
     called only when the split is first needed."""
 
-    def __init__(self, model: AdaptableModel, feeds: dict[str, Feed | Callable[[], Feed]]) -> None:
-        self.model, self._feeds = model, dict(feeds)
+    def __init__(
+        self,
+        model: AdaptableModel,
+        feeds: dict[str, Feed | Callable[[], Feed]],
+        store: ActivationStore | None = None,
+    ) -> None:
+        self.model, self._feeds, self.store = model, dict(feeds), store
         self._pooled: dict[str, State] = {}
 
     def feed(self, split: str) -> Feed:
@@ -239,9 +253,25 @@ class Pretrained:
             # A validation split given back to training: no rows, the training split's widths.
             self._pooled[split] = {key: rows[:0] for key, rows in self.pooled("train").items()}
         if split not in self._pooled:
-            stop = self.model.num_stages - 1
-            self._pooled[split] = gather_outputs(self.model, self.feed(split), stop=stop)
+            self._pooled[split] = self._pooled_pass(split, self.model.num_stages - 1)
         return self._pooled[split]
+
+    def _pooled_pass(self, split: str, stop: int) -> State:
+        """Every stage before `stop` over the split, or what an earlier run kept of that pass."""
+        feed = self.feed(split)
+        origin = identity(feed) if self.store is not None and feed.start < stop else None
+        if origin is None:
+            return gather_outputs(self.model, feed, POOLED_BATCH, stop=stop)
+        key = self.store.key(self.model, origin, feed.start, stop, POOLED_BATCH, "pooled")
+        stored = self.store.get(key)
+        if stored is not None and len(stored) == len(feed):
+            rows = [stored[i] for i in range(len(stored))]
+            return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
+        pooled = gather_outputs(self.model, feed, POOLED_BATCH, stop=stop)
+        rows = [{name: value[i] for name, value in pooled.items()} for i in range(len(feed))]
+        about = {"model": self.model.spec.get("source"), "boundary": stop, "split": split}
+        self.store.put(key, rows, about)
+        return pooled
 
     def features(self, split: str) -> torch.Tensor:
         return self.pooled(split)["features"]

@@ -10,7 +10,7 @@ read through a memory map.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 
 from tsuika.feed import Feed, collate_states, split_states
 from tsuika.feed.batches import sorted_batches
+from tsuika.feed.store import ActivationStore, identity
 from tsuika.files import open_new
 from tsuika.models.base import AdaptableModel, State
 
@@ -124,6 +125,9 @@ class CacheSettings:
     shared: dict | None = None
     """Feeds already cached, by split, start and boundary, kept across runs that load the
     same pretrained weights and data (`tsuika plan`'s trials): each frozen prefix runs once."""
+    store: ActivationStore | None = None
+    """The cross-run store (`tsuika.feed.store`): a pass made by an earlier run (or process)
+    on the same inputs and weights is read instead of computed; None: every pass is made."""
 
 
 @torch.no_grad()
@@ -136,6 +140,12 @@ def cache_boundary(
     Batches go in length-sorted order (least padding); results are stored by input index, so
     the order of the examples is unchanged.
     """
+    store, key = settings.store, None
+    if store is not None and (origin := identity(feed)) is not None:
+        key = store.key(model, origin, feed.start, boundary, settings.batch_size, "states")
+        stored = store.get(key)
+        if stored is not None and len(stored) == len(feed):
+            return replace(feed.at(stored, boundary, collate_states), origin=key)
     was_training = model.training
     model.eval()
     lengths = feed.lengths or [1] * len(feed)
@@ -153,6 +163,9 @@ def cache_boundary(
             advance(len(batch.indices))
     cache.finish()
     model.train(was_training)
+    if key is not None:
+        about = {"model": model.spec.get("source"), "split": name, "boundary": boundary}
+        store.put(key, cache, {**about, "stage": model.stage_names[boundary - 1]})
     # Keep the input lengths: training batches are bucketed by them, cached or not, so a
     # cached run sees exactly the batches an uncached run would.
-    return feed.at(cache, boundary, collate_states)
+    return replace(feed.at(cache, boundary, collate_states), origin=key)

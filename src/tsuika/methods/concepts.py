@@ -374,7 +374,9 @@ class DreamBooth(ConceptMethod):
             "prior": torch.cat([feed.targets["prior"], torch.ones(n)]),
         }
         inputs = list(feed.inputs or []) + examples
-        return replace(feed, items=list(feed.items) + items, targets=targets, inputs=inputs)
+        return replace(
+            feed, items=list(feed.items) + items, targets=targets, inputs=inputs, origin=None
+        )
 
     def class_images(self, model: AdaptableModel) -> list[torch.Tensor]:
         """`dreambooth.class_images` pictures of the class, uint8 RGB [3, S, S] each: the first

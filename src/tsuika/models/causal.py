@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from tsuika.config import HeadConfig
 from tsuika.console import warn
 from tsuika.errors import TsuikaError
-from tsuika.files import fresh_folder
+from tsuika.files import fresh_folder, user_cache_folder
 from tsuika.model_kinds import CAUSAL_LM
 from tsuika.models.base import AdaptableModel, State
 from tsuika.models.text import TextPreprocess, check_folder
@@ -45,7 +44,7 @@ Prompt = str | list[dict[str, str]]
 # -- the bundled model -------------------------------------------------------------------------
 def cache_root() -> Path:
     """Where converted bundled models are kept (`TSUIKA_CACHE`, else ~/.cache/tsuika)."""
-    return Path(os.environ.get("TSUIKA_CACHE", Path.home() / ".cache" / "tsuika"))
+    return user_cache_folder()
 
 
 def smollm2_folder() -> Path:

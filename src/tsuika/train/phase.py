@@ -18,6 +18,7 @@ from tsuika.console import warn
 from tsuika.data.splits import Examples, Splits
 from tsuika.feed import Feed, Pretrained, input_feed
 from tsuika.feed.cache import CacheSettings
+from tsuika.feed.store import ActivationStore, activation_store
 from tsuika.methods.base import Method
 from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Arrays, Task
@@ -47,6 +48,9 @@ class PhaseResult:
     """Tokens of each test example (text models), what its cost scales with."""
     train_tokens: int | None = None
     """Tokens in one pass over the training split (text models)."""
+    frozen_passes: dict[str, int] | None = None
+    """Frozen passes this phase `reused` from the activation store and `computed` (None
+    without the store)."""
 
 
 BeforeFit = Callable[[AdaptableModel, Pretrained], None]
@@ -82,15 +86,33 @@ class Prepared:
     cached: bool
 
 
-def cache_settings(config: Config, progress: Progress, phase: str, run_path: Path | None):
-    rank = os.environ.get("RANK", "0")
+def frozen_pass_settings(config: Config) -> CacheSettings:
+    """How a run computes and keeps its frozen passes; also used outside a run (`tsuika
+    check`, `tsuika rank`), so that their passes and a run's have the same address in the
+    activation store."""
     return CacheSettings(
         mode=config.train.cache,
         memory_limit_mb=config.train.cache_memory_mb,
-        folder=run_path / "cache" / phase / f"rank{rank}" if run_path else None,
         batch_size=max(64, config.train.batch_size),
+        store=store_of(config),
+    )
+
+
+def cache_settings(config: Config, progress: Progress, phase: str, run_path: Path | None):
+    rank = os.environ.get("RANK", "0")
+    return replace(
+        frozen_pass_settings(config),
+        folder=run_path / "cache" / phase / f"rank{rank}" if run_path else None,
         progress=progress_bars(progress, phase),
     )
+
+
+def store_of(config: Config) -> ActivationStore | None:
+    """The cross-run activation store, unless the run computes every pass itself."""
+    train = config.train
+    if train.cache == "off" or not train.cache_across_runs:
+        return None
+    return activation_store(train.cache_limit_gb)
 
 
 def prepare(
@@ -135,7 +157,7 @@ def prepare(
     feeds = {"train": fixed, "val": val_feed}
     if test_feed is not None:
         feeds["test"] = test_feed
-    pretrained = Pretrained(model, feeds)
+    pretrained = Pretrained(model, feeds, cache.store)
     return Prepared(train_feed, val_feed, test_feed, pretrained, timings, cached)
 
 
@@ -219,6 +241,8 @@ def run_phase(
     timings["test"] = time.perf_counter() - started
     predicted = task.predictions(outputs)
     tokens = sum(train_feed.lengths) if train_feed.lengths else None
+    store = cache.store
+    passes = {"reused": store.hits, "computed": store.misses} if store is not None else None
     return PhaseResult(
-        result, predicted, outputs, timings, prepared.cached, test_feed.lengths, tokens
+        result, predicted, outputs, timings, prepared.cached, test_feed.lengths, tokens, passes
     )
