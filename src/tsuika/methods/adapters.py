@@ -11,9 +11,9 @@ from __future__ import annotations
 import warnings
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import IA3Config, LoraConfig, PeftConfig, PeftModel, get_peft_model
 from torch import nn
 
 from tsuika.errors import TsuikaError
@@ -28,6 +28,12 @@ from tsuika.methods.base import (
 )
 from tsuika.methods.remedies import KeepsPretrainedFeatures
 from tsuika.models.base import AdaptableModel, unwrapped
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+# peft is imported where an adapter is made or loaded: importing it loads much of
+# transformers (2.5 s), which a run of any other method, and `tsuika --help`, never needs.
 
 ADAPTER = "adapter"
 """The PEFT folder inside a run's `model/`."""
@@ -110,6 +116,8 @@ class Adapters(KeepsPretrainedFeatures, Method):
         targets = adapter_targets(model, settings.target_modules, settings.blocks)
         for param in model.parameters():
             param.requires_grad_(False)
+        from peft import get_peft_model
+
         # get_peft_model freezes the library's own weights and injects trainable adapters in
         # place; the stages hold the same parent modules, so they now run the adapters.
         object.__setattr__(
@@ -179,6 +187,8 @@ class Adapters(KeepsPretrainedFeatures, Method):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
+                from peft import PeftModel
+
                 peft = PeftModel.from_pretrained(model.library, str(adapter))
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise damaged(adapter, f"cannot be loaded by PEFT ({err})") from None
@@ -206,6 +216,8 @@ class Lora(Adapters):
 
     def peft_config(self, targets: list[str]) -> PeftConfig:
         settings = self.config.adapter
+        from peft import LoraConfig
+
         return LoraConfig(
             r=settings.r,
             lora_alpha=settings.alpha,
@@ -227,4 +239,6 @@ class IA3(Adapters):
 
     def peft_config(self, targets: list[str]) -> PeftConfig:
         feedforward = [t for t in targets if any(k in t for k in ("intermediate", "mlp", "fc1"))]
+        from peft import IA3Config
+
         return IA3Config(target_modules=targets, feedforward_modules=feedforward)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from peft import PeftConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
 from torch import nn
 
 from tsuika.errors import TsuikaError
 from tsuika.methods.adapters import Adapters
 from tsuika.model_kinds import CAUSAL_LM
 from tsuika.models.base import AdaptableModel
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
 
 
 def _embedding_stage(model: AdaptableModel) -> nn.Module:
@@ -37,6 +40,8 @@ class PromptTuning(Adapters):
     sections = ("adapter",)
 
     def peft_config(self, targets: list[str]) -> PeftConfig:
+        from peft import PromptTuningConfig, PromptTuningInit
+
         return PromptTuningConfig(
             task_type="CAUSAL_LM",
             num_virtual_tokens=self.config.adapter.virtual_tokens,
@@ -49,6 +54,8 @@ class PromptTuning(Adapters):
         _embedding_stage(model)
         for param in model.parameters():
             param.requires_grad_(False)
+        from peft import get_peft_model
+
         peft = get_peft_model(model.library, self.peft_config([]))
         object.__setattr__(model, "adapters", peft)
         self._attach(model)
