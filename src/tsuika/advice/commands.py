@@ -33,7 +33,7 @@ from tsuika.errors import TsuikaError
 from tsuika.model_kinds import kinds_in_words
 from tsuika.models import model_for
 from tsuika.tasks import model_kind_for, task_for
-from tsuika.train.phase import frozen_pass_settings
+from tsuika.train.phase import frozen_pass_settings, seed_everything
 
 SPLITS = ("train", "val", "test")
 GENERATIVE = ("causal-lm", "text-to-image")
@@ -130,6 +130,7 @@ def rank(
                 f"{kinds_in_words({kind}, article=True)}: rank models of one kind"
             )
         started = time.perf_counter()
+        seed_everything(config.seed)  # a random twin's weights: the same for every rank
         model = model_for(candidate, lambda width: nn.Identity(), plain == name, kind)
         features = pooled_features(model.eval(), inputs, frozen_pass_settings(config), "rank")
         timings = {"features": time.perf_counter() - started}
