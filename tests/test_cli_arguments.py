@@ -93,8 +93,9 @@ def test_a_yaml_file_that_is_not_a_mapping_keeps_its_error(tmp_path, capsys):
     [
         ("notes.md", b"# notes\n", "neither a YAML config nor data"),
         ("weights.bin", bytes(range(256)), "neither a YAML config nor data"),
-        ("train.parquet", b"PAR1", "Parquet"),
-        ("train.csv.gz", b"\x1f\x8b\x08", "gunzip"),
+        ("train.parquet", b"PAR1", "cannot be read as Parquet"),
+        ("train.csv.gz", b"\x1f\x8b\x08", "not a readable gzip file"),
+        ("train.xlsx", b"PK\x03\x04", "save it as CSV UTF-8"),
     ],
 )
 def test_a_file_that_is_neither_config_nor_readable_data_is_one_line(

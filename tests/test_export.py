@@ -188,8 +188,54 @@ def test_int8_is_written_and_measured_via_the_command(image_run, tmp_path, capsy
     assert 0 < int8["max_abs_diff_vs_fp32"] < 0.2  # quantised (it moved), yet close
     assert int8["top_class_agreement"] >= 5 / 6
     assert int8["quantised_ops"] == ["MatMul", "Gemm"]  # convolutions stay float32
+    # Judged by the run's own metric on its own validation and test examples (issue 33).
+    check = int8["task"]
+    assert check["kept"] and check["metric"] == "accuracy"
+    assert set(check["splits"]) == {"validation", "test"}
+    for split in check["splits"].values():
+        assert split["loss"] <= split["allowed"] == 0.01
+        assert 0 <= split["int8"]["accuracy"] <= 1 and "macro_f1" in split["fp32"]
     assert "weights in int8" in (out / "README.md").read_text()
-    assert f"exported: {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert (
+        f"exported: {out}" in printed
+        and "int8: kept; accuracy float32 → int8: validation" in printed
+    )
+
+
+def test_an_int8_copy_that_loses_accuracy_is_not_kept(image_run, tmp_path, capsys, monkeypatch):
+    """Exit 2, one line with the figures; the float32 export stays complete."""
+    import tsuika.export.int8_check as int8_check
+
+    monkeypatch.setattr(int8_check, "INT8_TOLERANCE", -1.0)  # any copy "loses too much"
+    out = tmp_path / "int8"
+    args = ["export", str(image_run.path), "--format", "onnx", "--int8", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the int8 copy loses" in err and "accuracy on the" in err and str(out) in err
+    assert (out / "model.onnx").is_file() and not (out / "model.int8.onnx").exists()
+    described = json.loads((out / "export.json").read_text())
+    assert described["int8"]["file"] is None and not described["int8"]["task"]["kept"]
+    assert "model.int8.onnx" not in (out / "README.md").read_text()
+    accepted = tmp_path / "accepted"
+    args = ["export", str(image_run.path), "--format", "onnx", "--int8", "--out", str(accepted)]
+    assert main([*args, "--int8-tolerance", "1"]) == 0
+    assert (accepted / "model.int8.onnx").is_file()
+    assert main([*args[:-1], str(tmp_path / "x"), "--int8-tolerance", "2"]) == 2
+
+
+def test_an_int8_copy_without_the_run_s_data_is_kept_and_says_so(tmp_path, capsys):
+    register_tiny_models()
+    table = colour_table(tmp_path / "img", 48)
+    settings = dict(model=TINY_CNN, method="transfer", progress=False, report=False)
+    run = tsuika.train(data={"train": str(table)}, output=str(tmp_path / "runs"), **settings)
+    table.unlink()  # the data moved since the run
+    out = tmp_path / "int8"
+    assert main(["export", str(run.path), "--format", "onnx", "--int8", "--out", str(out)]) == 0
+    assert (out / "model.int8.onnx").is_file()
+    assert "its task metric not measured: the run's data could not be read again" in (
+        capsys.readouterr().out
+    )
 
 
 # -- hf ------------------------------------------------------------------------------------

@@ -128,11 +128,12 @@ def _path(text: str) -> Path:
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
-TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".json", ".ndjson", ".txt")
-"""Tables `tsuika.data.tables` reads: JSON lines, tab-separated, or else comma-separated."""
+TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".json", ".ndjson", ".txt", ".parquet", ".pq")
+"""Tables `tsuika.data.formats` reads (and any of the text ones gzip-compressed, `.csv.gz`)."""
 UNREAD_FORMATS = {
-    ".parquet": ("a Parquet table", "convert it to CSV or JSONL (pandas: read_parquet, to_csv)"),
-    ".gz": ("compressed", "decompress it first (gunzip)"),
+    ".xlsx": ("an Excel workbook", "save it as CSV UTF-8 (File → Save As)"),
+    ".xls": ("an Excel workbook", "save it as CSV UTF-8 (File → Save As)"),
+    ".ods": ("a spreadsheet", "save it as CSV"),
 }
 """Data files the readers would take for CSV and fail on with a misleading message."""
 MAX_CONFIG_BYTES = 1 << 20
@@ -173,13 +174,17 @@ def _config_or_data(arg: str) -> tuple[str | None, str | None]:
     string ran quietly on the default data."""
     path = Path(arg).expanduser()
     suffix = path.suffix.lower()
+    if suffix == ".gz":
+        suffix = Path(path.stem).suffix.lower()
     if arg.startswith("bundled:") or path.is_dir() or suffix in TABLE_SUFFIXES:
         return None, arg
     if suffix in CONFIG_SUFFIXES:
         return arg, None
     if suffix in UNREAD_FORMATS:
         what, fix = UNREAD_FORMATS[suffix]
-        raise TsuikaError(f"{arg} is {what} and tsuika reads CSV, TSV and JSONL: {fix}")
+        raise TsuikaError(
+            f"{arg} is {what}; tsuika reads tables as CSV, TSV, JSON or Parquet: {fix}"
+        )
     if not path.exists():
         raise TsuikaError(f"{arg}: no such file or folder; {EXPECTED_ARGUMENT}")
     if _is_yaml_config(path):  # a config under another name (`settings.conf`)
@@ -724,6 +729,13 @@ def export(
         typer.Option("--out", parser=_path, help="new folder (default: RUN/export-FORMAT)"),
     ] = None,
     int8: Annotated[bool, typer.Option("--int8", help="onnx: also an int8-weights copy")] = False,
+    int8_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--int8-tolerance",
+            help="the most the int8 copy may lose of the run's metric (default 0.01)",
+        ),
+    ] = None,
     merge: Annotated[
         bool, typer.Option("--merge", help="the same as --format hf (adapters merged)")
     ] = False,
@@ -736,8 +748,13 @@ def export(
         raise TsuikaError("--format is empty; give onnx or hf (or leave --format out for hf)")
     if merge and format not in (None, "hf"):
         raise TsuikaError(f"--merge writes the hf format; drop it or --format {format}")
-    folder = export_run(run, "hf" if format is None else format, out_dir, int8)
+    folder = export_run(run, "hf" if format is None else format, out_dir, int8, int8_tolerance)
     out.print(f"exported: {escape(str(folder))}")
+    if int8:
+        from tsuika.export.int8_check import in_words
+
+        described = json.loads((folder / "export.json").read_text(encoding="utf-8"))
+        out.print(escape(in_words(described["int8"]["task"])))
 
 
 @app.command()

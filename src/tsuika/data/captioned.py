@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from tsuika.data.formats import json_records, read_text_file
 from tsuika.data.images import IMAGE_SUFFIXES, decode
 from tsuika.data.splits import Examples
-from tsuika.data.tables import BUNDLED, json_records, read_text_file
+from tsuika.data.tables import BUNDLED
 from tsuika.data.tables import _checked as text_checked
 from tsuika.errors import TsuikaError
 

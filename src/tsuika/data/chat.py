@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tsuika.data.formats import json_records, read_text_file
 from tsuika.data.splits import Examples
-from tsuika.data.tables import json_records, read_text_file, resolve, text_value
+from tsuika.data.tables import resolve, text_value
 from tsuika.errors import TsuikaError
 
 ROLES = {"system", "user", "assistant"}

@@ -1,15 +1,14 @@
-"""CSV, TSV and JSONL tables of (input, target columns…) rows, with errors that name the file
-and line."""
+"""Tables of (input, target columns…) rows — in any format `data/formats.py` reads — checked,
+with errors that name the file and line."""
 
 from __future__ import annotations
 
 import csv
-import io
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tsuika.data.formats import read_rows
 from tsuika.errors import TsuikaError
 
 BUNDLED = Path(__file__).parent / "bundled"
@@ -55,86 +54,6 @@ def resolve(path: str, split: str = "train") -> Path:
         )
         raise TsuikaError(f"unknown bundled dataset `{name}`; available: {', '.join(names)}")
     return Path(path).expanduser()
-
-
-def read_text_file(path: Path) -> str:
-    if not path.is_file():
-        hint = " (it is a folder)" if path.is_dir() else ""
-        raise TsuikaError(f"data file {path} not found{hint}; check the path")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise TsuikaError(
-            f"{path} line {line}: bytes that are not UTF-8; re-save the file as UTF-8 "
-            "(e.g. `iconv -f latin1 -t utf-8`)"
-        ) from None
-    if not text.strip():
-        raise TsuikaError(f"{path} is empty; it needs a header and at least one row")
-    return text
-
-
-def _json_line(path: Path, number: int, line: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise TsuikaError(f"{path} line {number}: not valid JSON ({err.msg})") from None
-    except RecursionError:
-        raise TsuikaError(f"{path} line {number}: JSON nested too deeply to read") from None
-    except ValueError:  # Python refuses integers of more than 4,300 digits
-        raise TsuikaError(
-            f"{path} line {number}: a number too long to read; write it as a string"
-        ) from None
-    if not isinstance(row, dict):
-        raise TsuikaError(f"{path} line {number}: each line must be a JSON object")
-    return row
-
-
-def json_records(path: Path, text: str) -> tuple[list[dict], list[int], list[str]]:
-    rows, lines = [], []
-    # Only CR/LF end a line: `splitlines` would also split at U+2028 or U+0085, which JSON
-    # strings may hold raw (raw CR and LF they may not).
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    for number, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            rows.append(_json_line(path, number, line))
-            lines.append(number)
-    columns = sorted({key for row in rows for key in row})
-    return rows, lines, columns
-
-
-def _records(path: Path, text: str) -> tuple[list[dict], list[int], list[str]]:
-    """Parse rows as dicts; returns (rows, line numbers, column names)."""
-    suffix = path.suffix.lower()
-    if suffix in {".jsonl", ".json", ".ndjson"}:
-        return json_records(path, text)
-    # In TSV files quotes are text (a review may open with one), not quoting: with csv's
-    # default quoting, a leading `"` would swallow the rows up to the next quote.
-    tsv = suffix in {".tsv", ".tab"}
-    reader = csv.DictReader(
-        io.StringIO(text, newline=""),
-        delimiter="\t" if tsv else ",",
-        quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
-    )
-    rows, lines = [], []
-    try:
-        columns = list(reader.fieldnames or [])
-        for row in reader:
-            if None in row:  # DictReader's home for fields beyond the header's
-                raise TsuikaError(
-                    f"{path} line {reader.line_num}: {len(columns) + len(row[None])} fields "
-                    f"but the header has {len(columns)}; put texts that contain "
-                    f"{'a tab' if tsv else 'a comma'} in double quotes"
-                    + ("" if tsv else ' (and double any " inside them)')
-                )
-            rows.append(row)
-            # line_num is the row's last line; quoted newlines move its start up.
-            inner = sum(v.count("\n") for v in row.values() if isinstance(v, str))
-            lines.append(reader.line_num - inner)
-    except csv.Error as err:
-        raise TsuikaError(f"{path} line {reader.line_num}: malformed row ({err})") from None
-    return rows, lines, columns
 
 
 def _check_columns(
@@ -218,7 +137,7 @@ def read_table(
     table of image paths, `data.retain_label_column` for a retain file), for the message
     when a column is missing."""
     path = Path(path)
-    rows, lines, columns = _records(path, read_text_file(path))
+    rows, lines, columns = read_rows(path)
     if not rows:
         raise TsuikaError(f"{path} has a header but no rows")
     _check_columns(path, columns, text_column, target_columns, input_key, label_key)

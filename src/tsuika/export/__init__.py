@@ -20,6 +20,7 @@ from tsuika.errors import TsuikaError
 from tsuika.export.card import model_card
 from tsuika.export.graph import Written
 from tsuika.export.hf_folder import write_hf
+from tsuika.export.int8_check import refusal
 from tsuika.export.onnx_graph import write_onnx
 from tsuika.files import fresh_folder, refuse_link, write_atomic
 from tsuika.finished_run import Run, load
@@ -30,14 +31,23 @@ FORMATS = ("onnx", "hf")
 
 
 def export(
-    run_path: str | Path, format: str = "hf", out: str | Path | None = None, int8: bool = False
+    run_path: str | Path,
+    format: str = "hf",
+    out: str | Path | None = None,
+    int8: bool = False,
+    int8_tolerance: float | None = None,
 ) -> Path:
     """Write the run as a new folder `out` (default `<run>/export-<format>`); never
-    overwrites. `int8` (onnx only) adds a copy with int8 weights."""
+    overwrites. `int8` (onnx only) adds a copy with int8 weights, kept if it loses at most
+    `int8_tolerance` of the run's metric (default `int8_check.INT8_TOLERANCE`)."""
     if format not in FORMATS:
         raise TsuikaError(f"unknown export format `{format}`; give one of {', '.join(FORMATS)}")
     if int8 and format != "onnx":
         raise TsuikaError("--int8 quantises an ONNX graph; use it with --format onnx")
+    if int8_tolerance is not None and not (int8 and 0 <= int8_tolerance <= 1):
+        raise TsuikaError(
+            "--int8-tolerance is the metric an int8 copy may lose, from 0 to 1, with --int8"
+        )
     run_path = Path(run_path)
     out = Path(out) if out is not None else run_path / f"export-{format}"
     refuse_link(out)
@@ -47,9 +57,19 @@ def export(
     if format not in run.task.export_forms:
         raise TsuikaError(unexported(run.task, format))
     read_predictions(run.path / PREDICTIONS, run.task)  # checked before any work: the card reads it
-    if format == "onnx":
-        return staged(out, lambda folder: write_onnx(run, folder, out.name, int8), run)
-    return staged(out, lambda folder: write_hf(run, folder, out.name), run)
+    if format == "hf":
+        return staged(out, lambda folder: write_hf(run, folder, out.name), run)
+    written: list[Written] = []
+
+    def write(folder: Path) -> Written:
+        written.append(write_onnx(run, folder, out.name, int8, int8_tolerance))
+        return written[0]
+
+    staged(out, write, run)
+    reason = refusal(written[0].description.get("int8", {}).get("task", {}), out)
+    if reason:  # the float32 export is in place; the int8 copy is not
+        raise TsuikaError(reason)
+    return out
 
 
 def unexported(task: Task, format: str) -> str:

@@ -283,15 +283,25 @@ def export_check(description: dict[str, Any]) -> str:
     ]
     int8 = description.get("int8")
     if int8:
-        agreement = int8.get("top_class_agreement")
-        lines.append(
-            f"- `{int8['file']}` (int8 weights) moved the outputs by up to "
-            f"{int8['max_abs_diff_vs_fp32']:.2g}"
-            + (
-                f"; same top class as float32 for {agreement:.1%} of them"
-                if agreement is not None
-                else ""
-            )
-            + ". Measure its accuracy on your data before serving it."
-        )
+        lines.append(int8_line(int8))
     return "\n".join(lines)
+
+
+def int8_line(int8: dict) -> str:
+    """The card's line on the int8 copy: kept or not, and by what figures."""
+    task = int8.get("task", {})
+    agreement = int8.get("top_class_agreement")
+    moved = f"moved the outputs by up to {int8['max_abs_diff_vs_fp32']:.2g}" + (
+        f" (same top class for {agreement:.1%} of the synthetic inputs)" if agreement else ""
+    )
+    metric = task.get("metric")
+    figures = "; ".join(
+        f"{name} {split['fp32'][metric]:.4f} → {split['int8'][metric]:.4f}"
+        for name, split in task.get("splits", {}).items()
+    )
+    judged = f"; the run's {metric}, float32 → int8: {figures}" if figures else ""
+    if not int8.get("file"):
+        return f"- The int8 copy was not kept: it {moved}{judged}, a larger loss than allowed."
+    unmeasured = task.get("not_measured")
+    caveat = f"; its task metric was not measured ({unmeasured})" if unmeasured else ""
+    return f"- `{int8['file']}` (8-bit weights) {moved}{judged}{caveat}."
