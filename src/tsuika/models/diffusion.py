@@ -22,25 +22,22 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DDPMScheduler,
-    DiffusionPipeline,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
 from torch import nn
-from transformers import AutoTokenizer, CLIPTextModel
 
 from tsuika.data.captioned import CaptionedImage
 from tsuika.errors import TsuikaError
 from tsuika.model_kinds import TEXT_TO_IMAGE
 from tsuika.models.base import AdaptableModel, State, unwrapped
 from tsuika.models.judge import ImageJudge
-from tsuika.models.pixel_pipeline import PixelDiffusionPipeline
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+
+# diffusers and CLIP are imported where a pipeline is loaded or built: importing them takes
+# about 2.5 s (diffusers brings peft), which every run of another task paid at start-up.
 
 BUNDLED_NAME = "fashion-diffusion"
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
@@ -231,18 +228,29 @@ def recommended_guidance(folder: Path) -> float:
     return float(value)
 
 
+def unet_class() -> type[UNet2DConditionModel]:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel
+
+
 def load_pipeline(folder: Path, weights: str | None = None) -> DiffusionPipeline:
     """The pipeline's components, each read with its own library from the local folder: a
     pixel-space pipeline (unet, text_encoder, tokenizer, scheduler), or with a `vae/` a
     Stable Diffusion pipeline (1.x/2.x layout; no safety checker, as diffusers' training
     scripts load it). DDIM samples either (diffusers converts the scheduler's config)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from tsuika.models.pixel_pipeline import PixelDiffusionPipeline
+
     latent = "vae" in json.loads((folder / "model_index.json").read_text())
     needed = COMPONENTS + (("vae",) if latent else ())
     missing = [c for c in needed if not (folder / c).is_dir()]
     if missing:
         raise TsuikaError(f"{folder}: the diffusers folder lacks {', '.join(missing)}/")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+        unet = unet_class().from_pretrained(folder / "unet", local_files_only=True)
         text = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         scheduler = DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
@@ -365,11 +373,14 @@ def image_grid(rows: list[torch.Tensor], scale: int = 4, gap: int = 2):
 def diffusion_model(
     name: str, weights: str | None = None, pretrained: bool = True
 ) -> AdaptableModel:
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTextModel
+
     source, folder = resolve_diffusion_source(name)
     pipeline = load_pipeline(folder, weights)
     if not pretrained:  # the same architecture at random initialisation
         torch.manual_seed(0)
-        pipeline.unet = UNet2DConditionModel.from_config(pipeline.unet.config)
+        pipeline.unet = unet_class().from_config(pipeline.unet.config)
         pipeline.text_encoder = CLIPTextModel(pipeline.text_encoder.config)
     training_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     vae = getattr(pipeline, "vae", None)
