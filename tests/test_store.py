@@ -137,3 +137,20 @@ def test_no_pass_is_kept_with_the_cache_off(tiny_bert_dir, tiny_csv, tmp_path, s
     run = _train(tiny_bert_dir, tiny_csv, tmp_path / "runs", train={"cache": "off"})
     assert "frozen_passes" not in run.summary
     assert not store.exists() or list(store.iterdir()) == []
+
+
+def test_evaluate_reads_the_test_pass_the_run_made(tiny_bert_dir, tmp_path, store):
+    """`tsuika evaluate RUN --data test.csv` on the file the run scored: no frozen pass."""
+    data, test = tmp_path / "data.csv", tmp_path / "test.csv"
+    data.write_text(csv_text(sentiment_rows(40)), encoding="utf-8")
+    test.write_text(csv_text(sentiment_rows(12, seed=5)), encoding="utf-8")
+    run = _train(tiny_bert_dir, data, tmp_path / "runs", data={"test": str(test)})
+    kept = sorted(entry.name for entry in store.iterdir())
+    loaded = tsuika.load(run.path)
+    metrics = loaded.evaluate(test)
+    assert sorted(entry.name for entry in store.iterdir()) == kept  # read, not computed
+    assert metrics["accuracy"] == run.summary["test"]["accuracy"]
+    other = tmp_path / "other.csv"
+    other.write_text(csv_text(sentiment_rows(10, seed=9)), encoding="utf-8")
+    loaded.evaluate(other)
+    assert len(list(store.iterdir())) == len(kept) + 1  # kept for the next evaluation

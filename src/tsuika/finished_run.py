@@ -11,7 +11,8 @@ from tsuika.config import DataConfig, load_config
 from tsuika.data.images import decode_for_prediction
 from tsuika.data.reading import read_examples
 from tsuika.errors import TsuikaError
-from tsuika.feed import input_feed
+from tsuika.feed import Feed, input_feed
+from tsuika.feed.cache import cache_boundary, frozen_pass_settings
 from tsuika.model_kinds import CAUSAL_LM, IMAGE_ENCODER, TEXT_TO_IMAGE
 from tsuika.models.base import AdaptableModel, State
 from tsuika.models.causal import Decoding, generate
@@ -168,9 +169,25 @@ class Run:
             raise TsuikaError(f"{problems[0]} (fix or remove the file to evaluate)")
         examples = self.task.encode(raw)
         feed = input_feed(self.model, examples.inputs, self.task.targets(examples))
-        outputs = self.task.gather(self.model, feed)
+        outputs = self.task.gather(self.model, self._frozen_pass(feed))
         metrics = self.task.test_metrics(self.task.truth(examples), self.task.predictions(outputs))
         return {**metrics, "examples": len(examples)}
+
+
+    def _frozen_pass(self, feed: Feed) -> Feed:
+        """`feed` through the run's frozen part (the stages below the first that trained), read
+        from the activation store when the run scored the same file or an earlier evaluation
+        did; the feed as it is when nothing was frozen or the run keeps no passes."""
+        trained = set(self.summary.get("parameters", {}).get("trained_groups", []))
+        names = self.model.stage_names
+        boundary = min((i for i, name in enumerate(names) if name in trained), default=0)
+        config = self.path / "config.yaml"
+        if boundary == 0 or not config.is_file():
+            return feed
+        settings = frozen_pass_settings(load_config(config).train)
+        if settings.store is None:
+            return feed
+        return cache_boundary(self.model, feed, boundary, settings, "evaluate")
 
 
 def load(path: str | Path) -> Run:

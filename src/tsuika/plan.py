@@ -31,7 +31,7 @@ from tsuika.config import Config, merge
 from tsuika.console import say
 from tsuika.data.splits import Splits
 from tsuika.errors import TsuikaError
-from tsuika.feed.cache import CacheSettings
+from tsuika.feed.cache import CacheSettings, store_of
 from tsuika.files import write_atomic
 from tsuika.methods import METHODS, method_class
 from tsuika.methods.recipe import choose
@@ -39,7 +39,7 @@ from tsuika.run_folder import check_run_dir
 from tsuika.tasks import model_kind_for
 from tsuika.tasks.base import Task
 from tsuika.train.hooks import Hook
-from tsuika.train.phase import run_trial, seed_everything, store_of
+from tsuika.train.phase import run_trial, seed_everything
 from tsuika.train.tracking import check_tracking
 
 SEARCH_TRAINING = {"epochs": 10, "patience": 3}
@@ -226,7 +226,7 @@ def plan(
                 memory_limit_mb=config.train.cache_memory_mb,
                 folder=spill / f"trial{trial.number}",
                 shared=shared.setdefault(inputs, {}),
-                store=store_of(config),
+                store=store_of(config.train),
             )
 
         try:

@@ -30,10 +30,11 @@ from tsuika.advice.rank import logme, probe_score, probe_shortfall
 from tsuika.api import as_config, read_data, task_and_data
 from tsuika.config import Config, path_given
 from tsuika.errors import TsuikaError
+from tsuika.feed.cache import frozen_pass_settings
 from tsuika.model_kinds import kinds_in_words
 from tsuika.models import model_for
 from tsuika.tasks import model_kind_for, task_for
-from tsuika.train.phase import frozen_pass_settings, seed_everything
+from tsuika.train.phase import seed_everything
 
 SPLITS = ("train", "val", "test")
 GENERATIVE = ("causal-lm", "text-to-image")
@@ -57,7 +58,7 @@ def check(
     if not features or task.name in GENERATIVE:
         return findings
     model = model_for(config, lambda width: nn.Identity()).eval()
-    settings = frozen_pass_settings(config)
+    settings = frozen_pass_settings(config.train)
     pooled = {s: pooled_features(model, getattr(splits, s).inputs, settings, s) for s in SPLITS}
     found = near_duplicates(splits, pooled)
     columns = label_columns(task)
@@ -132,7 +133,7 @@ def rank(
         started = time.perf_counter()
         seed_everything(config.seed)  # a random twin's weights: the same for every rank
         model = model_for(candidate, lambda width: nn.Identity(), plain == name, kind)
-        features = pooled_features(model.eval(), inputs, frozen_pass_settings(config), "rank")
+        features = pooled_features(model.eval(), inputs, frozen_pass_settings(config.train), "rank")
         timings = {"features": time.perf_counter() - started}
         started = time.perf_counter()
         evidence = logme(features, labels, classification)

@@ -15,7 +15,7 @@ def pooled_features(
 ) -> np.ndarray:
     """[N, D] pooled features (every stage but the head), in input order, length-sorted
     batches; an empty list gives an empty array. With a run's `settings`
-    (`train.phase.frozen_pass_settings`), the pass a run on the same inputs made is read from
+    (`feed.cache.frozen_pass_settings`), the pass a run on the same inputs made is read from
     the activation store, and this one is kept there for the run that follows."""
     if not inputs:
         return np.zeros((0, 0), dtype=np.float32)

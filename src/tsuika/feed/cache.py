@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tsuika.config import TrainConfig
 from tsuika.feed import Feed, collate_states, split_states
 from tsuika.feed.batches import sorted_batches
-from tsuika.feed.store import ActivationStore, identity
+from tsuika.feed.store import ActivationStore, activation_store, identity
 from tsuika.files import open_new
 from tsuika.models.base import AdaptableModel, State
 
@@ -128,6 +129,25 @@ class CacheSettings:
     store: ActivationStore | None = None
     """The cross-run store (`tsuika.feed.store`): a pass made by an earlier run (or process)
     on the same inputs and weights is read instead of computed; None: every pass is made."""
+
+
+def store_of(train: TrainConfig) -> ActivationStore | None:
+    """The cross-run activation store, unless the run computes every pass itself."""
+    if train.cache == "off" or not train.cache_across_runs:
+        return None
+    return activation_store(train.cache_limit_gb)
+
+
+def frozen_pass_settings(train: TrainConfig) -> CacheSettings:
+    """How a run with these `train` settings computes and keeps its frozen passes; also used
+    outside a run (`tsuika check`, `tsuika rank`, a finished run's `evaluate`), so that their
+    passes and a run's have one address in the activation store."""
+    return CacheSettings(
+        mode=train.cache,
+        memory_limit_mb=train.cache_memory_mb,
+        batch_size=max(64, train.batch_size),
+        store=store_of(train),
+    )
 
 
 @torch.no_grad()

@@ -17,8 +17,7 @@ from tsuika.config import Config
 from tsuika.console import warn
 from tsuika.data.splits import Examples, Splits
 from tsuika.feed import Feed, Pretrained, input_feed
-from tsuika.feed.cache import CacheSettings
-from tsuika.feed.store import ActivationStore, activation_store
+from tsuika.feed.cache import CacheSettings, frozen_pass_settings
 from tsuika.methods.base import Method
 from tsuika.models.base import AdaptableModel, State
 from tsuika.tasks.base import Arrays, Task
@@ -86,33 +85,13 @@ class Prepared:
     cached: bool
 
 
-def frozen_pass_settings(config: Config) -> CacheSettings:
-    """How a run computes and keeps its frozen passes; also used outside a run (`tsuika
-    check`, `tsuika rank`), so that their passes and a run's have the same address in the
-    activation store."""
-    return CacheSettings(
-        mode=config.train.cache,
-        memory_limit_mb=config.train.cache_memory_mb,
-        batch_size=max(64, config.train.batch_size),
-        store=store_of(config),
-    )
-
-
 def cache_settings(config: Config, progress: Progress, phase: str, run_path: Path | None):
     rank = os.environ.get("RANK", "0")
     return replace(
-        frozen_pass_settings(config),
+        frozen_pass_settings(config.train),
         folder=run_path / "cache" / phase / f"rank{rank}" if run_path else None,
         progress=progress_bars(progress, phase),
     )
-
-
-def store_of(config: Config) -> ActivationStore | None:
-    """The cross-run activation store, unless the run computes every pass itself."""
-    train = config.train
-    if train.cache == "off" or not train.cache_across_runs:
-        return None
-    return activation_store(train.cache_limit_gb)
 
 
 def prepare(
