@@ -154,3 +154,14 @@ def test_evaluate_reads_the_test_pass_the_run_made(tiny_bert_dir, tmp_path, stor
     other.write_text(csv_text(sentiment_rows(10, seed=9)), encoding="utf-8")
     loaded.evaluate(other)
     assert len(list(store.iterdir())) == len(kept) + 1  # kept for the next evaluation
+
+
+def test_plan_run_again_on_the_same_data_skips_every_frozen_pass(base_config, store):
+    from tsuika.plan import plan
+
+    config = {k: v for k, v in base_config.items() if k != "method"}
+    first = plan(config, budget_seconds=None, budget_steps=40, final=False)
+    again = plan(config, budget_seconds=None, budget_steps=40, final=False)
+    assert first["frozen_passes"]["computed"] > 0
+    assert again["frozen_passes"] == {"reused": first["frozen_passes"]["computed"], "computed": 0}
+    assert [t["score"] for t in again["trials"]] == [t["score"] for t in first["trials"]]

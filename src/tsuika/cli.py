@@ -493,6 +493,11 @@ def plan(
         table.add_row(*map(escape, trial_row(trial)))
     out.print(table)
     out.print(escape(result["explanation"]))
+    if passes := result.get("frozen_passes"):
+        out.print(
+            f"frozen passes: {passes['reused']} read from the activation store, "
+            f"{passes['computed']} computed"
+        )
     out.print(f"run: {escape(result['run'])}")
 
 

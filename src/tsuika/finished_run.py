@@ -173,7 +173,6 @@ class Run:
         metrics = self.task.test_metrics(self.task.truth(examples), self.task.predictions(outputs))
         return {**metrics, "examples": len(examples)}
 
-
     def _frozen_pass(self, feed: Feed) -> Feed:
         """`feed` through the run's frozen part (the stages below the first that trained), read
         from the activation store when the run scored the same file or an earlier evaluation

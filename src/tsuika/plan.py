@@ -212,6 +212,7 @@ def plan(
     maximize = task.higher_is_better
 
     spill = Path(tempfile.mkdtemp(prefix="tsuika-plan-"))  # caches above the memory limit
+    store = store_of(base.train)  # one for every trial, so that its counts are the plan's
     stopped_by: list[BaseException] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -226,7 +227,7 @@ def plan(
                 memory_limit_mb=config.train.cache_memory_mb,
                 folder=spill / f"trial{trial.number}",
                 shared=shared.setdefault(inputs, {}),
-                store=store_of(config.train),
+                store=store,
             )
 
         try:
@@ -275,6 +276,8 @@ def plan(
         },
         "examples": {"train": len(splits.train), "validation": len(splits.val)},
         "selection": f"val_{task.selection}",
+        # A plan run again on the same data reads every frozen pass the first one made.
+        "frozen_passes": {"reused": store.hits, "computed": store.misses} if store else None,
         "trials": [asdict(t) for t in trials],
         "default": default,
         "best": best.strategy,
