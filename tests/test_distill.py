@@ -404,3 +404,20 @@ def test_features_of_another_width_are_matched_through_a_learned_projection(
     again = tsuika.load(run.path)
     texts = ["the good movie", "a bad film"]
     assert torch.equal(again.outputs(texts)["logits"], run.outputs(texts)["logits"])
+
+
+def test_a_second_distillation_reads_the_teacher_s_passes(
+    teacher_run, data_file, tmp_path, monkeypatch
+):
+    """The teacher's pooled passes over the training and test inputs are kept in the
+    activation store: a second run with the same teacher and data computes none of them."""
+    monkeypatch.setenv("TSUIKA_ACTIVATIONS", str(tmp_path / "store"))
+    config = {**distill_config(teacher_run, data_file, tmp_path / "runs"), "baselines": {}}
+    first = tsuika.train(config)
+    second = tsuika.train(config)
+    teacher = [
+        e for e in (tmp_path / "store").iterdir() if "teacher" in (e / "about.json").read_text()
+    ]
+    assert len(teacher) == 2  # training and test inputs, the teacher's way
+    assert second.summary["frozen_passes"]["reused"] >= 2
+    assert second.summary["test"] == first.summary["test"]

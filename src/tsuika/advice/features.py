@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from tsuika.feed import gather_outputs, input_feed
-from tsuika.feed.cache import CacheSettings, cache_boundary
+from tsuika.feed.cache import CacheSettings, pooled_pass
 from tsuika.models.base import AdaptableModel
 
 
@@ -20,8 +19,7 @@ def pooled_features(
     if not inputs:
         return np.zeros((0, 0), dtype=np.float32)
     feed = input_feed(model, inputs)
-    stop = model.num_stages - 1
     if settings is None:
+        stop = model.num_stages - 1
         return gather_outputs(model, feed, batch_size=32, stop=stop)["features"].numpy()
-    pooled = cache_boundary(model, feed, stop, settings, name or "features")
-    return torch.stack([pooled.items[i]["features"] for i in range(len(pooled))]).numpy()
+    return pooled_pass(model, feed, settings, name or "features")["features"].numpy()

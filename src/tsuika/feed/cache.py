@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tsuika.config import TrainConfig
-from tsuika.feed import Feed, collate_states, split_states
+from tsuika.feed import Feed, collate_states, gather_outputs, split_states
 from tsuika.feed.batches import sorted_batches
 from tsuika.feed.store import ActivationStore, activation_store, identity
 from tsuika.files import open_new
@@ -189,3 +189,15 @@ def cache_boundary(
     # Keep the input lengths: training batches are bucketed by them, cached or not, so a
     # cached run sees exactly the batches an uncached run would.
     return replace(feed.at(cache, boundary, collate_states), origin=key)
+
+
+def pooled_pass(model: AdaptableModel, feed: Feed, settings: CacheSettings, name: str) -> State:
+    """Every stage but the head over `feed`, stacked in input order: read from the activation
+    store when `settings` has one and an earlier pass (a run's, a check's) kept it."""
+    stop = model.num_stages - 1
+    if settings.store is None:
+        return gather_outputs(model, feed, settings.batch_size, stop=stop)
+    quiet = replace(settings, progress=None, folder=None)  # one pass, kept in memory
+    pooled = cache_boundary(model, feed, stop, quiet, name)
+    rows = [pooled.items[i] for i in range(len(pooled))]
+    return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
