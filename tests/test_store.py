@@ -121,6 +121,17 @@ def test_ragged_and_empty_states_round_trip(tmp_path):
             assert back[key].dtype == item[key].dtype and torch.equal(back[key], item[key])
 
 
+def test_the_command_says_when_it_read_frozen_passes(
+    tiny_bert_dir, tiny_csv, tmp_path, store, capsys
+):
+    args = ["train", "--data", str(tiny_csv), "--model", str(tiny_bert_dir), "--method", "transfer"]
+    args += ["--output", str(tmp_path / "runs"), "report=false", "progress=false"]
+    assert main(args) == 0
+    assert "frozen passes" not in capsys.readouterr().out  # the first run computes them
+    assert main(args) == 0
+    assert "frozen passes: 3 read from the activation store, 0 computed" in capsys.readouterr().out
+
+
 def test_cache_ls_and_clear(tiny_bert_dir, tiny_csv, tmp_path, store, capsys):
     _train(tiny_bert_dir, tiny_csv, tmp_path / "runs")
     assert main(["cache", "ls"]) == 0

@@ -108,6 +108,11 @@ def print_summary(summary: dict) -> None:
         parts = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total")
         share = 100 * timings.get("baselines", 0.0) / total if total else 0.0
         out.print(f"time: {parts}; total {total:.1f}s (baselines {share:.1f} % of the run)")
+    if (passes := summary.get("frozen_passes")) and passes.get("reused"):
+        out.print(
+            f"frozen passes: {passes['reused']} read from the activation store, "
+            f"{passes['computed']} computed (`tsuika cache ls`)"
+        )
     out.print(f"run folder: {escape(summary['run'])}")
     report = Path(summary["run"]) / "report.html"
     if report.is_file():
