@@ -93,6 +93,13 @@ def distillation_table(kd: dict, task) -> Table:
     return table
 
 
+def frozen_passes(passes: dict) -> str:
+    return (
+        f"frozen passes: {passes['reused']} read from the activation store, "
+        f"{passes['computed']} computed"
+    )
+
+
 def print_summary(summary: dict) -> None:
     out.print(results_table(summary))
     if "distillation" in summary:
@@ -109,10 +116,7 @@ def print_summary(summary: dict) -> None:
         share = 100 * timings.get("baselines", 0.0) / total if total else 0.0
         out.print(f"time: {parts}; total {total:.1f}s (baselines {share:.1f} % of the run)")
     if (passes := summary.get("frozen_passes")) and passes.get("reused"):
-        out.print(
-            f"frozen passes: {passes['reused']} read from the activation store, "
-            f"{passes['computed']} computed (`tsuika cache ls`)"
-        )
+        out.print(f"{frozen_passes(passes)} (`tsuika cache ls`)")
     out.print(f"run folder: {escape(summary['run'])}")
     report = Path(summary["run"]) / "report.html"
     if report.is_file():
@@ -499,10 +503,7 @@ def plan(
     out.print(table)
     out.print(escape(result["explanation"]))
     if passes := result.get("frozen_passes"):
-        out.print(
-            f"frozen passes: {passes['reused']} read from the activation store, "
-            f"{passes['computed']} computed"
-        )
+        out.print(frozen_passes(passes))
     out.print(f"run: {escape(result['run'])}")
 
 

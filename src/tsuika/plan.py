@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tsuika.api import adapting, as_config, task_and_data, train
@@ -31,7 +31,7 @@ from tsuika.config import Config, merge
 from tsuika.console import say
 from tsuika.data.splits import Splits
 from tsuika.errors import TsuikaError
-from tsuika.feed.cache import CacheSettings, store_of
+from tsuika.feed.cache import CacheSettings, frozen_pass_settings, store_of
 from tsuika.files import write_atomic
 from tsuika.methods import METHODS, method_class
 from tsuika.methods.recipe import choose
@@ -222,9 +222,8 @@ def plan(
         def cache_for(config: Config) -> CacheSettings:
             # Activations are shared only between trials that encode the inputs alike.
             inputs = (config.data.image_size, config.train.max_length)
-            return CacheSettings(
-                mode=config.train.cache,
-                memory_limit_mb=config.train.cache_memory_mb,
+            return replace(
+                frozen_pass_settings(config.train),  # a run's: a pass has one address
                 folder=spill / f"trial{trial.number}",
                 shared=shared.setdefault(inputs, {}),
                 store=store,

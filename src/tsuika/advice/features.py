@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tsuika.feed import gather_outputs, input_feed
+from tsuika.feed import input_feed
 from tsuika.feed.cache import CacheSettings, pooled_pass
 from tsuika.models.base import AdaptableModel
 
@@ -19,7 +19,5 @@ def pooled_features(
     if not inputs:
         return np.zeros((0, 0), dtype=np.float32)
     feed = input_feed(model, inputs)
-    if settings is None:
-        stop = model.num_stages - 1
-        return gather_outputs(model, feed, batch_size=32, stop=stop)["features"].numpy()
+    settings = settings or CacheSettings(batch_size=32)  # without a store: computed here
     return pooled_pass(model, feed, settings, name or "features")["features"].numpy()

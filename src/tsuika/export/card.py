@@ -19,6 +19,7 @@ import yaml
 from tsuika.data.tables import BUNDLED as BUNDLED_DATA
 from tsuika.evaluate.metrics import bootstrap_interval
 from tsuika.export.graph import Written
+from tsuika.export.int8_check import figures
 from tsuika.finished_run import Run
 from tsuika.models import REGISTERED
 from tsuika.run_files import PREDICTIONS, read_predictions
@@ -294,12 +295,8 @@ def int8_line(int8: dict) -> str:
     moved = f"moved the outputs by up to {int8['max_abs_diff_vs_fp32']:.2g}" + (
         f" (same top class for {agreement:.1%} of the synthetic inputs)" if agreement else ""
     )
-    metric = task.get("metric")
-    figures = "; ".join(
-        f"{name} {split['fp32'][metric]:.4f} → {split['int8'][metric]:.4f}"
-        for name, split in task.get("splits", {}).items()
-    )
-    judged = f"; the run's {metric}, float32 → int8: {figures}" if figures else ""
+    measured = figures(task)
+    judged = f"; the run's {task.get('metric')}, float32 → int8: {measured}" if measured else ""
     if not int8.get("file"):
         return f"- The int8 copy was not kept: it {moved}{judged}, a larger loss than allowed."
     unmeasured = task.get("not_measured")

@@ -8,6 +8,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -262,3 +263,12 @@ def tokenize_code(model: AdaptableModel, tensors: str) -> str:
         f'        return_tensors="{tensors}",\n'
         "    )\n"
     )
+
+
+def onnx_outputs(path: Path, model: AdaptableModel, batches: list[State]) -> list[np.ndarray]:
+    """An ONNX graph's output for each batch, in ONNX Runtime on the CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = input_names(model)
+    return [session.run(None, {n: batch[n].numpy() for n in names})[0] for batch in batches]

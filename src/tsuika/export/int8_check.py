@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime
 
 from tsuika.data.reading import load_splits
 from tsuika.data.splits import Examples
 from tsuika.errors import TsuikaError
-from tsuika.export.graph import input_names, is_image
+from tsuika.export.graph import is_image, onnx_outputs
 from tsuika.feed import input_feed
 from tsuika.feed.batches import sorted_batches
 from tsuika.finished_run import Run
@@ -52,12 +51,11 @@ def run_splits(run: Run) -> tuple[dict[str, Examples], str | None]:
 
 def graph_predictions(path: Path, model: AdaptableModel, task: Task, examples: Examples) -> Arrays:
     """The task's predictions of an ONNX graph over `examples`, rows in their order."""
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = input_feed(model, examples.inputs)
-    names = input_names(model)
+    batches = list(feed.batches(sorted_batches(feed.lengths or [1] * len(feed), 64)))
+    outputs = onnx_outputs(path, model, [batch.state for batch in batches])
     rows: list[np.ndarray | None] = [None] * len(feed)
-    for batch in feed.batches(sorted_batches(feed.lengths or [1] * len(feed), 64)):
-        out = session.run(None, {name: batch.state[name].numpy() for name in names})[0]
+    for batch, out in zip(batches, outputs, strict=True):
         for index, row in zip(batch.indices, out, strict=True):
             rows[index] = row
     output = np.stack(rows)
@@ -121,13 +119,17 @@ def refusal(report: dict[str, Any], out: Path) -> str | None:
     )
 
 
+def figures(report: dict[str, Any]) -> str:
+    """The selection metric, float32 → int8, on each split measured ("" when none was)."""
+    metric = report.get("metric")
+    return ", ".join(
+        f"{name} {split['fp32'][metric]:.4f} → {split['int8'][metric]:.4f}"
+        for name, split in report.get("splits", {}).items()
+    )
+
+
 def in_words(report: dict[str, Any]) -> str:
     """What the int8 check found, in one line for the command's output."""
     if "not_measured" in report:
         return f"int8: kept, its task metric not measured: {report['not_measured']}"
-    metric = report["metric"]
-    figures = ", ".join(
-        f"{name} {split['fp32'][metric]:.4f} → {split['int8'][metric]:.4f}"
-        for name, split in report["splits"].items()
-    )
-    return f"int8: kept; {metric} float32 → int8: {figures}"
+    return f"int8: kept; {report['metric']} float32 → int8: {figures(report)}"

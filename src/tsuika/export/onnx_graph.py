@@ -28,6 +28,7 @@ from tsuika.export.graph import (
     is_image,
     literal,
     merge_adapters,
+    onnx_outputs,
     output_name,
     pixels_code,
     predict_code,
@@ -111,12 +112,6 @@ def trace(model: AdaptableModel, task: Task, example: State, path: Path) -> None
             opset_version=OPSET,
             dynamo=False,
         )
-
-
-def onnx_outputs(path: Path, model: AdaptableModel, batches: list[State]) -> list[np.ndarray]:
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = input_names(model)
-    return [session.run(None, {n: batch[n].numpy() for n in names})[0] for batch in batches]
 
 
 def graph_inputs(model: AdaptableModel) -> list[dict[str, Any]]:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from tsuika.feed.batches import sorted_batches
-from tsuika.feed.store import ActivationStore, identity
 from tsuika.models.base import AdaptableModel, State
+
+if TYPE_CHECKING:
+    from tsuika.feed.cache import CacheSettings
 
 Collate = Callable[[list[State]], State]
 POOLED_BATCH = 128
@@ -237,9 +240,9 @@ class Pretrained:
         self,
         model: AdaptableModel,
         feeds: dict[str, Feed | Callable[[], Feed]],
-        store: ActivationStore | None = None,
+        settings: CacheSettings | None = None,
     ) -> None:
-        self.model, self._feeds, self.store = model, dict(feeds), store
+        self.model, self._feeds, self.settings = model, dict(feeds), settings
         self._pooled: dict[str, State] = {}
 
     def feed(self, split: str) -> Feed:
@@ -257,21 +260,15 @@ class Pretrained:
         return self._pooled[split]
 
     def _pooled_pass(self, split: str, stop: int) -> State:
-        """Every stage before `stop` over the split, or what an earlier run kept of that pass."""
+        """Every stage before `stop` over the split, or what an earlier run kept of that pass
+        in the activation store (with the run's cache `settings`)."""
         feed = self.feed(split)
-        origin = identity(feed) if self.store is not None and feed.start < stop else None
-        if origin is None:
+        if self.settings is None or self.settings.store is None:
             return gather_outputs(self.model, feed, POOLED_BATCH, stop=stop)
-        key = self.store.key(self.model, origin, feed.start, stop, POOLED_BATCH, "pooled")
-        stored = self.store.get(key)
-        if stored is not None and len(stored) == len(feed):
-            rows = [stored[i] for i in range(len(stored))]
-            return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
-        pooled = gather_outputs(self.model, feed, POOLED_BATCH, stop=stop)
-        rows = [{name: value[i] for name, value in pooled.items()} for i in range(len(feed))]
-        about = {"model": self.model.spec.get("source"), "boundary": stop, "split": split}
-        self.store.put(key, rows, about)
-        return pooled
+        from tsuika.feed.cache import pooled_pass  # built on this module: imported when used
+
+        settings = replace(self.settings, batch_size=POOLED_BATCH)
+        return pooled_pass(self.model, feed, settings, split)
 
     def features(self, split: str) -> torch.Tensor:
         return self.pooled(split)["features"]

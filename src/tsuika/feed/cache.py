@@ -195,7 +195,7 @@ def pooled_pass(model: AdaptableModel, feed: Feed, settings: CacheSettings, name
     """Every stage but the head over `feed`, stacked in input order: read from the activation
     store when `settings` has one and an earlier pass (a run's, a check's) kept it."""
     stop = model.num_stages - 1
-    if settings.store is None:
+    if settings.store is None or feed.start >= stop:  # nothing to keep, or nothing to run
         return gather_outputs(model, feed, settings.batch_size, stop=stop)
     quiet = replace(settings, progress=None, folder=None)  # one pass, kept in memory
     pooled = cache_boundary(model, feed, stop, quiet, name)

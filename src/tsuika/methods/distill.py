@@ -234,25 +234,24 @@ class Distill(Finetune):
                     "batch (its outputs cannot be cached)"
                 )
             else:
-                logits, features = self._teacher_outputs(feed, settings, "teacher-train")
+                logits, features = self._teacher_outputs(feed.inputs, settings, "teacher-train")
                 feed.targets = {**feed.targets, TEACHER_LOGITS: logits}
                 if self.kd.hidden_weight > 0:
                     feed.targets[TEACHER_FEATURES] = features
         if name == "test" and self.measures_teacher:
-            logits, _ = self._teacher_outputs(feed, settings, "teacher-test")
+            logits, _ = self._teacher_outputs(feed.inputs, settings, "teacher-test")
             self.teacher_test = {"logits": logits}
         return super().precompute(model, feed, settings, name)
 
     @torch.no_grad()
     def _teacher_outputs(
-        self, feed: Feed, settings: CacheSettings, name: str
+        self, inputs: list, settings: CacheSettings, name: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and pooled features of the teacher on the feed's raw inputs, encoded the
-        teacher's way (a student of another family tokenises differently); its pooled pass
-        is read from the activation store when a run with this teacher on these inputs
-        kept it."""
+        """Logits and pooled features of the teacher on raw inputs, encoded the teacher's way
+        (a student of another family tokenises differently); its pooled pass is read from
+        the activation store when a run with this teacher on these inputs kept it."""
         teacher = self.teacher
-        own = input_feed(teacher, feed.inputs)
+        own = input_feed(teacher, inputs)
         features = pooled_pass(teacher, own, settings, name)
         device = next(teacher.parameters()).device
         logits = teacher.head({"features": features["features"].to(device)})["logits"]
@@ -278,8 +277,7 @@ class Distill(Finetune):
         inputs = list(feed.inputs) + list(extra.inputs)
         # The teacher's guesses for the unlabelled inputs (its pass over them is repeated in
         # `precompute`, over labelled and unlabelled together: left for the next change).
-        alone = input_feed(self.teacher, list(extra.inputs))
-        teacher_logits, _ = self._teacher_outputs(alone, CacheSettings(), "teacher-unlabelled")
+        teacher_logits, _ = self._teacher_outputs(extra.inputs, CacheSettings(), "unlabelled")
         guesses = {
             column: logits.argmax(-1)
             for column, logits in self.task.split_logits(teacher_logits).items()

@@ -136,7 +136,7 @@ def prepare(
     feeds = {"train": fixed, "val": val_feed}
     if test_feed is not None:
         feeds["test"] = test_feed
-    pretrained = Pretrained(model, feeds, cache.store)
+    pretrained = Pretrained(model, feeds, cache)
     return Prepared(train_feed, val_feed, test_feed, pretrained, timings, cached)
 
 
