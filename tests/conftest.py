@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,18 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = BertTokenizerFast(vocab=str(vocab_file))
     assert tokenizer.tokenize("the good movie") == ["the", "good", "movie"]
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def dropout_free_bert(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT with dropout off: DDP draws dropout masks per process, so weights can
+    only match across process counts without it."""
+    folder = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    shutil.copytree(tiny_bert_dir, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 

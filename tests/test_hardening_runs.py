@@ -317,8 +317,8 @@ def launches(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """`--processes N` launches recorded instead of started."""
     calls: list[tuple] = []
 
-    def launch(args, processes, name):
-        calls.append((args, processes, name))
+    def launch(args, processes, machines):
+        calls.append((args, processes, machines))
         return 0
 
     from tsuika.train import distributed
@@ -358,9 +358,9 @@ def test_processes_below_one_is_an_error_naming_it(base_config, tmp_path, capsys
     _one_error(capsys, f"--processes {count}")
 
 
-def test_resume_with_processes_is_an_error_naming_it(tmp_path, capsys, launches):
-    assert main(["train", "--resume", str(tmp_path), "--processes", "2"]) == 2
-    _one_error(capsys, "--processes 2", "--resume")
+def test_resume_with_processes_checks_the_run_before_any_worker(tmp_path, capsys, launches):
+    assert main(["train", "--resume", str(tmp_path / "nothing"), "--processes", "2"]) == 2
+    _one_error(capsys, "nothing", "no such run folder")
     assert launches == []
 
 

@@ -240,3 +240,51 @@ def test_the_candidates_come_from_the_methods_that_declare_them(base_config, mon
     names = [s.name for s in candidates_for(base_config)]
     assert names[-1] == "wide everything" and names.count("wide everything") == 1
     assert not any("narrow" in name or "contrastive" in name for name in names[2:])
+
+
+def test_machines_sharing_a_storage_try_every_candidate_once(
+    tiny_bert_dir: Path, tiny_csv: Path, tmp_path: Path
+):
+    """Two `tsuika plan` processes on one Optuna journal, as two machines would be: every
+    candidate is tried once, by one or the other; the main one reports them all and trains
+    the winner, the search-only one trains nothing."""
+    import os
+    import subprocess
+    import sys
+
+    import optuna
+
+    storage = str(tmp_path / "plan.journal")
+    args = [
+        *(sys.executable, "-m", "tsuika.cli", "plan", "--data", str(tiny_csv)),
+        *("--model", str(tiny_bert_dir), "--max-steps", "40", "--storage", storage),
+        *(f"output={tmp_path / 'runs'}", "train.batch_size=8", "--json"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    helper = subprocess.Popen(
+        [*args, "--search-only"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    main = subprocess.run(args, env=env, capture_output=True, timeout=600)
+    assert main.returncode == 0, main.stderr.decode()
+    assert helper.wait(timeout=600) == 0, helper.stderr.read().decode()
+    shown = json.loads(main.stdout)
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    study = optuna.load_study(study_name="tsuika-plan", storage=journal)
+    names = study.user_attrs["strategies"]
+    assert [t["strategy"] for t in shown["trials"]] == names  # every one, once, in order
+    tried = [t.params["strategy"] for t in study.trials if "tsuika_trial" in t.user_attrs]
+    assert sorted(tried) == sorted(names)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [Path(shown["run"]).name]
+    helper_shown = json.loads(helper.stdout.read())
+    assert "run" not in helper_shown
+
+
+def test_a_study_of_other_candidates_is_refused(base_config, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'plan.db'}"
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name="tsuika-plan")
+    study.set_user_attr("strategies", ["something else"])
+    with pytest.raises(TsuikaError, match="give every machine the same data"):
+        config = {k: v for k, v in base_config.items() if k != "method"}
+        plan(config, budget_steps=10, final=False, storage=storage)

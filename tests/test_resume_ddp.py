@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,18 +22,6 @@ from safetensors.torch import load_file
 from tsuika.cli import main
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def dropout_free_bert(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny BERT with dropout off: DDP draws dropout masks per process, so weights can
-    only match across process counts without it."""
-    folder = tmp_path_factory.mktemp("tiny-bert-nodrop")
-    shutil.copytree(tiny_bert_dir, folder, dirs_exist_ok=True)
-    config = json.loads((folder / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
 
 
 def _train_args(model: Path, data: Path, output: Path, name: str, **extra: object) -> list[str]:
@@ -78,6 +65,16 @@ def _checkpoint_steps(folder: Path) -> list[int]:
     return steps
 
 
+def _wait_for_checkpoint(run: subprocess.Popen, checkpoints: Path, step: int) -> None:
+    """Until `run` has checkpointed at `step` or later (it must still be running then)."""
+    deadline = time.time() + 240
+    while time.time() < deadline and run.poll() is None:
+        if any(done >= step for done in _checkpoint_steps(checkpoints)):
+            break
+        time.sleep(0.02)
+    assert run.poll() is None, "the run finished before it could be killed"
+
+
 def _cli(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -99,12 +96,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_bert_dir: Path, tmp_path
 
     victim = _cli(_train_args(tiny_bert_dir, data, output, "killed", **extra))
     checkpoints = output / "killed" / "checkpoints" / "finetune"
-    deadline = time.time() + 240
-    while time.time() < deadline and victim.poll() is None:
-        if any(step >= 60 for step in _checkpoint_steps(checkpoints)):
-            break
-        time.sleep(0.02)
-    assert victim.poll() is None, "the run finished before it could be killed"
+    _wait_for_checkpoint(victim, checkpoints, step=60)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed = output / "killed"

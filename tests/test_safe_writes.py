@@ -194,6 +194,8 @@ FRESH_FOLDER_WRITERS = {
     ("export/onnx_graph.py", "write_onnx"): "export.staged hands it a fresh folder",
     ("export/onnx_graph.py", "quantised"): "export.staged hands it a fresh folder",
     ("train/checkpoint.py", "save_checkpoint"): "written inside its own fresh_folder block",
+    ("train/sharding.py", "save_sharded"): "the main process's fresh_folder block, its name "
+    "told to the others",
 }
 """Functions that write with a library's own writer into a folder that `fresh_folder` made
 (nothing in it can be a planted link), each with where that folder comes from."""

@@ -43,11 +43,18 @@ from tsuika.report import PREDICTIONS, REPORT, write_report
 from tsuika.run_folder import check_run_dir, create_run_dir, save_model
 from tsuika.tasks import model_kind_for, task_for
 from tsuika.tasks.base import Task
-from tsuika.train.distributed import barrier, is_main_process, training_device
+from tsuika.train.distributed import (
+    barrier,
+    from_main,
+    is_main_process,
+    training_device,
+    world_size,
+)
 from tsuika.train.hooks import Hook, add_sections
 from tsuika.train.metrics_log import MetricsLog
 from tsuika.train.phase import PhaseResult, run_phase, seed_everything
 from tsuika.train.progress import Progress
+from tsuika.train.sharding import check_sharding
 from tsuika.train.tracking import Tracker, check_tracking, open_tracker
 
 __all__ = ["Run", "load", "train"]
@@ -181,6 +188,7 @@ class Training:
         # A missing tracker package or a bad store, a taken `name` or a bad `output` fail
         # before the data is read, the model built and timed, and any folder written.
         check_tracking(config, self.resume.parent if self.resume is not None else None)
+        check_sharding(given, world_size())
         if not resuming and is_main_process():
             check_run_dir(config.output, config.name)
         seed_everything(config.seed)
@@ -226,16 +234,18 @@ class Training:
         self.config, self.splits, self.method, self.model = config, splits, method, model
 
     def open_folder(self) -> Path | None:
-        """The run's folder: a resumed run's own, a new one made by the main process (returned:
-        the folder this run made), or, in another data-parallel process, the main one's."""
+        """The run's folder: a resumed run's own, or a new one made by the main process
+        (returned there: the folder this run made) and used by every other process."""
         config, made = self.config, None
         if self.resume is not None:
             self.path = self.resume
-        elif is_main_process():
+            return None
+        if is_main_process():
             default_name = f"{config.method}-{Path(config.model).name}"
-            self.path = made = create_run_dir(config.output, config.name, default_name)
-        else:  # other data-parallel processes use the folder the main process made
-            self.path = Path(config.output) / str(config.name)
+            made = create_run_dir(config.output, config.name, default_name)
+        # Every other process, on this machine or another, uses the folder the main one made
+        # (what it passes in is not read).
+        self.path = Path(from_main(str(made or "")))
         return made
 
     def fit(self) -> None:
@@ -364,13 +374,14 @@ def discard_unstarted(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def check_before_launch(config: Config) -> None:
+def check_before_launch(config: Config, processes: int) -> None:
     """What `train` checks before it makes a run folder, short of building the model: run by
     the launching process of `tsuika train --processes N`, so that a mistake in the config or
     the data is said once, before N workers each say it and torchrun adds its own report."""
     if config.method != "auto":
         config = method_class(config.method).configured(config)
     check_tracking(config)
+    check_sharding(config, processes)
     check_run_dir(config.output, config.name)
     model_kind = model_kind_for(config)
     task = task_for(config)

@@ -242,24 +242,37 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(parser=_path, help="continue an interrupted run")
     ] = None,
-    processes: Annotated[int, typer.Option(help="data-parallel processes (DDP)")] = 1,
+    processes: Annotated[
+        int, typer.Option(help="data-parallel processes (DDP), on each machine")
+    ] = 1,
+    machines: Annotated[int, typer.Option(help="machines taking part (run on each)")] = 1,
+    machine_rank: Annotated[int, typer.Option(help="this machine's number, 0 = main")] = 0,
+    main_address: Annotated[
+        str | None, typer.Option(help="HOST:PORT of the main machine (several machines)")
+    ] = None,
 ) -> None:
     """Adapt a model to your data: `tsuika train CONFIG.yaml key=value ...`, `tsuika train
     DATA.csv key=value ...` or flags."""
     from tsuika.api import train as train_api
+    from tsuika.train.distributed import Machines, is_main_process, launch
 
     if processes < 1:
         raise TsuikaError(f"--processes {processes}: give at least 1 (1 is one process, no DDP)")
+    cluster = Machines(machines, machine_rank, main_address)
+    launching = processes * machines > 1
     if resume is not None:
         if args or any(v is not None for v in (model, data, test, method, task, k, epochs, name)):
             raise TsuikaError("--resume RUN takes no other config; the run's config.yaml is used")
-        if processes > 1:
-            raise TsuikaError(
-                f"--processes {processes}: --resume continues a run in one process; drop "
-                "--processes"
-            )
+        if launching:  # the run's checkpoints are read by every process
+            from tsuika.api import resumable_config
+            from tsuika.train.sharding import check_sharding
+
+            check_sharding(resumable_config(resume, None, {}), processes * machines)
+            raise typer.Exit(launch(_worker_arguments(ARGV[1:]), processes, cluster))
         with reporting_interrupts():
-            print_summary(train_api(resume=resume).summary)
+            resumed = train_api(resume=resume)
+        if is_main_process():
+            print_summary(resumed.summary)
         return
 
     flags = {
@@ -274,16 +287,14 @@ def train(
         "name": name,
     }
     config = _config_from(args, flags, quiet)
-    if processes > 1:
+    if launching:
         from tsuika.api import check_before_launch
-        from tsuika.train.distributed import launch
 
-        check_before_launch(config)  # one message, not one per worker and torchrun's report
-        raise typer.Exit(launch(_without_processes(ARGV[1:]), processes, config.name))
+        # One message, not one per worker and torchrun's report.
+        check_before_launch(config, processes * machines)
+        raise typer.Exit(launch(_worker_arguments(ARGV[1:]), processes, cluster))
     with reporting_interrupts():
         run = train_api(config)
-    from tsuika.train.distributed import is_main_process
-
     if is_main_process():  # under --processes, one results table, not one per process
         print_summary(run.summary)
 
@@ -483,17 +494,34 @@ def plan(
         int | None, typer.Option(help="optimizer steps for the search, over all trials")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the plan as JSON")] = False,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="a search shared by machines: plan.journal or postgresql://..."),
+    ] = None,
+    study: Annotated[str, typer.Option(help="the study's name in --storage")] = "tsuika-plan",
+    search_only: Annotated[
+        bool, typer.Option(help="with --storage: try candidates, leave the run to the main one")
+    ] = False,
 ) -> None:
     """Try transfer, the small-data recipe, fine-tuning at two depths and rates and LoRA at
     two ranks under a budget (successive halving); train the best on validation once as a
-    run, tested once, and say why it won."""
+    run, tested once, and say why it won. With --storage, several machines share the search."""
     from tsuika.plan import parse_budget
     from tsuika.plan import plan as plan_api
     from tsuika.report.sections import trial_row
 
     config = _config_from(args, {"data.train": data, "model": model}, quiet=as_json)
     with reporting_interrupts():  # the final run's Ctrl-C says how to resume it
-        result = plan_api(config, budget_seconds=parse_budget(budget), budget_steps=max_steps)
+        if search_only and storage is None:
+            raise TsuikaError("--search-only shares a search: add --storage FILE or URL")
+        result = plan_api(
+            config,
+            budget_seconds=parse_budget(budget),
+            budget_steps=max_steps,
+            final=not search_only,
+            storage=storage,
+            study=study,
+        )
     if as_json:
         out.print_json(json.dumps(result))
         return
@@ -501,6 +529,9 @@ def plan(
     for trial in result["trials"]:
         table.add_row(*map(escape, trial_row(trial)))
     out.print(table)
+    if search_only:
+        out.print(f"trials recorded in {escape(str(storage))}; the main machine trains the winner")
+        return
     out.print(escape(result["explanation"]))
     if passes := result.get("frozen_passes"):
         out.print(frozen_passes(passes))
@@ -916,15 +947,19 @@ def demo(
 ARGV: list[str] = []
 
 
-def _without_processes(args: list[str]) -> list[str]:
-    """The train arguments minus `--processes N` / `--processes=N` (for the relaunch)."""
+LAUNCH_OPTIONS = ("--processes", "--machines", "--machine-rank", "--main-address")
+
+
+def _worker_arguments(args: list[str]) -> list[str]:
+    """The train arguments minus the launch's own (`--processes N`, `--machines=M`, ...): each
+    worker is one process of the launch."""
     kept, skip = [], False
     for arg in args:
         if skip:
             skip = False
-        elif arg == "--processes":
+        elif arg in LAUNCH_OPTIONS:
             skip = True
-        elif not arg.startswith("--processes="):
+        elif not arg.startswith(tuple(f"{option}=" for option in LAUNCH_OPTIONS)):
             kept.append(arg)
     return kept
 

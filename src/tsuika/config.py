@@ -180,6 +180,10 @@ class TrainConfig(Section):
     """The activation store's size; the least recently used passes go beyond it."""
     checkpoint_every: int | None = Field(None, ge=1)
     """Also checkpoint every N optimizer steps (a checkpoint is always written per epoch)."""
+    fsdp: bool = False
+    """Shard the weights, gradients and optimizer state of full fine-tuning across the
+    processes (FSDP), for a model that does not fit one device; with several processes only
+    (`--processes N`, torchrun, `accelerate launch`). Checkpoints are sharded too."""
 
 
 class FinetuneConfig(Section):

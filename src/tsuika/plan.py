@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tsuika.api import adapting, as_config, task_and_data, train
 from tsuika.config import Config, merge
-from tsuika.console import say
+from tsuika.console import say, warn
 from tsuika.data.splits import Splits
 from tsuika.errors import TsuikaError
 from tsuika.feed.cache import CacheSettings, frozen_pass_settings, store_of
@@ -185,10 +185,18 @@ def plan(
     budget_seconds: float | None = 600.0,
     budget_steps: int | None = None,
     final: bool = True,
+    storage: str | None = None,
+    study: str = "tsuika-plan",
     **overrides,
 ) -> dict:
     """Search, then (with `final`) train the winner as an ordinary run. Returns the plan:
-    `trials`, `best`, `explanation`, and `run` (the run folder) when trained."""
+    `trials`, `best`, `explanation`, and `run` (the run folder) when trained.
+
+    `storage`: an Optuna journal file on a shared file system (`plan.journal`) or database
+    URL (`postgresql://…`) shared by several machines, each running the same plan with it:
+    every candidate is tried once, by whichever machine takes it first, each machine within
+    its own budget; the one with `final` waits for the others' trials and trains the winner
+    (the others pass `final=False`, and return the trials they ran)."""
     import optuna
 
     base = as_config(config, overrides)
@@ -215,9 +223,14 @@ def plan(
     store = store_of(base.train)  # one for every trial, so that its counts are the plan's
     stopped_by: list[BaseException] = []
 
+    by_name = {s.name: s for s in candidates}
+
     def objective(trial: optuna.Trial) -> float:
-        strategy = candidates[trial.number]
-        trial.suggest_categorical("strategy", [s.name for s in candidates])
+        if storage is not None and trial.number not in queued:
+            # Every candidate was taken, by this machine or another: nothing is left to try.
+            trial.study.stop()
+            raise optuna.TrialPruned("no candidate left")
+        strategy = by_name[trial.suggest_categorical("strategy", list(by_name))]
 
         def cache_for(config: Config) -> CacheSettings:
             # Activations are shared only between trials that encode the inputs alike.
@@ -235,9 +248,10 @@ def plan(
             # Optuna would log it with its traceback ("Trial 2 failed …") before raising it
             # again; it ends the search here instead, and is raised once, after it.
             stopped_by.append(error)
-            study.stop()
+            trial.study.stop()
             raise optuna.TrialPruned() from None
         trials.append(done)
+        trial.set_user_attr(RECORD, asdict(done))  # for the machines that share the study
         if base.progress:
             score = "" if done.score is None else f", best validation {done.score:.3f}"
             say(f"plan: {done.strategy}: {done.state}{score} ({done.seconds:.1f} s)")
@@ -246,21 +260,21 @@ def plan(
         return float(done.score)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        direction="maximize" if maximize else "minimize",
-        pruner=optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=FIRST_RUNG, reduction_factor=REDUCTION
-        ),
-    )
-    for strategy in candidates:
-        study.enqueue_trial({"strategy": strategy.name})
+    search = _study(storage, study, maximize, [s.name for s in candidates])
+    queued = {t.number for t in search.get_trials(deepcopy=False) if RECORD_OF in t.system_attrs}
     try:
-        study.optimize(objective, n_trials=len(candidates), catch=())
+        search.optimize(objective, n_trials=len(candidates), catch=())
     finally:
         shared.clear()
         shutil.rmtree(spill, ignore_errors=True)
     if stopped_by:
         raise stopped_by[0]
+    if storage is not None:
+        if not final:  # a helper's part: the main machine chooses from every machine's trials
+            return {"trials": [asdict(t) for t in trials], "storage": storage, "study": study}
+        # The others have the same budget: what is left of it, and a minute, is enough.
+        left = budget.seconds_left()
+        trials = _shared_trials(search, wait=(left if math.isfinite(left) else 600) + 60)
     default = next(s.name for s in candidates if s.default)
     best = _best(trials, maximize, default, len(splits.val), task)
     if best is None:
@@ -289,6 +303,102 @@ def plan(
         result["test"] = run.summary.get("test", {})
         _record_in_run(run.path, result, run.summary, base.report)
     return result
+
+
+RECORD = "tsuika_trial"
+"""A finished trial's `Trial` record, kept in the study (user attribute) for every machine."""
+RECORD_OF = "fixed_params"
+"""Optuna's system attribute of a trial enqueued with fixed parameters: one of the candidates."""
+
+
+def _study(storage: str | None, name: str, maximize: bool, names: list[str]):
+    """The search's Optuna study: in memory, or in `storage` shared by several machines —
+    made by the first with every candidate queued once, loaded by the others."""
+    import optuna
+
+    settings = dict(
+        direction="maximize" if maximize else "minimize",
+        pruner=optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=FIRST_RUNG, reduction_factor=REDUCTION
+        ),
+    )
+    if storage is None:
+        study = optuna.create_study(**settings)
+    else:
+        database = _database(storage)
+        try:
+            study = optuna.create_study(storage=database, study_name=name, **settings)
+        except optuna.exceptions.DuplicatedStudyError:
+            return _joined(optuna.load_study(study_name=name, storage=database), names)
+    for strategy in names:
+        study.enqueue_trial({"strategy": strategy})
+    study.set_user_attr("strategies", names)  # last: the candidates are all queued
+    return study
+
+
+def _database(url: str, attempts: int = 5):
+    """Optuna's storage at `url`: a database server (`postgresql://…`, `mysql://…`,
+    `sqlite:///…`), or a file path for Optuna's journal, which locks the file for every
+    change: safe for processes on one machine or on a shared file system. (SQLite is not:
+    two processes can both take the same queued trial.) Machines starting together on a new
+    database race to make its tables (all but one fail on a unique constraint): each tries
+    again, and finds them."""
+    import optuna
+
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
+        except OSError as error:
+            raise TsuikaError(f"--storage {url}: {error.strerror}") from None
+    # SQLite: wait for another machine's write instead of failing at once on a locked file.
+    options = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=options)
+        except Exception as error:  # a bad URL, a missing driver, or the race above
+            if attempt + 1 < attempts and "UNIQUE constraint" in str(error):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+            raise TsuikaError(
+                f"--storage {url}: {reason or type(error).__name__}; give a journal file "
+                "(plan.journal) or an Optuna database URL such as postgresql://host/plans"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def _joined(study, names: list[str], wait: float = 60.0):
+    """A study another machine made, once its candidates are queued; refused if it searches
+    other candidates (another model, task or data)."""
+    deadline = time.time() + wait
+    while "strategies" not in study.user_attrs and time.time() < deadline:
+        time.sleep(0.5)
+    theirs = study.user_attrs.get("strategies")
+    if theirs != names:
+        raise TsuikaError(
+            f"study `{study.study_name}` searches {theirs or 'nothing yet'}, this plan "
+            f"{names}: give every machine the same data, model and settings, or another --study"
+        )
+    return study
+
+
+def _shared_trials(study, wait: float, poll: float = 1.0) -> list[Trial]:
+    """Every candidate's record, once no machine runs one any more, or after `wait` seconds
+    (a machine that died mid-trial leaves it running for ever): those still running are
+    said and left out."""
+    from optuna.trial import TrialState
+
+    deadline = time.time() + wait
+    while running := study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if time.time() > deadline:
+            names = ", ".join(str(t.params.get("strategy")) for t in running)
+            warn(f"plan: still running on another machine after {wait:.0f} s, left out: {names}")
+            break
+        time.sleep(poll)
+    done = study.get_trials(deepcopy=False)
+    return [Trial(**t.user_attrs[RECORD]) for t in done if RECORD in t.user_attrs]
 
 
 def _built(config: Config, method_name: str, task: Task):

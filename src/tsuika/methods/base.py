@@ -87,6 +87,9 @@ class Method(ReadsSettings):
     remedies: frozenset[str] = frozenset()
     """Which forgetting remedies this method applies: `l2sp` (pretrained weights train),
     `lwf` (the pretrained model's outputs can be had); a config asking for another is refused."""
+    shardable = False
+    """Its weights live in the model's layer groups and nothing else holds the model during
+    training, so `train.fsdp` may shard them (`train/sharding.py`)."""
 
     @classmethod
     def misfit(cls, task: Task | type[Task]) -> str | None:

@@ -58,6 +58,7 @@ class Finetune(KeepsPretrainedFeatures, Method):
     name = "finetune"
     sections = ("finetune",)
     remedies = frozenset({"l2sp", "lwf"})
+    shardable = True
 
     @classmethod
     def plan_candidates(cls, groups: int, search: dict) -> list[tuple[str, dict]]:

@@ -146,6 +146,20 @@ def _load_pickle(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
     return data
 
 
+def _damaged(path: Path, error: _Damaged) -> TsuikaError:
+    return TsuikaError(
+        f"checkpoint {path} is damaged ({error}); delete that folder to resume from the "
+        "previous checkpoint (or the start), or start a new run"
+    )
+
+
+def _load_rng(path: Path) -> dict[str, Any]:
+    rng = _load_pickle(path, ("torch",))
+    if not isinstance(rng["torch"], torch.Tensor) or rng["torch"].dtype != torch.uint8:
+        raise _Damaged(path.name, "`torch` is not a random generator state")
+    return rng
+
+
 def load_checkpoint(path: Path) -> tuple[LoopState, dict, dict, dict, dict]:
     """(loop state, weights, best weights, optimizer state, rng); tensors only, no pickles
     of arbitrary objects (`weights_only=True`). A damaged file is a TsuikaError naming it."""
@@ -154,12 +168,15 @@ def load_checkpoint(path: Path) -> tuple[LoopState, dict, dict, dict, dict]:
         weights = _load_tensors(path / "weights.safetensors")
         best = _load_tensors(path / "best.safetensors")
         optimizer = _load_pickle(path / "optimizer.pt", ("state", "param_groups"))
-        rng = _load_pickle(path / "rng.pt", ("torch",))
-        if not isinstance(rng["torch"], torch.Tensor) or rng["torch"].dtype != torch.uint8:
-            raise _Damaged("rng.pt", "`torch` is not a random generator state")
+        rng = _load_rng(path / "rng.pt")
     except _Damaged as error:
-        raise TsuikaError(
-            f"checkpoint {path} is damaged ({error}); delete that folder to resume from the "
-            "previous checkpoint (or the start), or start a new run"
-        ) from None
+        raise _damaged(path, error) from None
     return loop, weights, best, optimizer, rng
+
+
+def load_counters(path: Path) -> tuple[LoopState, dict]:
+    """(loop state, rng) of a checkpoint whose tensors are sharded (`train/sharding.py`)."""
+    try:
+        return _load_loop(path / "loop.json"), _load_rng(path / "rng.pt")
+    except _Damaged as error:
+        raise _damaged(path, error) from None

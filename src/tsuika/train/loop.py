@@ -5,8 +5,9 @@ forgetting monitor and plan's pruning are hooks (`train/hooks.py`), called at fi
 
 Per optimizer step: micro-batches (gradient accumulation) → clip → AdamW → warmup/decay
 schedule. Per epoch: validation, early stopping on the task's selection metric (ties: lower
-validation loss), a checkpoint. With several processes (Accelerate/DDP), every global batch
-is split across them, so the result matches one process with the same global batch size.
+validation loss), a checkpoint. With several processes (Accelerate/DDP, or FSDP's shards),
+every global batch is split across them, so the result matches one process with the same
+global batch size.
 """
 
 from __future__ import annotations
@@ -15,20 +16,28 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
 from tsuika.config import TrainConfig
+from tsuika.errors import TsuikaError
 from tsuika.feed import Feed
 from tsuika.feed.batches import training_batches
 from tsuika.methods.base import Method, stage_state
 from tsuika.models.base import AdaptableModel
-from tsuika.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
+from tsuika.train.checkpoint import (
+    LoopState,
+    latest_checkpoint,
+    load_checkpoint,
+    load_counters,
+    save_checkpoint,
+)
 from tsuika.train.hooks import FitStart, Hook, stops
 from tsuika.train.schedule import lr_multiplier
+from tsuika.train.sharding import gather_into, is_sharded, load_sharded, save_sharded, sharded_copy
 
 
 @dataclass
@@ -88,14 +97,17 @@ class Loop:
         # Accelerate's state is per process, so a second run in the same Python session with
         # another `bf16` setting would be refused.
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        self.optimizer = torch.optim.AdamW(method.param_groups(model))
+        # What the optimizer steps: the model itself, or with `fsdp` a sharded copy that
+        # `finish` gathers back into it.
+        self.trained = sharded_copy(model) if config.fsdp else model
+        self.optimizer = torch.optim.AdamW(method.param_groups(self.trained))
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]
         # Groups that may train at any point of the run: what checkpoints must hold.
         self.saved_groups = sorted(
             {
                 index
-                for index, g in enumerate(model.layer_groups())
+                for index, g in enumerate(self.trained.layer_groups())
                 for p in g.parameters()
                 if any(p is q for grp in self.optimizer.param_groups for q in grp["params"])
             }
@@ -104,33 +116,71 @@ class Loop:
         self.steps_per_epoch = math.ceil(batches / config.grad_accum)
         self.total_steps = config.epochs * self.steps_per_epoch
         self.warmup = int(config.warmup * self.total_steps)
-        self.wrapped, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if config.fsdp:  # already sharded: Accelerate would wrap it in DDP on top
+            self.wrapped = self.trained
+        else:
+            self.wrapped, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.state = LoopState(patience_left=config.patience)
-        self.saved_names = set(method.trainable_parameters(model))
+        self.saved_names = set(method.trainable_parameters(self.trained))
         self.best = self._copy()
 
     # -- checkpoints -------------------------------------------------------------------
     def _copy(self) -> dict[str, torch.Tensor]:
-        return _trained_state(self.model, self.saved_groups, self.saved_names)
+        return _trained_state(self.trained, self.saved_groups, self.saved_names)
+
+    def _global_sums(self) -> dict[str, float]:
+        """The epoch's training sums over every process (each adds up its part of a batch)."""
+        sums = self.state.sums
+        if self.accelerator.num_processes == 1 or not sums:
+            return dict(sums)
+        keys = sorted(sums)
+        values = torch.tensor(
+            [sums[key] for key in keys], dtype=torch.float64, device=self.accelerator.device
+        )
+        return dict(zip(keys, self.accelerator.reduce(values, "sum").tolist(), strict=True))
 
     def save(self) -> None:
         if self.checkpoints is None:
             return
-        if self.accelerator.is_main_process:
-            weights = self._copy()
-            save_checkpoint(self.checkpoints, self.state, weights, self.best, self.optimizer)
+        # Mid-epoch, the sums so far of every process (the main one's alone on resuming).
+        state = replace(self.state, sums=self._global_sums())
+        if self.config.fsdp:  # every process writes its shard
+            save_sharded(
+                self.checkpoints, state, self._copy(), self.best, self.trained, self.optimizer
+            )
+        elif self.accelerator.is_main_process:
+            save_checkpoint(self.checkpoints, state, self._copy(), self.best, self.optimizer)
         self.accelerator.wait_for_everyone()
 
     def resume(self) -> bool:
         found = latest_checkpoint(self.checkpoints) if self.checkpoints else None
         if found is None:
             return False
-        self.state, weights, self.best, optimizer, rng = load_checkpoint(found)
-        self.model.load_state_dict(weights, strict=False)
-        self.optimizer.load_state_dict(optimizer)
+        if is_sharded(found) != self.config.fsdp:
+            raise TsuikaError(
+                f"checkpoint {found} was written {'with' if is_sharded(found) else 'without'} "
+                "train.fsdp; resume the run as it was started"
+            )
+        if self.config.fsdp:
+            self.state, rng = load_counters(found)
+            load_sharded(found, self.trained, self.optimizer, self.best)
+        else:
+            self.state, weights, self.best, optimizer, rng = load_checkpoint(found)
+            self.model.load_state_dict(weights, strict=False)
+            self.optimizer.load_state_dict(optimizer)
         torch.set_rng_state(rng["torch"])
-        self.method.on_epoch_start(self.model, self.state.epoch)  # the unfreezing phase
+        if not self.accelerator.is_main_process:  # the saved sums are every process's
+            self.state.sums = {}
+        self.method.on_epoch_start(self.trained, self.state.epoch)  # the unfreezing phase
         return True
+
+    def finish(self) -> None:
+        """The model holding the best epoch's weights (gathered from every process's shard
+        with `fsdp`)."""
+        if self.config.fsdp:
+            gather_into(self.model, self.trained, self.best)
+        else:
+            self.model.load_state_dict(self.best, strict=False)
 
     # -- training ----------------------------------------------------------------------
     def _shard(self, indices: list[int]) -> list[int]:
@@ -150,6 +200,13 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
 
+    def _gradient_sync(self, stepping: bool):
+        """Gradients averaged across processes only on the micro-batch that steps."""
+        if self.config.fsdp:
+            self.wrapped.set_requires_gradient_sync(stepping)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if stepping else self.accelerator.no_sync(self.wrapped)
+
     def run_epoch(self, epoch: int, events: list[str]) -> dict:
         config, state = self.config, self.state
         self.wrapped.train()
@@ -165,7 +222,7 @@ class Loop:
             # when the last batch does not split evenly.
             share = batch.weight * world / self.train_feed.weight(order[micro])
             stepping = (micro + 1) % config.grad_accum == 0 or micro + 1 == len(order)
-            sync = contextlib.nullcontext() if stepping else self.accelerator.no_sync(self.wrapped)
+            sync = self._gradient_sync(stepping)
             autocast = torch.autocast(
                 self.accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16
             )
@@ -179,7 +236,7 @@ class Loop:
                 every = config.checkpoint_every
                 if every and state.step % every == 0 and state.micro < len(order):
                     self.save()
-        trained = self.task.summarize(state.sums)
+        trained = self.task.summarize(self._global_sums())
         validated = self.task.evaluate(self.wrapped, self.val)
         record = {"epoch": epoch, "step": state.step}
         record |= {f"train_{k}": v for k, v in trained.items()}
@@ -252,7 +309,7 @@ def fit(
             stopped_by = "max_steps"
             break
         epoch = state.epoch
-        events = method.on_epoch_start(model, epoch) if state.micro == 0 else []
+        events = method.on_epoch_start(loop.trained, epoch) if state.micro == 0 else []
         record = loop.run_epoch(epoch, events)
         loop.end_epoch(record)
         if stops(hooks, record) and not state.finished:
@@ -260,7 +317,7 @@ def fit(
         loop.save()
         for hook in hooks:
             hook.epoch_saved(record)
-    model.load_state_dict(loop.best, strict=False)
+    loop.finish()
     last = state.history[-1]["epoch"] if state.history else 0
     rates: dict[str, float] = {}
     for index, group in enumerate(loop.optimizer.param_groups):
