@@ -261,9 +261,18 @@ def test_unlabelled_inputs_add_soft_targets_only(teacher_run, data_file, tmp_pat
     method, model, feed, _ = _method_and_feed(
         teacher_run, data_file, tmp_path, unlabelled=str(extra)
     )
+    passes = []
+    teacher_outputs = method._teacher_outputs
+    method._teacher_outputs = lambda inputs, *rest: (
+        passes.append(len(inputs)) or teacher_outputs(inputs, *rest)
+    )
     grown = method.precompute(model, feed, CacheSettings(mode="off"), "train")
+    assert passes == [len(feed) + 9]  # one teacher pass, labelled and unlabelled together
     assert len(grown) == len(feed) + 9
     assert grown.targets["labelled"].tolist() == [1.0] * len(feed) + [0.0] * 9
+    # The unlabelled rows' label slot is the teacher's choice from that same pass.
+    guesses = grown.targets["teacher_logits"][len(feed) :].argmax(-1)
+    assert torch.equal(grown.targets["label"][len(feed) :], guesses)
     # An unlabelled row's loss does not depend on its label slot.
     batch = grown.batch([len(feed), len(feed) + 1])
     first = method.step(model, batch)["loss"]

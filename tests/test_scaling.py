@@ -182,6 +182,7 @@ def _flat(config: dict, prefix: str = "") -> dict:
         ({}, [], "--processes N (N ≥ 2)"),
         ({"method": "lora"}, ["--processes", "2"], "not `lora`"),
         ({"data.retain": "bundled:speeches"}, ["--processes", "2"], "data.retain"),
+        ({"finetune.l2sp": "1"}, ["--processes", "2"], "finetune.l2sp"),
     ],
 )
 def test_a_run_fsdp_cannot_shard_is_one_error(base_config, capsys, launches, settings, flags, said):

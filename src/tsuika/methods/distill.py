@@ -225,23 +225,53 @@ class Distill(Finetune):
     ) -> Feed:
         self.teacher.to(next(model.parameters()).device)
         if name == "train" and self.uses_teacher:
-            feed = self._with_unlabelled(model, feed)
-            if feed.augmented:
-                self._check_live(model)
-                self.teacher_live = True
-                warn(
-                    "distill: augmentation is on, so the teacher runs on every augmented "
-                    "batch (its outputs cannot be cached)"
-                )
-            else:
-                logits, features = self._teacher_outputs(feed.inputs, settings, "teacher-train")
-                feed.targets = {**feed.targets, TEACHER_LOGITS: logits}
-                if self.kd.hidden_weight > 0:
-                    feed.targets[TEACHER_FEATURES] = features
+            feed = self._with_teacher(model, feed, settings)
         if name == "test" and self.measures_teacher:
             logits, _ = self._teacher_outputs(feed.inputs, settings, "teacher-test")
             self.teacher_test = {"logits": logits}
         return super().precompute(model, feed, settings, name)
+
+    def _with_teacher(self, model: AdaptableModel, feed: Feed, settings: CacheSettings) -> Feed:
+        """The training feed with the unlabelled examples added and the teacher's targets:
+        one teacher pass over labelled and unlabelled inputs together, which also gives the
+        unlabelled ones their label slot (the teacher's choice, which only the training
+        accuracy counts; the loss masks it). With augmentation the teacher runs on every
+        augmented batch instead, and passes over the unlabelled inputs only for that slot."""
+        extra = None
+        if self.kd.unlabelled is not None:
+            extra = self.extra if self.extra is not None else self._read_unlabelled(model)
+        unlabelled = list(extra.inputs) if extra is not None else []
+        if feed.augmented:
+            self._check_live(model)
+            self.teacher_live = True
+            warn(
+                "distill: augmentation is on, so the teacher runs on every augmented "
+                "batch (its outputs cannot be cached)"
+            )
+            logits = features = guessed = None
+            if unlabelled:
+                guessed, _ = self._teacher_outputs(unlabelled, settings, "unlabelled")
+        else:
+            inputs = [*feed.inputs, *unlabelled]
+            logits, features = self._teacher_outputs(inputs, settings, "teacher-train")
+            guessed = logits[len(feed) :]
+        n = len(feed)
+        targets = {**feed.targets, LABELLED: torch.ones(n)}
+        if unlabelled:
+            guesses = {c: x.argmax(-1) for c, x in self.task.split_logits(guessed).items()}
+            targets = {key: torch.cat([value, guesses[key]]) for key, value in feed.targets.items()}
+            targets[LABELLED] = torch.cat([torch.ones(n), torch.zeros(len(unlabelled))])
+            self.unlabelled = len(unlabelled)
+            units = None if feed.units is None else feed.units + [1.0] * len(unlabelled)
+            augment = self.config.data.augment
+            feed = input_feed(model, [*feed.inputs, *unlabelled], targets, augment, units)
+        else:
+            feed.targets = targets
+        if logits is not None:
+            feed.targets = {**feed.targets, TEACHER_LOGITS: logits}
+            if self.kd.hidden_weight > 0:
+                feed.targets[TEACHER_FEATURES] = features
+        return feed
 
     @torch.no_grad()
     def _teacher_outputs(
@@ -264,29 +294,6 @@ class Distill(Finetune):
                 "and the two models take different image sizes; turn augmentation off or "
                 "distil into a student with the teacher's input size"
             )
-
-    def _with_unlabelled(self, model: AdaptableModel, feed: Feed) -> Feed:
-        """The training feed plus the unlabelled examples (their label slot holds the
-        teacher's choice, which only the training accuracy counts; the loss masks it)."""
-        n = len(feed)
-        labelled = torch.ones(n)
-        if self.kd.unlabelled is None:
-            feed.targets = {**feed.targets, LABELLED: labelled}
-            return feed
-        extra = self.extra if self.extra is not None else self._read_unlabelled(model)
-        inputs = list(feed.inputs) + list(extra.inputs)
-        # The teacher's guesses for the unlabelled inputs (its pass over them is repeated in
-        # `precompute`, over labelled and unlabelled together: left for the next change).
-        teacher_logits, _ = self._teacher_outputs(extra.inputs, CacheSettings(), "unlabelled")
-        guesses = {
-            column: logits.argmax(-1)
-            for column, logits in self.task.split_logits(teacher_logits).items()
-        }
-        targets = {key: torch.cat([value, guesses[key]]) for key, value in feed.targets.items()}
-        targets[LABELLED] = torch.cat([labelled, torch.zeros(len(extra))])
-        self.unlabelled = len(extra)
-        units = None if feed.units is None else feed.units + [1.0] * len(extra)
-        return input_feed(model, inputs, targets, self.config.data.augment, units)
 
     # -- training ----------------------------------------------------------------------------
     def step(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:

@@ -23,7 +23,6 @@ import torch
 from accelerate import Accelerator
 
 from tsuika.config import TrainConfig
-from tsuika.errors import TsuikaError
 from tsuika.feed import Feed
 from tsuika.feed.batches import training_batches
 from tsuika.methods.base import Method, stage_state
@@ -37,7 +36,7 @@ from tsuika.train.checkpoint import (
 )
 from tsuika.train.hooks import FitStart, Hook, stops
 from tsuika.train.schedule import lr_multiplier
-from tsuika.train.sharding import gather_into, is_sharded, load_sharded, save_sharded, sharded_copy
+from tsuika.train.sharding import gather_into, load_sharded, save_sharded, sharded_copy
 
 
 @dataclass
@@ -156,11 +155,6 @@ class Loop:
         found = latest_checkpoint(self.checkpoints) if self.checkpoints else None
         if found is None:
             return False
-        if is_sharded(found) != self.config.fsdp:
-            raise TsuikaError(
-                f"checkpoint {found} was written {'with' if is_sharded(found) else 'without'} "
-                "train.fsdp; resume the run as it was started"
-            )
         if self.config.fsdp:
             self.state, rng = load_counters(found)
             load_sharded(found, self.trained, self.optimizer, self.best)
@@ -178,7 +172,7 @@ class Loop:
         """The model holding the best epoch's weights (gathered from every process's shard
         with `fsdp`)."""
         if self.config.fsdp:
-            gather_into(self.model, self.trained, self.best)
+            gather_into(self.model, self.best)
         else:
             self.model.load_state_dict(self.best, strict=False)
 

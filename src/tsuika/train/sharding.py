@@ -67,6 +67,12 @@ def check_sharding(config, processes: int) -> None:
             "train.fsdp and data.retain: the forgetting monitor reads the model during "
             "training, which FSDP holds in shards; drop one of the two"
         )
+    if config.finetune.l2sp:
+        raise TsuikaError(
+            "train.fsdp and finetune.l2sp: L2-SP compares every weight with a whole copy of "
+            "the pretrained one, which FSDP would have to shard too (not built yet); use "
+            "finetune.lwf, or drop one of the two"
+        )
 
 
 def sharded_copy(model: AdaptableModel) -> AdaptableModel:
@@ -92,13 +98,11 @@ def sharded_copy(model: AdaptableModel) -> AdaptableModel:
     return sharded
 
 
-def gather_into(model: AdaptableModel, sharded: nn.Module, state: dict | None = None) -> None:
-    """`model` (plain) holding the sharded copy's weights, or `state` (sharded tensors keyed as
-    the copy's state dict), gathered in every process: a collective, every process calls it."""
+def gather_into(model: AdaptableModel, state: dict) -> None:
+    """`model` (plain) holding `state` (tensors of the sharded copy, by its state-dict names),
+    every shard gathered: a collective, every process calls it."""
     from torch.distributed.tensor import DTensor
 
-    if state is None:
-        state = sharded.state_dict()
     full = {
         key: value.full_tensor() if isinstance(value, DTensor) else value
         for key, value in state.items()
@@ -156,10 +160,6 @@ def save_sharded(
                 shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
-
-
-def is_sharded(checkpoint: Path) -> bool:
-    return (checkpoint / SHARDS).is_dir()
 
 
 def load_sharded(
