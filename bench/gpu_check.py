@@ -9,8 +9,8 @@ the sneakers), run twice, each in its own process so that its peak memory is its
 GPU with `train.bf16` (where the family trains weights) and on the CPU in float32
 (`CUDA_VISIBLE_DEVICES=""`). Printed per family: seconds of the whole run on each, the GPU's
 peak allocated memory and the CPU process's peak RSS, the test metric on each, and the share
-of test predictions that agree (classifiers). `--device cpu` runs both sides on the CPU: a
-check of the script itself on a machine without a GPU.
+of test predictions that agree (where the run writes predictions). `--device cpu` runs both
+sides on the CPU: a check of the script itself on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -104,9 +104,11 @@ def side(family: str, device: str, work: Path) -> dict:
 
 
 def headline(test: dict) -> str:
-    for key in ("accuracy", "macro_f1", "exact_match", "loss", "fidelity"):
-        if key in test and isinstance(test[key], int | float):
-            return f"{key} {test[key]:.4f}"
+    """The test metric to compare: the usual ones first, else the first number there is."""
+    numbers = {k: v for k, v in test.items() if isinstance(v, int | float)}
+    for key in ("accuracy", "exact_match", "r2", "loss", *numbers):
+        if key in numbers:
+            return f"{key} {numbers[key]:.4f}"
     return "-"
 
 
@@ -139,7 +141,11 @@ def main() -> None:
         if "error" in gpu or "error" in cpu:
             print(f"{family} | error: {gpu.get('error') or cpu.get('error')}", flush=True)
             continue
-        pairs = list(zip(gpu["predictions"], cpu["predictions"], strict=False))
+        pairs = [
+            (a, b)
+            for a, b in zip(gpu["predictions"], cpu["predictions"], strict=False)
+            if a is not None
+        ]
         agree = sum(a == b for a, b in pairs) / len(pairs) if pairs else float("nan")
         peak = gpu["cuda_peak_mb"]
         print(
