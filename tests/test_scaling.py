@@ -145,6 +145,8 @@ def test_fsdp_matches_one_process_resumes_from_shards_and_exports(
     _finish(_start(["train", "--resume", str(run), "--processes", "2"]))
     _assert_same(_weights(run), _weights(one_process))
     assert _losses(run) == pytest.approx(_losses(one_process), abs=1e-6)  # epochs 1-3, once
+    training = json.loads((run / "summary.json").read_text())["training"]
+    assert training["processes"] == 2 and training["sharded"] is True
 
     _finish(_start(["export", str(run), "--out", str(tmp_path / "plain")]))
     from transformers import AutoModelForSequenceClassification

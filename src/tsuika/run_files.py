@@ -134,6 +134,8 @@ class Training(TypedDict):
     best_epoch: NotRequired[Count]
     stopped_early: NotRequired[bool]
     optimizer_steps: NotRequired[Count]
+    processes: NotRequired[Count]
+    sharded: NotRequired[bool]
     schedule: NotRequired[Annotated[Schedule, AfterValidator(_complete_schedule)]]
 
 

@@ -69,6 +69,7 @@ def build_summary(
             "stopped_early": result.stopped_early,
             "optimizer_steps": result.steps,
             "processes": world_size(),
+            "sharded": config.train.fsdp,  # FSDP: weights split across the processes
             "schedule": result.schedule,
         },
         "baselines": {},
