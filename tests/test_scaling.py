@@ -3,9 +3,9 @@
 Two "machines" — two launches of `tsuika train --machines 2`, each in its own working folder
 as if on its own disk — must reach the weights and the training losses of one process with
 the same global batch; an FSDP run (`train.fsdp`, two processes) too, and killed mid-run it
-resumes from its sharded checkpoint to the same weights, and its run exports to a folder that
-plain transformers loads. A run that cannot be sharded or launched is one error, before any
-worker starts.
+resumes in three processes from its sharded checkpoint to the same weights, and its run
+exports to a folder that plain transformers loads. A run that cannot be sharded or launched
+is one error, before any worker starts.
 """
 
 from __future__ import annotations
@@ -142,11 +142,12 @@ def test_fsdp_matches_one_process_resumes_from_shards_and_exports(
     embeddings = next(k for k in full if "word_embeddings" in k)
     assert shard[f"weights.{embeddings}"].shape[0] < full[embeddings].shape[0]  # really a shard
 
-    _finish(_start(["train", "--resume", str(run), "--processes", "2"]))
+    # Three processes resume what two wrote: the shards are read by offset.
+    _finish(_start(["train", "--resume", str(run), "--processes", "3"]))
     _assert_same(_weights(run), _weights(one_process))
     assert _losses(run) == pytest.approx(_losses(one_process), abs=1e-6)  # epochs 1-3, once
     training = json.loads((run / "summary.json").read_text())["training"]
-    assert training["processes"] == 2 and training["sharded"] is True
+    assert training["processes"] == 3 and training["sharded"] is True
 
     _finish(_start(["export", str(run), "--out", str(tmp_path / "plain")]))
     from transformers import AutoModelForSequenceClassification
