@@ -255,12 +255,12 @@ class Distill(Finetune):
             inputs = [*feed.inputs, *unlabelled]
             logits, features = self._teacher_outputs(inputs, settings, "teacher-train")
             guessed = logits[len(feed) :]
-        n = len(feed)
-        targets = {**feed.targets, LABELLED: torch.ones(n)}
+        targets = dict(feed.targets)
         if unlabelled:
             guesses = {c: x.argmax(-1) for c, x in self.task.split_logits(guessed).items()}
-            targets = {key: torch.cat([value, guesses[key]]) for key, value in feed.targets.items()}
-            targets[LABELLED] = torch.cat([torch.ones(n), torch.zeros(len(unlabelled))])
+            targets = {key: torch.cat([value, guesses[key]]) for key, value in targets.items()}
+        targets[LABELLED] = torch.cat([torch.ones(len(feed)), torch.zeros(len(unlabelled))])
+        if unlabelled:
             self.unlabelled = len(unlabelled)
             units = None if feed.units is None else feed.units + [1.0] * len(unlabelled)
             augment = self.config.data.augment

@@ -153,6 +153,12 @@ def _damaged(path: Path, error: _Damaged) -> TsuikaError:
     )
 
 
+def unreadable(path: Path, part: str, error: BaseException) -> TsuikaError:
+    """The error for a checkpoint whose `part` could not be read (`error` what the reader
+    raised), worded as for every other damaged checkpoint."""
+    return _damaged(path, _Damaged(part, _reason(error)))
+
+
 def _load_rng(path: Path) -> dict[str, Any]:
     rng = _load_pickle(path, ("torch",))
     if not isinstance(rng["torch"], torch.Tensor) or rng["torch"].dtype != torch.uint8:

@@ -34,6 +34,7 @@ from torch import nn
 from tsuika.errors import TsuikaError
 from tsuika.files import fresh_folder, write_atomic
 from tsuika.models.base import AdaptableModel
+from tsuika.train.checkpoint import unreadable
 from tsuika.train.distributed import barrier, from_main, is_main_process
 
 SHARDS = "shards"
@@ -177,11 +178,7 @@ def load_sharded(
     try:
         dcp.load(flat, storage_reader=HuggingFaceStorageReader(str(checkpoint / SHARDS)))
     except Exception as error:  # a missing or damaged shard: torch's errors vary by cause
-        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else ""
-        raise TsuikaError(
-            f"checkpoint {checkpoint} is damaged ({reason or type(error).__name__}); delete "
-            "that folder to resume from the previous checkpoint (or the start)"
-        ) from None
+        raise unreadable(checkpoint, SHARDS, error) from None
     sharded.load_state_dict({k: flat[f"weights.{k}"] for k in weights})
     for key in best:
         best[key] = flat[f"best.{key}"]
